@@ -1,0 +1,43 @@
+# driftline: `make run` runs the whole system, `make test` proves it. Nothing else is required.
+
+# The first Python >= 3.11 on PATH.
+PYTHON ?= $(shell for p in python3.11 python3.12 python3.13 python3; do \
+	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+	2>/dev/null && echo $$p && break; done)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test unit integration lint bench clean
+
+$(STAMP): pyproject.toml
+	@test -n "$(PYTHON)" || { echo "driftline needs Python 3.11 or newer on PATH"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+install: $(STAMP)
+
+## Run everything on this machine: broker, Redis, worker, API, simulated sensors.
+run: $(STAMP)
+	$(BIN)/driftline up
+
+## The whole suite: unit tests, doctests, integration tests (they start the broker and Redis).
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -m "not integration"
+
+integration: $(STAMP)
+	$(BIN)/python -m pytest -m integration
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy driftline streams models api
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .driftline .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,123 @@
+"""The ``driftline`` command.
+
+::
+
+    driftline up         the whole system: broker, Redis, worker, API and simulated sensors
+    driftline worker     the stream worker (ingest + learn agents)
+    driftline api        the HTTP API (predictions, models, health)
+    driftline simulate   publish simulated sensor readings
+
+Every command reads its settings from ``DRIFTLINE_*`` variables and ``.env``; flags override them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from driftline.errors import DriftlineError
+from driftline.settings import Settings, get_settings
+
+
+def _settings(**overrides: Any) -> Settings:
+    values = {k: v for k, v in overrides.items() if v is not None}
+    base = get_settings()
+    return Settings(**{**base.model_dump(), **values}) if values else base
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from driftline.supervisor import run_up
+
+    return run_up(_settings(api_port=args.port), Path(args.data_dir), simulate=not args.no_simulator)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from driftline.worker import run_worker
+
+    settings = _settings()
+    _require_kafka(settings)
+    run_worker(settings, loglevel=args.loglevel)
+    return 0
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = _settings(api_host=args.host, api_port=args.port)
+    uvicorn.run("api.main:create_app", factory=True, host=settings.api_host,
+                port=settings.api_port, log_level=args.loglevel)
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from driftline.simulator import run_simulator
+
+    settings = _settings(sim_devices=args.devices, sim_rate=args.rate,
+                         sim_drift_after=args.drift_after, sim_seed=args.seed)
+    _require_kafka(settings)
+    try:
+        run_simulator(settings, count=args.count, rate=settings.sim_rate)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _require_kafka(settings: Settings) -> None:
+    if not settings.kafka_url:
+        raise DriftlineError(
+            "DRIFTLINE_KAFKA_URL is not set: point it at a broker (e.g. kafka://127.0.0.1:9092), "
+            "or run 'driftline up', which starts an embedded one"
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="driftline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = sub.add_parser("up", help="run the whole system on this machine (embedded broker and Redis "
+                        "when none answers); Ctrl-C stops everything")
+    up.add_argument("--port", type=int, help="API port (default: DRIFTLINE_API_PORT or 8000)")
+    up.add_argument("--data-dir", default=".driftline", help="where logs go (default: .driftline)")
+    up.add_argument("--no-simulator", action="store_true", help="do not publish simulated readings")
+    up.set_defaults(func=cmd_up)
+
+    worker = sub.add_parser("worker", help="run the stream worker: validate, featurize, learn, "
+                            "snapshot (needs DRIFTLINE_KAFKA_URL and Redis)")
+    worker.add_argument("--loglevel", default="info", choices=["debug", "info", "warn", "error"])
+    worker.set_defaults(func=cmd_worker)
+
+    api = sub.add_parser("api", help="serve predictions, models and health over HTTP")
+    api.add_argument("--host", help="bind address (default: DRIFTLINE_API_HOST or 127.0.0.1)")
+    api.add_argument("--port", type=int, help="port (default: DRIFTLINE_API_PORT or 8000)")
+    api.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
+    api.set_defaults(func=cmd_api)
+
+    sim = sub.add_parser("simulate", help="publish simulated multi-sensor readings to Kafka")
+    sim.add_argument("--count", type=int, help="events to send (default: until Ctrl-C)")
+    sim.add_argument("--rate", type=float, help="events per second, all devices together")
+    sim.add_argument("--devices", type=int, help="number of simulated devices")
+    sim.add_argument("--drift-after", type=int, help="change the concept after this many events")
+    sim.add_argument("--seed", type=int, help="random seed (same seed, same readings)")
+    sim.set_defaults(func=cmd_simulate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except DriftlineError as exc:
+        print(f"driftline: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""driftline's exceptions: one base class, one subclass per area.
+
+::
+
+    DriftlineError
+    ├── ConfigurationError        a setting or the environment cannot work
+    ├── ServiceUnavailable        the broker or Redis does not answer
+    ├── SnapshotError             a model snapshot cannot be used
+    │   └── SnapshotSignatureError   its HMAC does not match (tampered, or another secret)
+    └── ModelNotReady             no verified snapshot of the model exists yet
+"""
+
+from __future__ import annotations
+
+
+class DriftlineError(Exception):
+    """Raised for any error driftline itself detects."""
+
+
+class ConfigurationError(DriftlineError):
+    """Raised when a setting or the environment makes the requested work impossible."""
+
+
+class ServiceUnavailable(DriftlineError):
+    """Raised when a service driftline needs (Kafka, Redis) does not answer."""
+
+    def __init__(self, service: str, address: str, detail: str = "") -> None:
+        self.service = service
+        self.address = address
+        super().__init__(f"{service} at {address} is unreachable" + (f": {detail}" if detail else ""))
+
+
+class SnapshotError(DriftlineError):
+    """Raised when a model snapshot is malformed or cannot be loaded."""
+
+
+class SnapshotSignatureError(SnapshotError):
+    """Raised when a snapshot's HMAC-SHA256 does not match its bytes."""
+
+
+class ModelNotReady(DriftlineError):
+    """Raised when a prediction is asked of a model with no verified snapshot yet."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        super().__init__(
+            f"model {model!r} has no snapshot yet: the learner publishes one after its first "
+            "events; retry in a few seconds"
+        )

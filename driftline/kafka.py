@@ -1,0 +1,117 @@
+"""Kafka plumbing on kafka-python: topic creation, topic ids and the sensor-event producer."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from kafka import KafkaProducer
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from driftline.errors import ServiceUnavailable
+from driftline.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def topic_plan(settings: Settings) -> dict[str, int]:
+    """The topics driftline uses and their partition counts."""
+    return {
+        settings.events_topic: settings.events_partitions,
+        settings.features_topic: settings.features_partitions,
+        settings.dlq_topic: settings.events_partitions,
+    }
+
+
+def _admin(settings: Settings, timeout: float) -> KafkaAdminClient:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return KafkaAdminClient(
+                bootstrap_servers=settings.kafka_bootstrap, client_id="driftline-admin",
+                request_timeout_ms=10_000,
+            )
+        except KafkaError as exc:
+            if time.monotonic() > deadline:
+                raise ServiceUnavailable("Kafka", settings.kafka_bootstrap, str(exc)) from exc
+            time.sleep(0.5)
+
+
+def ensure_topics(settings: Settings, timeout: float = 30.0) -> dict[str, str]:
+    """Create missing topics explicitly (never rely on auto-create); return ``{topic: topic_id}``.
+
+    Topic ids let stages tell a recreated topic (e.g. after the embedded broker restarted and
+    lost everything) from the one their checkpointed offsets refer to.
+    """
+    plan = topic_plan(settings)
+    admin = _admin(settings, timeout)
+    try:
+        existing = set(admin.list_topics())
+        missing = [
+            NewTopic(name, partitions, settings.replication_factor)
+            for name, partitions in plan.items()
+            if name not in existing
+        ]
+        if missing:
+            try:
+                admin.create_topics(missing)
+                log.info("created topics %s", [t.name for t in missing])
+            except TopicAlreadyExistsError:
+                pass  # another process created them first
+        return topic_ids(admin, plan)
+    finally:
+        admin.close()
+
+
+def topic_ids(admin: KafkaAdminClient, topics: Iterable[str]) -> dict[str, str]:
+    return {t["name"]: str(t.get("topic_id") or "") for t in admin.describe_topics(list(topics))}
+
+
+class SensorProducer:
+    """Publishes sensor events to ``sensor-events``, keyed by device so each device stays in order.
+
+    acks=all and idempotence: a retry after a network error never writes an event twice.
+
+    Raises :class:`~driftline.errors.ServiceUnavailable` when the broker cannot be reached.
+    """
+
+    def __init__(self, settings: Settings, **overrides: Any) -> None:
+        self.topic = settings.events_topic
+        config: dict[str, Any] = {
+            "bootstrap_servers": settings.kafka_bootstrap,
+            "acks": "all",
+            "enable_idempotence": True,
+            "linger_ms": 5,
+            "batch_size": 64 * 1024,
+            "client_id": "driftline-producer",
+            **overrides,
+        }
+        try:
+            self._producer = KafkaProducer(**config)
+        except KafkaError as exc:
+            raise ServiceUnavailable("Kafka", settings.kafka_bootstrap, str(exc)) from exc
+
+    def send(self, event: dict[str, Any]) -> None:
+        """Queue one event (a JSON-able dict with ``device_id``)."""
+        self.send_raw(str(event["device_id"]).encode(), json.dumps(event).encode())
+
+    def send_raw(self, key: bytes | None, value: bytes) -> None:
+        """Queue raw bytes as they are: what a device that sends bad data would do."""
+        self._producer.send(self.topic, key=key, value=value)
+
+    def flush(self, timeout: float | None = 30.0) -> None:
+        self._producer.flush(timeout)
+
+    def close(self) -> None:
+        self._producer.close()
+
+    def __enter__(self) -> SensorProducer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.flush()
+        self.close()

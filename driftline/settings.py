@@ -1,0 +1,121 @@
+"""driftline's settings: one typed class, read once from ``DRIFTLINE_*`` variables and ``.env``.
+
+Every process of the system (worker, API, simulator, ``driftline up``) reads the same class, so
+a value set once in the environment reaches all of them. ``driftline up`` passes what it decided
+(the embedded broker's address, the embedded Redis's URL) to its children the same way.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: The development secret. Fine on a laptop; refused when ``DRIFTLINE_ENV=prod``.
+DEV_SECRET = "driftline-dev-secret-change-me"  # noqa: S105 - refused when env=prod
+
+
+class Settings(BaseSettings):
+    """All of driftline's configuration.
+
+    Examples
+    --------
+    >>> s = Settings(kafka_url="kafka://127.0.0.1:9092", _env_file=None)
+    >>> s.kafka_bootstrap
+    '127.0.0.1:9092'
+    >>> s.redis_key("model", "default")
+    'driftline:model:default'
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="DRIFTLINE_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    env: Literal["dev", "test", "prod"] = "dev"
+
+    # --- Kafka -------------------------------------------------------------------------------
+    #: Broker to use. Empty: ``driftline up`` starts an embedded one and sets this for its children.
+    kafka_url: str = ""
+    events_topic: str = "sensor-events"
+    features_topic: str = "sensor-features"
+    dlq_topic: str = "sensor-dlq"
+    events_partitions: int = Field(4, ge=1)
+    features_partitions: int = Field(2, ge=1)
+    replication_factor: int = Field(1, ge=1)
+
+    # --- Redis -------------------------------------------------------------------------------
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    #: Prefix of every Redis key and channel: several deployments (or test runs) share one Redis.
+    namespace: str = Field("driftline", pattern=r"^[A-Za-z0-9_.-]+$")
+
+    # --- Stream worker -----------------------------------------------------------------------
+    worker_id: str = "driftline-worker"
+    #: Events handled per batch and the longest wait for a batch to fill (seconds).
+    batch_size: int = Field(500, ge=1)
+    batch_within: float = Field(0.5, gt=0)
+    #: The embedded broker's first group join waits on these (see DESIGN.md): keep them short.
+    broker_session_timeout: float = 10.0
+    broker_rebalance_timeout: float = 10.0
+    broker_heartbeat_interval: float = 1.0
+    #: Longest accepted JSON message; larger ones go to the DLQ unread.
+    max_message_bytes: int = Field(1_000_000, ge=1024)
+    #: Readings a rolling mean spans.
+    rolling_window: int = Field(10, ge=1)
+
+    # --- Learning ----------------------------------------------------------------------------
+    model_name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$")
+    target: str = "power"
+    snapshot_every_events: int = Field(1000, ge=1)
+    snapshot_every_seconds: float = Field(5.0, gt=0)
+    #: Versions kept per model besides the aliased ones.
+    keep_versions: int = Field(20, ge=1)
+    secret_key: SecretStr = SecretStr(DEV_SECRET)
+
+    # --- API ---------------------------------------------------------------------------------
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8000, ge=0, le=65535)
+
+    # --- Simulator ---------------------------------------------------------------------------
+    sim_devices: int = Field(5, ge=1)
+    sim_rate: float = Field(20.0, gt=0, description="events per second, all devices together")
+    sim_drift_after: int | None = Field(
+        None, ge=0, description="events after which the target's relation to inputs changes"
+    )
+    sim_seed: int = 7
+
+    @field_validator("kafka_url")
+    @classmethod
+    def _strip_scheme_free(cls, value: str) -> str:
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _refuse_dev_secret_in_prod(self) -> Settings:
+        if self.env == "prod" and self.secret_key.get_secret_value() == DEV_SECRET:
+            raise ValueError("DRIFTLINE_SECRET_KEY must be set to a real secret when env=prod")
+        if len(self.secret_key.get_secret_value()) < 16:
+            raise ValueError("DRIFTLINE_SECRET_KEY must be at least 16 characters")
+        return self
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        """``host:port[,host:port]`` for kafka-python, without Faust's ``kafka://`` scheme."""
+        return ",".join(
+            part.removeprefix("kafka://") for part in self.kafka_url.split(",") if part
+        )
+
+    @property
+    def faust_broker(self) -> str:
+        """The broker URL in Faust's form (``kafka://host:port;host:port``)."""
+        return ";".join(f"kafka://{hp}" for hp in self.kafka_bootstrap.split(","))
+
+    def redis_key(self, *parts: str) -> str:
+        """A Redis key (or channel) inside this deployment's namespace."""
+        return ":".join((self.namespace, *parts))
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once."""
+    return Settings()
