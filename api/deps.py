@@ -1,0 +1,37 @@
+"""What routes receive: resources the lifespan opened, as ``Annotated`` dependencies."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from redis.asyncio import Redis
+
+from api.model_store import ModelStore
+from driftline.settings import Settings
+from models.registry import ModelRegistry
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_redis(request: Request) -> Redis:
+    redis: Redis = request.app.state.redis
+    return redis
+
+
+def get_model_store(request: Request) -> ModelStore:
+    store: ModelStore = request.app.state.model_store
+    return store
+
+
+def get_registry(request: Request) -> ModelRegistry:
+    return get_model_store(request).registry
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+RedisDep = Annotated[Redis, Depends(get_redis)]
+ModelStoreDep = Annotated[ModelStore, Depends(get_model_store)]
+RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]

@@ -1,0 +1,72 @@
+"""The FastAPI app. Run it with ``driftline api`` (uvicorn, factory :func:`create_app`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request, status
+from fastapi.responses import JSONResponse
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from api.model_store import ModelStore
+from api.routes import router
+from driftline.errors import DriftlineError, ModelNotReady, SnapshotError
+from driftline.settings import Settings, get_settings
+from models.registry import ModelRegistry
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the API; the lifespan opens Redis, loads the newest snapshots and follows new ones."""
+    settings = settings or get_settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        registry = ModelRegistry(redis, settings.namespace,
+                                 settings.secret_key.get_secret_value().encode(),
+                                 settings.keep_versions)
+        store = ModelStore(registry)
+        app.state.settings = settings
+        app.state.redis = redis
+        app.state.model_store = store
+        try:
+            await store.refresh_all()
+        except RedisError as exc:  # start anyway: /health says degraded, follow() retries
+            log.warning("Redis unavailable at start (%s); models load when it answers", exc)
+        follower = asyncio.create_task(store.follow(), name="snapshot-follower")
+        try:
+            yield
+        finally:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
+            await redis.aclose()
+
+    app = FastAPI(
+        title="driftline",
+        summary="Live predictions from online models that keep themselves correct.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.include_router(router)
+    app.add_exception_handler(DriftlineError, _driftline_error)
+    app.add_exception_handler(RedisError, _redis_error)
+    return app
+
+
+async def _driftline_error(request: Request, exc: Exception) -> JSONResponse:
+    code = status.HTTP_400_BAD_REQUEST
+    if isinstance(exc, ModelNotReady | SnapshotError):
+        code = status.HTTP_503_SERVICE_UNAVAILABLE
+    return JSONResponse({"detail": str(exc)}, status_code=code)
+
+
+async def _redis_error(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": f"Redis is unavailable: {exc}"},
+                        status_code=status.HTTP_503_SERVICE_UNAVAILABLE)

@@ -1,0 +1,115 @@
+"""The models the API serves: verified snapshots, swapped in when a newer one is announced.
+
+A snapshot reaches the API only through :meth:`ModelRegistry.load`, which checks its HMAC before
+unpickling. A refused snapshot (tampered, signed with another key, unreadable) is counted and
+logged; the model already being served stays in place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from driftline.errors import ModelNotReady, SnapshotError
+from models.learner import OnlineLearner
+from models.registry import ModelRegistry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServedModel:
+    learner: OnlineLearner
+    meta: dict[str, Any]
+
+    @property
+    def version(self) -> int:
+        return int(self.meta["version"])
+
+
+@dataclass
+class Refusals:
+    count: int = 0
+    last_reason: str | None = None
+    last_version: int | None = None
+
+
+@dataclass
+class ModelStore:
+    """Per model name, the snapshot being served."""
+
+    registry: ModelRegistry
+    served: dict[str, ServedModel] = field(default_factory=dict)
+    refusals: dict[str, Refusals] = field(default_factory=dict)
+
+    def get(self, name: str) -> ServedModel:
+        served = self.served.get(name)
+        if served is None:
+            raise ModelNotReady(name)
+        return served
+
+    async def refresh(self, name: str, version: int | None = None) -> bool:
+        """Load ``version`` (default: the latest) if newer than what is served; ``True`` if swapped."""
+        current = self.served.get(name)
+        if version is None:
+            version = await self.registry.alias_version(name)
+            if version is None:
+                return False
+        if current is not None and version <= current.version:
+            return False
+        try:
+            learner, meta = await self.registry.load(name, version)
+        except ModelNotReady:
+            return False
+        except SnapshotError as exc:
+            refusal = self.refusals.setdefault(name, Refusals())
+            if refusal.last_version != version:
+                refusal.count += 1
+                refusal.last_reason = str(exc)
+                refusal.last_version = version
+                log.warning("model %s v%s refused, still serving v%s: %s", name, version,
+                            current.version if current else None, exc)
+            return False
+        self.served[name] = ServedModel(learner, meta)
+        log.info("serving model %s v%s (%d events learned)", name, version, learner.events_learned)
+        return True
+
+    async def refresh_all(self) -> None:
+        for name in await self.registry.model_names():
+            await self.refresh(name)
+
+    async def follow(self, poll_seconds: float = 5.0) -> None:
+        """Swap in announced snapshots as they come; poll too, since pub/sub drops messages
+        while disconnected. Runs until cancelled; Redis outages are waited out."""
+        backoff = 0.5
+        while True:
+            pubsub = self.registry.redis.pubsub()
+            try:
+                await pubsub.subscribe(self.registry.channel)
+                await self.refresh_all()
+                backoff = 0.5
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True,
+                                                       timeout=poll_seconds)
+                    if message is None:
+                        await self.refresh_all()
+                        continue
+                    try:
+                        note = json.loads(message["data"])
+                        await self.refresh(str(note["model"]), int(note["version"]))
+                    except (ValueError, KeyError, TypeError) as exc:
+                        log.warning("ignoring malformed announcement %r: %s", message["data"], exc)
+            except (RedisError, OSError) as exc:
+                log.warning("snapshot subscription lost (%s); retrying in %.1fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+            finally:
+                try:
+                    await pubsub.aclose()
+                except (RedisError, OSError):
+                    pass

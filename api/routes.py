@@ -1,0 +1,99 @@
+"""HTTP routes: thin wrappers over the model store, the registry and the stream's feature code."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Response, status
+from pydantic import BaseModel
+
+from api.deps import ModelStoreDep, RedisDep, RegistryDep, SettingsDep
+from streams.checkpoint import load_device_states
+from streams.features import DeviceState, featurize
+from streams.schema import Reading, SensorEvent
+
+router = APIRouter()
+
+
+class Prediction(BaseModel):
+    prediction: float | None
+    model: str
+    version: int
+    device_id: str
+    features: dict[str, float]
+    events_learned: int
+
+
+@router.post("/predict", response_model=Prediction, responses={503: {"description": "no model yet"}})
+async def predict(reading: Reading, settings: SettingsDep, redis: RedisDep,
+                  store: ModelStoreDep) -> Prediction:
+    """Predict from one raw reading, featurized with the device's live state (as the stream does)."""
+    name = reading.model or settings.model_name
+    served = store.get(name)
+    states = await load_device_states(redis, settings.namespace, [reading.device_id],
+                                      settings.rolling_window)
+    # A copy of the stream's state: serving reads it and never writes it back.
+    state = states.get(reading.device_id) or DeviceState()
+    readings = {k: v for k, v in reading.readings.items() if k != settings.target}
+    features = featurize(state, readings, reading.ts or datetime.now(UTC), settings.rolling_window)
+    prediction = served.learner.predict(features)
+    return Prediction(
+        prediction=None if prediction is None else float(prediction),
+        model=name,
+        version=served.version,
+        device_id=reading.device_id,
+        features=features,
+        events_learned=int(served.meta.get("events_learned", 0)),
+    )
+
+
+def _describe(name: str, store: ModelStoreDep, latest: int | None) -> dict[str, Any]:
+    served = store.served.get(name)
+    refusals = store.refusals.get(name)
+    return {
+        "name": name,
+        "served_version": served.version if served else None,
+        "latest_version": latest,
+        "meta": served.meta if served else None,
+        "refused_snapshots": refusals.count if refusals else 0,
+        "last_refusal": refusals.last_reason if refusals else None,
+    }
+
+
+@router.get("/models")
+async def list_models(store: ModelStoreDep, registry: RegistryDep) -> list[dict[str, Any]]:
+    """Every model in the registry: what is served, what is newest, and any refused snapshots."""
+    return [_describe(name, store, await registry.alias_version(name))
+            for name in await registry.model_names()]
+
+
+@router.get("/models/{name}")
+async def show_model(name: str, store: ModelStoreDep, registry: RegistryDep) -> dict[str, Any]:
+    """One model with the metadata of every stored version."""
+    if name not in await registry.model_names():
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no model named {name!r}")
+    return {**_describe(name, store, await registry.alias_version(name)),
+            "versions": await registry.versions(name)}
+
+
+@router.get("/health")
+async def health(response: Response, redis: RedisDep, store: ModelStoreDep) -> dict[str, Any]:
+    """``ok`` when Redis answers; lists the model versions being served."""
+    try:
+        redis_ok = bool(await redis.ping())
+    except Exception:  # noqa: BLE001 - any failure to reach Redis means unhealthy
+        redis_ok = False
+    if not redis_ok:
+        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    return {
+        "status": "ok" if redis_ok else "degraded",
+        "redis": redis_ok,
+        "models": {name: served.version for name, served in store.served.items()},
+    }
+
+
+@router.get("/schema/event")
+async def event_schema() -> dict[str, Any]:
+    """The JSON Schema every message on the events topic must satisfy."""
+    return SensorEvent.model_json_schema()

@@ -1,0 +1,81 @@
+"""The sensor catalog: per sensor its unit, valid range and cleaning policy.
+
+Set it in ``DRIFTLINE_SENSOR_CATALOG`` as JSON, or point ``DRIFTLINE_SENSOR_CATALOG_FILE`` at a JSON
+or YAML file. Sensors not in the catalog pass through unchecked and are imputed from their last value.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class SensorSpec(BaseModel):
+    """What a sensor measures, what values are plausible, and how to clean it.
+
+    Examples
+    --------
+    >>> SensorSpec(unit="°C", min=-40, max=125).clip_or_none(130.0)
+    125.0
+    >>> SensorSpec(unit="%", min=0, max=100, out_of_range="reject").clip_or_none(101.0) is None
+    True
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    unit: str = ""
+    min: float | None = None
+    max: float | None = None
+    #: ``clip``: clamp to the range and count it; ``reject``: the event goes to the DLQ.
+    out_of_range: Literal["clip", "reject"] = "clip"
+    #: How to fill a missing reading: the device's last value, its rolling mean, or not at all.
+    impute: Literal["last", "mean", "none"] = "last"
+    #: Longest gap (seconds of event time since the last real reading) imputation may bridge.
+    max_gap_seconds: float = Field(300.0, gt=0)
+
+    @model_validator(mode="after")
+    def _range_ordered(self) -> SensorSpec:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}")
+        return self
+
+    def in_range(self, value: float) -> bool:
+        return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
+
+    def clip_or_none(self, value: float) -> float | None:
+        """The value clamped into range, or ``None`` when this sensor rejects out-of-range values."""
+        if self.out_of_range == "reject":
+            return None
+        low = self.min if self.min is not None else value
+        high = self.max if self.max is not None else value
+        return min(max(value, low), high)
+
+
+#: The simulator's sensors: what ``driftline up`` runs with unless told otherwise.
+DEFAULT_CATALOG: dict[str, SensorSpec] = {
+    "temperature": SensorSpec(unit="°C", min=-40, max=125, out_of_range="clip", impute="last"),
+    "humidity": SensorSpec(unit="%", min=0, max=100, out_of_range="clip", impute="mean"),
+    "vibration": SensorSpec(unit="g", min=0, max=16, out_of_range="reject", impute="last",
+                            max_gap_seconds=60),
+    "voltage": SensorSpec(unit="V", min=0, max=400, out_of_range="reject", impute="last"),
+}
+
+
+def load_catalog(text: str | None = None, path: Path | None = None) -> dict[str, SensorSpec]:
+    """Read a catalog from JSON text or a JSON/YAML file; the default catalog when neither is given."""
+    if path is not None:
+        raw = path.read_text()
+        if path.suffix in {".yaml", ".yml"}:
+            import yaml  # optional: only needed for YAML catalogs
+
+            data = yaml.safe_load(raw)
+        else:
+            data = json.loads(raw)
+    elif text:
+        data = json.loads(text)
+    else:
+        return dict(DEFAULT_CATALOG)
+    return {name: SensorSpec.model_validate(spec) for name, spec in data.items()}
