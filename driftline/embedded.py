@@ -92,6 +92,9 @@ class EmbeddedProcess:
             log = open(self.log_dir / f"{self.name}.log", "ab")  # noqa: SIM115 - child owns it
         self.process = subprocess.Popen(
             self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            # Own session: a Ctrl-C in the terminal must not kill the broker before the worker
+            # has left its group; whoever started us stops us, last.
+            start_new_session=True,
             preexec_fn=die_with_parent,  # noqa: PLW1509 - only prctl, safe before exec
         )
         deadline = time.monotonic() + timeout

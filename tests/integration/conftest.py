@@ -64,7 +64,9 @@ class WorkerProcess:
 
 
 @pytest.fixture
-def start_worker(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[[Settings], WorkerProcess]]:
+def start_worker(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[[Settings], WorkerProcess]]:
     workers: list[WorkerProcess] = []
 
     def start(settings: Settings) -> WorkerProcess:
