@@ -13,8 +13,9 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from api.model_store import ModelStore
+from api.publisher import EventPublisher
 from api.routes import router
-from driftline.errors import DriftlineError, ModelNotReady, SnapshotError
+from driftline.errors import DriftlineError, ModelNotReady, ServiceUnavailable, SnapshotError
 from driftline.settings import Settings, get_settings
 from models.registry import ModelRegistry
 
@@ -35,6 +36,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.redis = redis
         app.state.model_store = store
+        app.state.publisher = EventPublisher(settings)
         try:
             await store.refresh_all()
         except RedisError as exc:  # start anyway: /health says degraded, follow() retries
@@ -46,6 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             follower.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await follower
+            await app.state.publisher.close()
             await redis.aclose()
 
     app = FastAPI(
@@ -62,7 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 async def _driftline_error(request: Request, exc: Exception) -> JSONResponse:
     code = status.HTTP_400_BAD_REQUEST
-    if isinstance(exc, ModelNotReady | SnapshotError):
+    if isinstance(exc, ModelNotReady | SnapshotError | ServiceUnavailable):
         code = status.HTTP_503_SERVICE_UNAVAILABLE
     return JSONResponse({"detail": str(exc)}, status_code=code)
 

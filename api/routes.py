@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import secrets
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Response, status
+from fastapi import APIRouter, Body, Header, HTTPException, Request, Response, status
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from api.deps import ModelStoreDep, RedisDep, RegistryDep, SettingsDep
-from streams.checkpoint import load_device_states
+from api.stats import ingest_totals, prometheus_text
+from streams.checkpoint import device_key, load_device_states
 from streams.features import DeviceState, featurize
 from streams.schema import Reading, SensorEvent
 
@@ -97,3 +101,65 @@ async def health(response: Response, redis: RedisDep, store: ModelStoreDep) -> d
 async def event_schema() -> dict[str, Any]:
     """The JSON Schema every message on the events topic must satisfy."""
     return SensorEvent.model_json_schema()
+
+
+# --- ways in, and what became of them ---------------------------------------------------------
+
+def _check_api_key(settings: SettingsDep, key: str | None) -> None:
+    if not key or not any(secrets.compare_digest(key, k) for k in settings.api_key_set()):
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or unknown API key (header X-API-Key)",
+                            headers={"WWW-Authenticate": "ApiKey"})
+
+
+@router.post("/events", status_code=status.HTTP_202_ACCEPTED, responses={
+    401: {"description": "no valid X-API-Key"}, 413: {"description": "batch too large"},
+    422: {"description": "no event was valid; reasons per item"},
+    503: {"description": "Kafka unreachable"}})
+async def post_events(
+    request: Request,
+    settings: SettingsDep,
+    body: Any = Body(..., description="one sensor event, or a JSON array of them",  # noqa: B008
+                     examples=[{"event_id": "sensor-001-00000001", "device_id": "sensor-001",
+                                "ts": "2026-11-22T10:00:00Z", "readings": {"temperature": 21.5}}]),
+    x_api_key: str | None = Header(None),  # noqa: B008
+) -> Any:
+    """Publish readings to the events topic, validated first: 202 with counts, reasons per bad item."""
+    _check_api_key(settings, x_api_key)
+    items = body if isinstance(body, list) else [body]
+    if len(items) > settings.max_batch_events:
+        raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+                            f"{len(items)} events in one request; the limit is {settings.max_batch_events}")
+    if not items:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "no events in the request")
+    result = await request.app.state.publisher.publish(items)
+    if result["accepted"] == 0:
+        return JSONResponse(json.loads(json.dumps(result, default=str)),
+                            status_code=status.HTTP_422_UNPROCESSABLE_ENTITY)
+    return json.loads(json.dumps(result, default=str))
+
+
+@router.get("/stats")
+async def stats(settings: SettingsDep, redis: RedisDep) -> dict[str, Any]:
+    """What became of every event: received = accepted + deduplicated + rejected + late."""
+    return await ingest_totals(redis, settings)
+
+
+@router.get("/devices/{device_id}/stats")
+async def device_stats(device_id: str, settings: SettingsDep, redis: RedisDep) -> dict[str, Any]:
+    """One device's counters and its newest event time."""
+    raw = await redis.get(device_key(settings.namespace, device_id))
+    if raw is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no events seen from device {device_id!r}")
+    state = DeviceState.from_json(json.loads(raw))
+    return {"device_id": device_id, "counts": dict(state.counts), "watermark": state.watermark,
+            "events": state.events}
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(settings: SettingsDep, redis: RedisDep, store: ModelStoreDep,
+                  registry: RegistryDep) -> Response:
+    """Prometheus exposition of ingest counters and served-model figures."""
+    models = [_describe(name, store, await registry.alias_version(name))
+              for name in await registry.model_names()]
+    body = prometheus_text(await ingest_totals(redis, settings), models)
+    return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -88,6 +88,9 @@ class SensorProducer:
             "linger_ms": 5,
             "batch_size": 64 * 1024,
             "client_id": "driftline-producer",
+            "bootstrap_timeout_ms": int(settings.kafka_connect_timeout * 1000),
+            # never block a caller for long on a full buffer or missing metadata
+            "max_block_ms": int(settings.kafka_connect_timeout * 1000),
             **overrides,
         }
         try:

@@ -8,13 +8,17 @@ a value set once in the environment reaches all of them. ``driftline up`` passes
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from streams.catalog import SensorSpec, load_catalog
+
 #: The development secret. Fine on a laptop; refused when ``DRIFTLINE_ENV=prod``.
 DEV_SECRET = "driftline-dev-secret-change-me"  # noqa: S105 - refused when env=prod
+DEV_API_KEY = "driftline-dev-key"  # noqa: S105 - refused when env=prod
 
 
 class Settings(BaseSettings):
@@ -63,6 +67,14 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(1_000_000, ge=1024)
     #: Readings a rolling mean spans.
     rolling_window: int = Field(10, ge=1)
+    #: Sensor catalog as JSON (``{"temperature": {"unit": "°C", "min": -40, "max": 125}}``) or a
+    #: JSON/YAML file; empty: the simulator's sensors (see streams/catalog.py).
+    sensor_catalog: str = ""
+    sensor_catalog_file: Path | None = None
+    #: Events older than their device's newest minus this are late: counted, routed, not learned.
+    allowed_lateness_seconds: float = Field(300.0, ge=0)
+    #: Events whose time is further ahead of their arrival than this are refused (bad clocks).
+    max_future_seconds: float = Field(60.0, ge=0)
 
     # --- Learning ----------------------------------------------------------------------------
     model_name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$")
@@ -76,6 +88,15 @@ class Settings(BaseSettings):
     # --- API ---------------------------------------------------------------------------------
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=0, le=65535)
+    #: Keys accepted in ``X-API-Key`` by the write endpoints (``POST /events``), comma-separated.
+    api_keys: SecretStr = SecretStr(DEV_API_KEY)
+    #: Most events one ``POST /events`` may carry.
+    max_batch_events: int = Field(1000, ge=1)
+
+    # --- Ways in -----------------------------------------------------------------------------
+    mqtt_url: str = "mqtt://127.0.0.1:1883"
+    #: How long a producer waits for the broker before saying it is unreachable (seconds).
+    kafka_connect_timeout: float = Field(10.0, gt=0)
 
     # --- Simulator ---------------------------------------------------------------------------
     sim_devices: int = Field(5, ge=1)
@@ -94,6 +115,8 @@ class Settings(BaseSettings):
     def _refuse_dev_secret_in_prod(self) -> Settings:
         if self.env == "prod" and self.secret_key.get_secret_value() == DEV_SECRET:
             raise ValueError("DRIFTLINE_SECRET_KEY must be set to a real secret when env=prod")
+        if self.env == "prod" and DEV_API_KEY in self.api_key_set():
+            raise ValueError("DRIFTLINE_API_KEYS must not contain the development key when env=prod")
         if len(self.secret_key.get_secret_value()) < 16:
             raise ValueError("DRIFTLINE_SECRET_KEY must be at least 16 characters")
         return self
@@ -109,6 +132,14 @@ class Settings(BaseSettings):
     def faust_broker(self) -> str:
         """The broker URL in Faust's form (``kafka://host:port;host:port``)."""
         return ";".join(f"kafka://{hp}" for hp in self.kafka_bootstrap.split(","))
+
+    def api_key_set(self) -> frozenset[str]:
+        """The accepted API keys."""
+        return frozenset(k.strip() for k in self.api_keys.get_secret_value().split(",") if k.strip())
+
+    def catalog(self) -> dict[str, SensorSpec]:
+        """The sensor catalog these settings name."""
+        return load_catalog(self.sensor_catalog or None, self.sensor_catalog_file)
 
     def redis_key(self, *parts: str) -> str:
         """A Redis key (or channel) inside this deployment's namespace."""

@@ -56,7 +56,9 @@ class SensorSimulator:
         self.baselines = {d: self.rng.uniform(-3, 3) for d in self.device_ids}
         self.drift_after = drift_after
         self.missing_rate = missing_rate
-        self.start = start or datetime.now(UTC)
+        # Default: a day ago, so that generating events faster than real time (tests, backfills)
+        # never produces event times in the future, which the stream refuses.
+        self.start = start or datetime.now(UTC) - timedelta(days=1)
         self.step = timedelta(seconds=step_seconds)
         self.sent = 0
         self.sequence = dict.fromkeys(self.device_ids, 0)
@@ -106,8 +108,10 @@ def run_simulator(
     from driftline.kafka import SensorProducer
 
     rate = rate or settings.sim_rate
+    # Live: event time advances with the wall clock, one event every 1/rate seconds.
     sim = SensorSimulator(settings.sim_devices, seed=settings.sim_seed,
-                          drift_after=settings.sim_drift_after)
+                          drift_after=settings.sim_drift_after, start=datetime.now(UTC),
+                          step_seconds=1 / rate)
     producer = SensorProducer(settings)
     started = time.monotonic()
     next_report = started + 5

@@ -28,8 +28,8 @@ from models.learner import OnlineLearner
 from models.registry import ModelRegistry
 from models.specs import DEFAULT_SPEC
 from streams.app import app, dlq_topic, events_topic, features_topic, settings
-from streams.checkpoint import load_all_device_states, load_offsets, save_checkpoint
-from streams.cleaning import Rejection
+from streams.checkpoint import load_all_device_states, load_offsets, load_stats, save_checkpoint
+from streams.cleaning import Rejection, TimePolicy
 from streams.ingest import FeatureRecord, IngestStage
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,8 @@ class Runtime:
         self.ingest = IngestStage(
             models=(settings.model_name,), target=settings.target,
             window=settings.rolling_window, max_message_bytes=settings.max_message_bytes,
+            catalog=settings.catalog(),
+            time_policy=TimePolicy(settings.allowed_lateness_seconds, settings.max_future_seconds),
         )
         self.learners: dict[str, OnlineLearner] = {}
         self.unacked: list[Message] = []  # learned, not yet in a published snapshot
@@ -73,6 +75,9 @@ class Runtime:
     async def restore_ingest(self, partitions: list[int]) -> None:
         stage = self.ingest
         stage.offsets = await load_offsets(
+            self.redis, settings.namespace, settings.events_topic, self.events_topic_id(), partitions
+        )
+        stage.stats = await load_stats(
             self.redis, settings.namespace, settings.events_topic, self.events_topic_id(), partitions
         )
         stage.devices = await load_all_device_states(
@@ -134,6 +139,9 @@ async def restore_state(sender: Any, assigned: Any, **kwargs: Any) -> None:
     checkpoint (step 3 above); the stages skip whatever the checkpoint already reflects.
     """
     async with runtime.lock:
+        # Tell readers (the API's /stats) which topic incarnation the checkpoints refer to.
+        if runtime.topic_ids:
+            await runtime.redis.hset(settings.redis_key("topics"), mapping=runtime.topic_ids)
         events = sorted(tp.partition for tp in assigned if tp.topic == settings.events_topic)
         await runtime.restore_ingest(events)
         if any(tp.topic == settings.features_topic for tp in assigned):
@@ -151,13 +159,15 @@ async def clean_and_featurize(stream: Any) -> None:
             await app.producer.flush()
             await save_checkpoint(
                 runtime.redis, settings.namespace, settings.events_topic, runtime.events_topic_id(),
-                runtime.ingest.offsets, runtime.ingest.take_dirty(),
+                runtime.ingest.offsets, runtime.ingest.take_dirty(), runtime.ingest.stats,
             )
 
 
 async def _route(event: EventT) -> None:
     message = event.message
-    for outcome in runtime.ingest.handle(message.value, message.partition, message.offset):
+    timestamp_ms = int(message.timestamp * 1000) if message.timestamp else None
+    for outcome in runtime.ingest.handle(message.value, message.partition, message.offset,
+                                         timestamp_ms):
         if isinstance(outcome, FeatureRecord):
             await features_topic.send(
                 key=outcome.model.encode(),

@@ -5,6 +5,7 @@ Keys, under the deployment's namespace ``ns``::
 
     ns:device:<device_id>                 STRING  DeviceState JSON (also the API's feature store)
     ns:ingest:offsets:<topic>:<topic_id>  HASH    partition -> last offset reflected in the states
+    ns:ingest:stats:<topic>:<topic_id>    HASH    partition -> JSON counters (received, accepted, ...)
 
 The offsets are keyed by topic id: a topic deleted and recreated (the embedded broker keeps
 nothing across restarts) starts its offsets afresh instead of skipping its new events.
@@ -13,6 +14,7 @@ nothing across restarts) starts its offsets afresh instead of skipping its new e
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterable, Mapping
 
 from redis.asyncio import Redis
@@ -28,6 +30,10 @@ def offsets_key(namespace: str, topic: str, topic_id: str) -> str:
     return f"{namespace}:ingest:offsets:{topic}:{topic_id}"
 
 
+def stats_key(namespace: str, topic: str, topic_id: str) -> str:
+    return f"{namespace}:ingest:stats:{topic}:{topic_id}"
+
+
 async def save_checkpoint(
     redis: Redis,
     namespace: str,
@@ -35,9 +41,10 @@ async def save_checkpoint(
     topic_id: str,
     offsets: Mapping[int, int],
     devices: Mapping[str, DeviceState],
+    stats: Mapping[int, Mapping[str, int]] | None = None,
     device_ttl_seconds: int | None = None,
 ) -> None:
-    """Write changed device states and the offsets they reflect atomically."""
+    """Write changed device states, counters and the offsets they reflect atomically."""
     async with redis.pipeline(transaction=True) as tx:
         for device_id, state in devices.items():
             tx.set(
@@ -48,6 +55,9 @@ async def save_checkpoint(
         if offsets:
             tx.hset(offsets_key(namespace, topic, topic_id),
                     mapping={str(p): o for p, o in offsets.items()})
+        if stats:
+            tx.hset(stats_key(namespace, topic, topic_id),
+                    mapping={str(p): json.dumps(dict(c)) for p, c in stats.items()})
         await tx.execute()
 
 
@@ -60,6 +70,20 @@ async def load_offsets(
         return {}
     values = await redis.hmget(offsets_key(namespace, topic, topic_id), wanted)
     return {int(p): int(v) for p, v in zip(wanted, values, strict=True) if v is not None}
+
+
+async def load_stats(
+    redis: Redis, namespace: str, topic: str, topic_id: str, partitions: Iterable[int] | None = None
+) -> dict[int, Counter[str]]:
+    """Checkpointed counters per partition (all partitions when ``partitions`` is None)."""
+    key = stats_key(namespace, topic, topic_id)
+    if partitions is None:
+        raw = {int(p): v for p, v in (await redis.hgetall(key)).items()}
+    else:
+        wanted = [str(p) for p in partitions]
+        values = await redis.hmget(key, wanted) if wanted else []
+        raw = {int(p): v for p, v in zip(wanted, values, strict=True) if v is not None}
+    return {p: Counter(json.loads(v)) for p, v in raw.items()}
 
 
 async def load_device_states(

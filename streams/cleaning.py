@@ -1,7 +1,8 @@
-"""Turning raw message bytes into a valid :class:`~streams.schema.SensorEvent`, or a reason why not.
+"""Cleaning: raw bytes to a valid :class:`~streams.schema.SensorEvent`, then per-device checks.
 
-Pure functions: no broker, no Redis. The ingest agent calls :func:`decode_event` on every message
-and sends what it returns as a :class:`Rejection` to the dead-letter topic.
+Pure functions: no broker, no Redis. :class:`~streams.ingest.IngestStage` calls them in order —
+:func:`decode_event`, deduplication, :func:`check_time`, :func:`clean_readings` — and sends every
+:class:`Rejection` to the dead-letter topic with its reason code.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from typing import NamedTuple
 
 from pydantic import ValidationError
 
+from streams.catalog import SensorSpec
+from streams.features import DeviceState
 from streams.schema import SensorEvent
 
 #: Reason codes a rejected event carries in the DLQ (header ``dl-reason``).
@@ -55,3 +58,107 @@ def _rejection_from(exc: ValidationError) -> Rejection:
     parts = [f"{'.'.join(str(p) for p in e['loc']) or 'event'}: {e['msg']}" for e in errors[:5]]
     more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
     return Rejection(INVALID, "; ".join(parts) + more)
+
+
+# --- per-device cleaning ---------------------------------------------------------------------
+
+DUPLICATE = "duplicate"
+LATE = "late"
+FUTURE = "future"
+OUT_OF_RANGE = "out_of_range"
+INTERNAL = "internal"
+
+
+class CleanReadings(NamedTuple):
+    """An event's readings after range checks and imputation: what the featurizer gets."""
+
+    readings: dict[str, float]
+    imputed: tuple[str, ...]
+    clipped: tuple[str, ...]
+
+
+def check_time(ts: float, watermark: float | None, now: float, policy: TimePolicy) -> Rejection | None:
+    """Refuse an event from too far in the future, or older than the device's watermark allows.
+
+    ``now`` is the message's broker/producer timestamp, not the wall clock, so a replay decides the
+    same way.
+
+    Examples
+    --------
+    >>> policy = TimePolicy(allowed_lateness=60, max_future=10)
+    >>> check_time(1000, watermark=1030, now=1000, policy=policy) is None   # 30 s late: fine
+    True
+    >>> check_time(900, watermark=1030, now=1000, policy=policy).reason
+    'late'
+    >>> check_time(1020, watermark=None, now=1000, policy=policy).reason
+    'future'
+    """
+    if ts > now + policy.max_future:
+        return Rejection(FUTURE, f"event time is {ts - now:.0f} s ahead of its arrival "
+                                 f"(limit {policy.max_future:.0f} s): check the device clock")
+    if watermark is not None and ts < watermark - policy.allowed_lateness:
+        return Rejection(LATE, f"event is {watermark - ts:.0f} s older than the device's newest "
+                               f"(allowed lateness {policy.allowed_lateness:.0f} s)")
+    return None
+
+
+class TimePolicy(NamedTuple):
+    allowed_lateness: float
+    max_future: float
+
+
+def clean_readings(
+    readings: dict[str, float | None],
+    ts: float,
+    state: DeviceState,
+    catalog: dict[str, SensorSpec],
+) -> CleanReadings | Rejection:
+    """Range-check and impute one event's readings against the catalog and the device's history.
+
+    Sensors the device reported before but left out (or sent as null) are imputed by the sensor's
+    policy, when the gap since its last real reading is short enough. Sensors missing from the
+    catalog are imputed from their last value and not range-checked.
+
+    Examples
+    --------
+    >>> from streams.catalog import SensorSpec
+    >>> catalog = {"t": SensorSpec(min=0, max=50), "v": SensorSpec(min=0, max=1, out_of_range="reject")}
+    >>> state = DeviceState(last={"t": 20.0}, last_seen={"t": 100.0})
+    >>> clean_readings({"t": None, "v": 0.5}, 130.0, state, catalog)
+    CleanReadings(readings={'t': 20.0, 'v': 0.5}, imputed=('t',), clipped=())
+    >>> clean_readings({"t": 70.0}, 130.0, state, catalog)
+    CleanReadings(readings={'t': 50.0}, imputed=(), clipped=('t',))
+    >>> clean_readings({"v": 3.0}, 130.0, state, catalog).reason
+    'out_of_range'
+    """
+    clean: dict[str, float] = {}
+    imputed: list[str] = []
+    clipped: list[str] = []
+    for name in (*readings, *(n for n in state.last if n not in readings)):
+        spec = catalog.get(name, _UNCATALOGUED)
+        value = readings.get(name)
+        if value is None:
+            fill = _impute(name, ts, state, spec)
+            if fill is not None:
+                clean[name] = fill
+                imputed.append(name)
+            continue
+        if not spec.in_range(value):
+            fixed = spec.clip_or_none(value)
+            if fixed is None:
+                return Rejection(OUT_OF_RANGE, f"{name}={value:g} is outside [{spec.min}, {spec.max}]"
+                                               f"{' ' + spec.unit if spec.unit else ''}")
+            value = fixed
+            clipped.append(name)
+        clean[name] = value
+    return CleanReadings(clean, tuple(imputed), tuple(clipped))
+
+
+def _impute(name: str, ts: float, state: DeviceState, spec: SensorSpec) -> float | None:
+    seen = state.last_seen.get(name)
+    if spec.impute == "none" or seen is None or ts - seen > spec.max_gap_seconds:
+        return None
+    return state.last.get(name) if spec.impute == "last" else state.window_mean(name)
+
+
+_UNCATALOGUED = SensorSpec()

@@ -1,18 +1,31 @@
-"""The ingest stage's logic: raw message in, feature record or rejection out. No I/O.
+"""The ingest stage's logic: raw message in, feature records or a rejection out. No I/O.
 
-:class:`IngestStage` keeps what must survive between events (per-device state and the last source
-offset handled per partition) and accounts for every message it is given, so that
-``received == accepted + deduplicated + rejected`` always holds. The agent around it moves bytes
-and checkpoints :meth:`IngestStage.dirty_devices` with :attr:`IngestStage.offsets`.
+:class:`IngestStage` keeps what must survive between events (per-device state, the last source
+offset handled per partition, the counters) and accounts for every message it is given::
+
+    received == accepted + deduplicated + rejected + late
+
+The agent around it moves bytes, and checkpoints :meth:`IngestStage.take_dirty` with
+:attr:`IngestStage.offsets` and :attr:`IngestStage.stats` in one Redis transaction.
 """
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from streams.cleaning import Rejection, decode_event
+from streams.catalog import DEFAULT_CATALOG, SensorSpec
+from streams.cleaning import (
+    INTERNAL,
+    LATE,
+    Rejection,
+    TimePolicy,
+    check_time,
+    clean_readings,
+    decode_event,
+)
 from streams.features import DeviceState, featurize
 
 
@@ -28,6 +41,8 @@ class FeatureRecord:
     target: float | None
     source_partition: int
     source_offset: int
+    imputed: tuple[str, ...] = ()
+    clipped: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -38,6 +53,8 @@ class FeatureRecord:
             "features": self.features,
             "target": self.target,
             "src": [self.source_partition, self.source_offset],
+            "imputed": list(self.imputed),
+            "clipped": list(self.clipped),
         }
 
     @classmethod
@@ -52,6 +69,8 @@ class FeatureRecord:
             target=data.get("target"),
             source_partition=int(partition),
             source_offset=int(offset),
+            imputed=tuple(data.get("imputed", ())),
+            clipped=tuple(data.get("clipped", ())),
         )
 
 
@@ -62,8 +81,11 @@ class Duplicate:
     event_id: str
 
 
-#: Result of handling one message. ``None``: a replay of an offset already handled (not counted).
-Outcome = FeatureRecord | Rejection | Duplicate | None
+#: Result of handling one message; the list is empty for a replayed offset (not counted again).
+Outcome = FeatureRecord | Rejection | Duplicate
+
+#: The counters every partition keeps; ``rejected:<reason>`` ones are added as reasons occur.
+COUNTERS = ("received", "accepted", "deduplicated", "rejected", "late", "imputed", "clipped")
 
 
 @dataclass
@@ -74,13 +96,13 @@ class IngestStage:
     --------
     >>> stage = IngestStage(models=("m",), target="y", window=3, max_message_bytes=10_000)
     >>> raw = b'{"event_id": "a", "device_id": "d", "ts": 0, "readings": {"x": 1}, "target": 2}'
-    >>> stage.handle(raw, partition=0, offset=0)[0].features["x"]
+    >>> stage.handle(raw, partition=0, offset=0, timestamp_ms=0)[0].features["x"]
     1.0
-    >>> stage.handle(raw, partition=0, offset=1)
+    >>> stage.handle(raw, partition=0, offset=1, timestamp_ms=0)
     [Duplicate(event_id='a')]
-    >>> stage.handle(raw, partition=0, offset=1)   # a replay of offset 1: ignored
+    >>> stage.handle(raw, partition=0, offset=1, timestamp_ms=0)   # a replay of offset 1: ignored
     []
-    >>> dict(stage.counts)
+    >>> {k: v for k, v in stage.totals().items() if v}
     {'received': 2, 'accepted': 1, 'deduplicated': 1}
     """
 
@@ -88,41 +110,87 @@ class IngestStage:
     target: str
     window: int
     max_message_bytes: int
+    catalog: dict[str, SensorSpec] = field(default_factory=lambda: dict(DEFAULT_CATALOG))
+    time_policy: TimePolicy = TimePolicy(allowed_lateness=300.0, max_future=60.0)
     devices: dict[str, DeviceState] = field(default_factory=dict)
     #: Source partition -> last offset whose effect is in :attr:`devices`.
     offsets: dict[int, int] = field(default_factory=dict)
-    counts: Counter[str] = field(default_factory=Counter)
-    rejected_by_reason: Counter[str] = field(default_factory=Counter)
+    #: Source partition -> its counters (checkpointed with the offsets, so they survive a crash).
+    stats: dict[int, Counter[str]] = field(default_factory=dict)
     dirty: set[str] = field(default_factory=set)
 
-    def handle(self, raw: bytes | None, partition: int, offset: int) -> list[Outcome]:
-        """Handle one message; a list so that one event can feed several models."""
+    def handle(
+        self, raw: bytes | None, partition: int, offset: int, timestamp_ms: int | None = None
+    ) -> list[Outcome]:
+        """Handle one message. Never raises: whatever goes wrong becomes a rejection."""
         if offset <= self.offsets.get(partition, -1):
             return []  # replayed after a restart: its effect is already in the checkpoint
         self.offsets[partition] = offset
-        self.counts["received"] += 1
+        counts = self.stats.setdefault(partition, Counter())
+        counts["received"] += 1
+        try:
+            outcomes = self._handle(raw, partition, offset, timestamp_ms, counts)
+        except Exception as exc:  # noqa: BLE001 - one bad event must never stop the stream
+            outcomes = [self._reject(counts, None, Rejection(INTERNAL, f"{type(exc).__name__}: {exc}"))]
+        return outcomes
+
+    def _handle(
+        self, raw: bytes | None, partition: int, offset: int, timestamp_ms: int | None,
+        counts: Counter[str],
+    ) -> list[Outcome]:
         event = decode_event(raw, self.max_message_bytes)
         if isinstance(event, Rejection):
-            self.counts["rejected"] += 1
-            self.rejected_by_reason[event.reason] += 1
-            return [event]
+            return [self._reject(counts, None, event)]
         state = self.devices.get(event.device_id)
         if state is None:
             state = self.devices[event.device_id] = DeviceState()
         self.dirty.add(event.device_id)
         if event.event_id in state.recent_ids:
-            self.counts["deduplicated"] += 1
+            counts["deduplicated"] += 1
+            state.counts["deduplicated"] += 1
             return [Duplicate(event.event_id)]
-        state.recent_ids.append(event.event_id)
-        readings = {k: v for k, v in event.readings.items() if k != self.target}
-        target = event.target if event.target is not None else event.readings.get(self.target)
-        features = featurize(state, readings, event.ts, self.window)
-        self.counts["accepted"] += 1
         ts = event.ts.timestamp()
+        now = timestamp_ms / 1000 if timestamp_ms and timestamp_ms > 0 else time.time()
+        refused = check_time(ts, state.watermark, now, self.time_policy)
+        if refused is not None:
+            return [self._reject(counts, state, refused)]
+        readings = {k: v for k, v in event.readings.items() if k != self.target}
+        cleaned = clean_readings(readings, ts, state, self.catalog)
+        if isinstance(cleaned, Rejection):
+            return [self._reject(counts, state, cleaned)]
+        state.recent_ids.append(event.event_id)
+        state.watermark = ts if state.watermark is None else max(state.watermark, ts)
+        for name, value in readings.items():
+            if value is not None:
+                state.last_seen[name] = ts
+        target = event.target if event.target is not None else event.readings.get(self.target)
+        features = featurize(state, cleaned.readings, event.ts, self.window)
+        for counter in (counts, state.counts):
+            counter["accepted"] += 1
+            counter["imputed"] += len(cleaned.imputed)
+            counter["clipped"] += len(cleaned.clipped)
         return [
-            FeatureRecord(model, event.device_id, event.event_id, ts, features, target, partition, offset)
+            FeatureRecord(model, event.device_id, event.event_id, ts, features, target,
+                          partition, offset, cleaned.imputed, cleaned.clipped)
             for model in self.models
         ]
+
+    @staticmethod
+    def _reject(counts: Counter[str], state: DeviceState | None, rejection: Rejection) -> Rejection:
+        kind = "late" if rejection.reason == LATE else "rejected"
+        for counter in (counts, state.counts if state else None):
+            if counter is not None:
+                counter[kind] += 1
+                if kind == "rejected":
+                    counter[f"rejected:{rejection.reason}"] += 1
+        return rejection
+
+    def totals(self) -> Counter[str]:
+        """All partitions' counters added up (every standard counter present, zero or not)."""
+        total: Counter[str] = Counter(dict.fromkeys(COUNTERS, 0))
+        for counts in self.stats.values():
+            total.update(counts)
+        return total
 
     def take_dirty(self) -> dict[str, DeviceState]:
         """The devices changed since the last call: what the next checkpoint must write."""
