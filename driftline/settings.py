@@ -65,6 +65,8 @@ class Settings(BaseSettings):
     broker_heartbeat_interval: float = 1.0
     #: Longest accepted JSON message; larger ones go to the DLQ unread.
     max_message_bytes: int = Field(1_000_000, ge=1024)
+    #: Longest message copied whole to the DLQ; beyond it the copy is cut (header dl-truncated).
+    dlq_max_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     #: Readings a rolling mean spans.
     rolling_window: int = Field(10, ge=1)
     #: Sensor catalog as JSON (``{"temperature": {"unit": "°C", "min": -40, "max": 125}}``) or a

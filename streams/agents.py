@@ -174,17 +174,23 @@ async def _route(event: EventT) -> None:
                 value=json.dumps(outcome.to_json(), separators=(",", ":")).encode(),
             )
         elif isinstance(outcome, Rejection):
-            await dlq_topic.send(
-                key=message.key,
-                value=message.value,
-                headers=[
-                    ("dl-reason", outcome.reason.encode()),
-                    ("dl-message", outcome.message.encode()[:4096]),
-                    ("dl-source", f"{message.topic}:{message.partition}:{message.offset}".encode()),
-                ],
-            )
+            await dlq_topic.send(key=message.key, **dead_letter(message, outcome))
             log.info("rejected %s:%s:%s: %s", message.topic, message.partition, message.offset,
                      outcome.message)
+
+
+def dead_letter(message: Message, rejection: Rejection) -> dict[str, Any]:
+    """The DLQ copy of a refused message: its bytes as they came, and why, and from where."""
+    value = message.value or b""
+    headers = [
+        ("dl-reason", rejection.reason.encode()),
+        ("dl-message", rejection.message.encode()[:4096]),
+        ("dl-source", f"{message.topic}:{message.partition}:{message.offset}".encode()),
+    ]
+    if len(value) > settings.dlq_max_bytes:
+        headers.append(("dl-truncated", str(len(value)).encode()))
+        value = value[: settings.dlq_max_bytes]
+    return {"value": value, "headers": headers}
 
 
 @app.agent(features_topic)

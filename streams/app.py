@@ -30,6 +30,10 @@ app = faust.App(
     broker_heartbeat_interval=settings.broker_heartbeat_interval,
     # A batch of features is at most one small JSON message per event per model.
     stream_buffer_maxsize=max(4096, 2 * settings.batch_size),
+    # A too-large event still goes to the DLQ whole (up to dlq_max_bytes), so the producer and
+    # consumer must carry more than the events topic's own limit.
+    producer_max_request_size=settings.dlq_max_bytes + 64 * 1024,
+    consumer_max_fetch_size=max(4 * 1024 * 1024, settings.dlq_max_bytes + 64 * 1024),
 )
 
 events_topic = app.topic(settings.events_topic, key_type=bytes, value_type=bytes,
