@@ -6,6 +6,8 @@
     driftline worker     the stream worker (ingest + learn agents)
     driftline api        the HTTP API (predictions, models, health)
     driftline simulate   publish simulated sensor readings
+    driftline replay     publish a CSV / JSON-lines file or a River dataset as events
+    driftline mqtt-bridge  forward MQTT sensor topics into Kafka
 
 Every command reads its settings from ``DRIFTLINE_*`` variables and ``.env``; flags override them.
 """
@@ -67,6 +69,28 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    from driftline.replay import ColumnMapping, replay
+
+    settings = _settings()
+    _require_kafka(settings)
+    target = args.target_column or ("y" if args.source.startswith("river:") else None)
+    mapping = ColumnMapping(args.source, device_column=args.device_column, device=args.device,
+                            time_column=args.time_column, target_column=target, id_column=args.id_column)
+    sent = replay(settings, args.source, mapping, rate=args.rate, limit=args.limit)
+    print(f"replay: {sent} events published to {settings.events_topic}", file=sys.stderr)
+    return 0
+
+
+def cmd_mqtt_bridge(args: argparse.Namespace) -> int:
+    from driftline.mqtt_bridge import run_bridge
+
+    settings = _settings(mqtt_url=args.mqtt_url)
+    _require_kafka(settings)
+    run_bridge(settings, settings.mqtt_url, topics=tuple(args.topic or ["sensors/#"]), qos=args.qos)
+    return 0
+
+
 def _require_kafka(settings: Settings) -> None:
     if not settings.kafka_url:
         raise DriftlineError(
@@ -106,6 +130,24 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--drift-after", type=int, help="change the concept after this many events")
     sim.add_argument("--seed", type=int, help="random seed (same seed, same readings)")
     sim.set_defaults(func=cmd_simulate)
+
+    rep = sub.add_parser("replay", help="publish a CSV / JSON-lines file (or river:<Dataset>) as events, "
+                         "with a progress bar")
+    rep.add_argument("source", help="a .csv or .jsonl file, or river:<Dataset> (e.g. river:TrumpApproval)")
+    rep.add_argument("--rate", type=float, help="events per second (default: as fast as possible)")
+    rep.add_argument("--device-column", help="column holding the device id")
+    rep.add_argument("--device", default="replay", help="device id when there is no device column")
+    rep.add_argument("--time-column", help="column holding the event time (ISO or epoch seconds)")
+    rep.add_argument("--target-column", help="column holding the target (river datasets: y)")
+    rep.add_argument("--id-column", help="column holding the event id (default: source + row number)")
+    rep.add_argument("--limit", type=int, help="publish at most this many rows")
+    rep.set_defaults(func=cmd_replay)
+
+    bridge = sub.add_parser("mqtt-bridge", help="forward MQTT topics sensors/<device>[/<sensor>] to Kafka")
+    bridge.add_argument("--mqtt-url", help="MQTT broker (default: DRIFTLINE_MQTT_URL, mqtt://127.0.0.1:1883)")
+    bridge.add_argument("--topic", action="append", help="topic filter, repeatable (default: sensors/#)")
+    bridge.add_argument("--qos", type=int, default=1, choices=[0, 1, 2])
+    bridge.set_defaults(func=cmd_mqtt_bridge)
     return parser
 
 

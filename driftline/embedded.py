@@ -163,3 +163,23 @@ class EmbeddedRedis(EmbeddedProcess):
     @property
     def url(self) -> str:
         return f"redis://{self.address}/0"
+
+
+class EmbeddedMqtt(EmbeddedProcess):
+    """An ``amqtt`` MQTT broker (pure Python) for machines without Mosquitto; anonymous, loopback."""
+
+    name = "mqtt"
+
+    def command(self) -> list[str]:
+        config = (self.log_dir or Path.cwd()) / f"amqtt-{self.port}.yaml"
+        config.parent.mkdir(parents=True, exist_ok=True)
+        config.write_text(
+            "listeners:\n  default:\n    type: tcp\n"
+            f"    bind: {self.host}:{self.port}\n"
+            "plugins:\n  amqtt.plugins.authentication.AnonymousAuthPlugin:\n    allow_anonymous: true\n"
+        )
+        return [str(Path(sys.executable).with_name("amqtt")), "-c", str(config)]
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.address}"
