@@ -127,14 +127,14 @@ async def post_events(
     _check_api_key(settings, x_api_key)
     items = body if isinstance(body, list) else [body]
     if len(items) > settings.max_batch_events:
-        raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE,
                             f"{len(items)} events in one request; the limit is {settings.max_batch_events}")
     if not items:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "no events in the request")
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "no events in the request")
     result = await request.app.state.publisher.publish(items)
     if result["accepted"] == 0:
         return JSONResponse(json.loads(json.dumps(result, default=str)),
-                            status_code=status.HTTP_422_UNPROCESSABLE_ENTITY)
+                            status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
     return json.loads(json.dumps(result, default=str))
 
 
