@@ -44,7 +44,8 @@ class OnlineLearner:
     events_learned: int = 0
     events_unlabelled: int = 0
     input_offsets: dict[int, int] = field(default_factory=dict)
-    source_offsets: dict[int, int] = field(default_factory=dict)
+    #: Source partition -> (offset, index in a batched message) of the last event learned.
+    source_offsets: dict[int, tuple[int, int]] = field(default_factory=dict)
     #: Topic ids the offsets refer to; a recreated topic (new id) restarts offset bookkeeping.
     topic_ids: dict[str, str] = field(default_factory=dict)
     learn_seconds: float = 0.0
@@ -66,9 +67,10 @@ class OnlineLearner:
         if input_offset <= self.input_offsets.get(input_partition, -1):
             return False
         self.input_offsets[input_partition] = input_offset
-        if record.source_offset <= self.source_offsets.get(record.source_partition, -1):
+        position = (record.source_offset, record.source_index)
+        if position <= self.source_offsets.get(record.source_partition, (-1, -1)):
             return False  # re-emitted by a restarted ingest stage
-        self.source_offsets[record.source_partition] = record.source_offset
+        self.source_offsets[record.source_partition] = position
         if record.target is None:
             self.events_unlabelled += 1
             return False
@@ -98,7 +100,7 @@ class OnlineLearner:
             "events_unlabelled": self.events_unlabelled,
             "metric": {"name": type(self.metric).__name__, "value": self.metric.get()},
             "input_offsets": {str(k): v for k, v in self.input_offsets.items()},
-            "source_offsets": {str(k): v for k, v in self.source_offsets.items()},
+            "source_offsets": {str(k): list(v) for k, v in self.source_offsets.items()},
             "topic_ids": self.topic_ids,
             "learn_us_per_event": 1e6 * self.learn_seconds / max(self.events_learned, 1),
         }

@@ -44,7 +44,7 @@ class Runtime:
         self.ingest = IngestStage(
             models=(settings.model_name,), target=settings.target,
             window=settings.rolling_window, max_message_bytes=settings.max_message_bytes,
-            catalog=settings.catalog(),
+            max_batch_events=settings.max_batch_events, catalog=settings.catalog(),
             time_policy=TimePolicy(settings.allowed_lateness_seconds, settings.max_future_seconds),
         )
         self.learners: dict[str, OnlineLearner] = {}
@@ -187,6 +187,8 @@ def dead_letter(message: Message, rejection: Rejection) -> dict[str, Any]:
         ("dl-message", rejection.message.encode()[:4096]),
         ("dl-source", f"{message.topic}:{message.partition}:{message.offset}".encode()),
     ]
+    if rejection.item is not None:
+        headers.append(("dl-item", str(rejection.item).encode()))
     if len(value) > settings.dlq_max_bytes:
         headers.append(("dl-truncated", str(len(value)).encode()))
         value = value[: settings.dlq_max_bytes]

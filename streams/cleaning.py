@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from pydantic import ValidationError
+from pydantic_core import from_json
 
 from streams.catalog import SensorSpec
 from streams.features import DeviceState
@@ -27,6 +28,8 @@ class Rejection(NamedTuple):
 
     reason: str
     message: str
+    #: Position of the refused event in a batched message (a JSON array), else None.
+    item: int | None = None
 
 
 def decode_event(raw: bytes | None, max_bytes: int) -> SensorEvent | Rejection:
@@ -35,7 +38,7 @@ def decode_event(raw: bytes | None, max_bytes: int) -> SensorEvent | Rejection:
     Examples
     --------
     >>> decode_event(b"not json", 1000)
-    Rejection(reason='not_json', message='not JSON: expected ident at line 1 column 2')
+    Rejection(reason='not_json', message='not JSON: expected ident at line 1 column 2', item=None)
     >>> decode_event(b'{"event_id": "e", "device_id": "d", "ts": 0, "readings": {}}', 1000).device_id
     'd'
     >>> decode_event(b"x" * 2000, 1000).reason
@@ -49,6 +52,49 @@ def decode_event(raw: bytes | None, max_bytes: int) -> SensorEvent | Rejection:
         return SensorEvent.model_validate_json(raw)
     except ValidationError as exc:
         return _rejection_from(exc)
+
+
+TOO_MANY = "too_many"
+
+
+def decode_message(raw: bytes | None, max_bytes: int, max_items: int) -> list[SensorEvent | Rejection]:
+    """One message as its events: a JSON object is one event, a JSON array a batch of them.
+
+    Each event of a batch is validated on its own, so one bad reading does not sink its
+    neighbours; a rejection names the item it refers to. Never raises.
+
+    Examples
+    --------
+    >>> ok = b'{"event_id": "e", "device_id": "d", "ts": 0, "readings": {}}'
+    >>> [type(x).__name__ for x in decode_message(b"[" + ok + b", 7]", 10_000, 10)]
+    ['SensorEvent', 'Rejection']
+    >>> decode_message(b"[" + ok + b", 7]", 10_000, 10)[1].message
+    'item 1: event: Input should be a valid dictionary or instance of SensorEvent'
+    >>> decode_message(b"[1, 2, 3]", 10_000, 2)[0].reason
+    'too_many'
+    """
+    if not raw or raw[:1] != b"[" and raw.lstrip()[:1] != b"[":
+        return [decode_event(raw, max_bytes)]
+    if len(raw) > max_bytes:
+        return [Rejection(TOO_LARGE, f"message is {len(raw)} bytes, the limit is {max_bytes}")]
+    try:
+        items = from_json(raw)
+    except ValueError as exc:
+        return [Rejection(NOT_JSON, f"not JSON: {exc}")]
+    if not isinstance(items, list):  # pragma: no cover - a leading "[" parses to a list or fails
+        return [Rejection(INVALID, "expected a JSON array of events")]
+    if not items:
+        return [Rejection(EMPTY, "empty batch: the message holds no events")]
+    if len(items) > max_items:
+        return [Rejection(TOO_MANY, f"{len(items)} events in one message; the limit is {max_items}")]
+    results: list[SensorEvent | Rejection] = []
+    for index, item in enumerate(items):
+        try:
+            results.append(SensorEvent.model_validate(item))
+        except ValidationError as exc:
+            reason, message, _ = _rejection_from(exc)
+            results.append(Rejection(reason, f"item {index}: {message}", index))
+    return results
 
 
 def _rejection_from(exc: ValidationError) -> Rejection:

@@ -24,9 +24,10 @@ from streams.cleaning import (
     TimePolicy,
     check_time,
     clean_readings,
-    decode_event,
+    decode_message,
 )
 from streams.features import DeviceState, featurize
+from streams.schema import SensorEvent
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,8 @@ class FeatureRecord:
     target: float | None
     source_partition: int
     source_offset: int
+    #: Position in a batched message (0 for a single event): (offset, index) orders events.
+    source_index: int = 0
     imputed: tuple[str, ...] = ()
     clipped: tuple[str, ...] = ()
 
@@ -52,14 +55,14 @@ class FeatureRecord:
             "ts": self.ts,
             "features": self.features,
             "target": self.target,
-            "src": [self.source_partition, self.source_offset],
+            "src": [self.source_partition, self.source_offset, self.source_index],
             "imputed": list(self.imputed),
             "clipped": list(self.clipped),
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> FeatureRecord:
-        partition, offset = data["src"]
+        partition, offset, *index = data["src"]
         return cls(
             model=data["model"],
             device_id=data["device_id"],
@@ -69,6 +72,7 @@ class FeatureRecord:
             target=data.get("target"),
             source_partition=int(partition),
             source_offset=int(offset),
+            source_index=int(index[0]) if index else 0,
             imputed=tuple(data.get("imputed", ())),
             clipped=tuple(data.get("clipped", ())),
         )
@@ -110,6 +114,7 @@ class IngestStage:
     target: str
     window: int
     max_message_bytes: int
+    max_batch_events: int = 1000
     catalog: dict[str, SensorSpec] = field(default_factory=lambda: dict(DEFAULT_CATALOG))
     time_policy: TimePolicy = TimePolicy(allowed_lateness=300.0, max_future=60.0)
     devices: dict[str, DeviceState] = field(default_factory=dict)
@@ -122,25 +127,33 @@ class IngestStage:
     def handle(
         self, raw: bytes | None, partition: int, offset: int, timestamp_ms: int | None = None
     ) -> list[Outcome]:
-        """Handle one message. Never raises: whatever goes wrong becomes a rejection."""
+        """Handle one message (one event, or a JSON array of them). Never raises."""
         if offset <= self.offsets.get(partition, -1):
             return []  # replayed after a restart: its effect is already in the checkpoint
         self.offsets[partition] = offset
         counts = self.stats.setdefault(partition, Counter())
-        counts["received"] += 1
+        outcomes: list[Outcome] = []
         try:
-            outcomes = self._handle(raw, partition, offset, timestamp_ms, counts)
-        except Exception as exc:  # noqa: BLE001 - one bad event must never stop the stream
-            outcomes = [self._reject(counts, None, Rejection(INTERNAL, f"{type(exc).__name__}: {exc}"))]
+            decoded = decode_message(raw, self.max_message_bytes, self.max_batch_events)
+        except Exception as exc:  # noqa: BLE001 - one bad message must never stop the stream
+            decoded = [Rejection(INTERNAL, f"{type(exc).__name__}: {exc}")]
+        now = timestamp_ms / 1000 if timestamp_ms and timestamp_ms > 0 else time.time()
+        for index, event in enumerate(decoded):
+            counts["received"] += 1
+            if isinstance(event, Rejection):
+                outcomes.append(self._reject(counts, None, event))
+                continue
+            try:
+                outcomes += self._handle_event(event, partition, offset, index, now, counts)
+            except Exception as exc:  # noqa: BLE001 - as above
+                outcomes.append(self._reject(
+                    counts, None, Rejection(INTERNAL, f"{type(exc).__name__}: {exc}", index)))
         return outcomes
 
-    def _handle(
-        self, raw: bytes | None, partition: int, offset: int, timestamp_ms: int | None,
+    def _handle_event(
+        self, event: SensorEvent, partition: int, offset: int, index: int, now: float,
         counts: Counter[str],
     ) -> list[Outcome]:
-        event = decode_event(raw, self.max_message_bytes)
-        if isinstance(event, Rejection):
-            return [self._reject(counts, None, event)]
         state = self.devices.get(event.device_id)
         if state is None:
             state = self.devices[event.device_id] = DeviceState()
@@ -150,14 +163,13 @@ class IngestStage:
             state.counts["deduplicated"] += 1
             return [Duplicate(event.event_id)]
         ts = event.ts.timestamp()
-        now = timestamp_ms / 1000 if timestamp_ms and timestamp_ms > 0 else time.time()
         refused = check_time(ts, state.watermark, now, self.time_policy)
         if refused is not None:
-            return [self._reject(counts, state, refused)]
+            return [self._reject(counts, state, refused._replace(item=index))]
         readings = {k: v for k, v in event.readings.items() if k != self.target}
         cleaned = clean_readings(readings, ts, state, self.catalog)
         if isinstance(cleaned, Rejection):
-            return [self._reject(counts, state, cleaned)]
+            return [self._reject(counts, state, cleaned._replace(item=index))]
         state.recent_ids.append(event.event_id)
         state.watermark = ts if state.watermark is None else max(state.watermark, ts)
         for name, value in readings.items():
@@ -171,7 +183,7 @@ class IngestStage:
             counter["clipped"] += len(cleaned.clipped)
         return [
             FeatureRecord(model, event.device_id, event.event_id, ts, features, target,
-                          partition, offset, cleaned.imputed, cleaned.clipped)
+                          partition, offset, index, cleaned.imputed, cleaned.clipped)
             for model in self.models
         ]
 

@@ -72,7 +72,8 @@ def test_bad_requests_get_4xx_with_a_message(make_settings: Any, headers: dict[s
 
 def test_not_json_is_a_422(make_settings: Any) -> None:
     with TestClient(create_app(make_settings(api_keys="test-key-1"))) as client:
-        response = client.post("/events", content=b"{not json", headers={**KEY, "content-type": "application/json"})
+        response = client.post("/events", content=b"{not json",
+                               headers={**KEY, "content-type": "application/json"})
     assert response.status_code == 422
 
 
