@@ -56,6 +56,8 @@ class Settings(BaseSettings):
 
     # --- Stream worker -----------------------------------------------------------------------
     worker_id: str = "driftline-worker"
+    #: Which agents this worker runs: ``ingest``, ``learn`` or both (scale them apart if needed).
+    worker_stages: str = Field("ingest,learn", pattern=r"^(ingest|learn)(,(ingest|learn))?$")
     #: Events handled per batch and the longest wait for a batch to fill (seconds).
     batch_size: int = Field(500, ge=1)
     batch_within: float = Field(0.5, gt=0)

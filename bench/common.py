@@ -1,0 +1,124 @@
+"""What every benchmark needs: a fresh broker, a Redis, settings of its own, a worker to time."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from driftline.embedded import EmbeddedBroker, EmbeddedRedis, redis_answers
+from driftline.settings import Settings
+
+RESULTS = Path(__file__).parent / "results"
+
+
+@contextmanager
+def services() -> Iterator[tuple[str, str]]:
+    """(kafka_url, redis_url): a fresh embedded broker, and the local Redis or an embedded one."""
+    logs = Path(tempfile.mkdtemp(prefix="driftline-bench-"))
+    broker = EmbeddedBroker(log_dir=logs).start()
+    redis_url = os.environ.get("DRIFTLINE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+    embedded = None
+    if not redis_answers(redis_url):
+        embedded = EmbeddedRedis(log_dir=logs).start()
+        redis_url = embedded.url
+    try:
+        yield broker.url, redis_url
+    finally:
+        broker.stop()
+        if embedded:
+            embedded.stop()
+
+
+def bench_settings(kafka_url: str, redis_url: str, **overrides: Any) -> Settings:
+    run = uuid.uuid4().hex[:8]
+    values: dict[str, Any] = {
+        "kafka_url": kafka_url, "redis_url": redis_url, "namespace": f"bench-{run}",
+        "worker_id": f"bench-{run}", "events_topic": f"bench-events-{run}",
+        "features_topic": f"bench-features-{run}", "dlq_topic": f"bench-dlq-{run}",
+        "batch_size": 1000, "batch_within": 0.2, "env": "test",
+        "secret_key": "bench-secret-key-0123456789",
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTLINE_")}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        env[f"DRIFTLINE_{name.upper()}"] = str(value)
+    return env
+
+
+@contextmanager
+def worker(settings: Settings) -> Iterator[subprocess.Popen[bytes]]:
+    log = open(Path(tempfile.gettempdir()) / f"{settings.worker_id}.log", "wb")  # noqa: SIM115
+    process = subprocess.Popen([sys.executable, "-m", "driftline", "worker", "--loglevel", "warn"],
+                               env=settings_env(settings), stdout=log, stderr=subprocess.STDOUT)
+    try:
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+def ingest_received(client: redis.Redis, settings: Settings) -> int:
+    """Events the ingest stage has checkpointed as received, all partitions together."""
+    topic_id = client.hget(settings.redis_key("topics"), settings.events_topic)
+    if topic_id is None:
+        return 0
+    stats = client.hgetall(settings.redis_key("ingest", "stats", settings.events_topic, topic_id.decode()))
+    return sum(json.loads(v).get("received", 0) for v in stats.values())
+
+
+def time_until(count: int, probe: Any, timeout: float = 300.0, every: float = 0.02) -> float:
+    """Events per second between the first progress ``probe()`` shows and reaching ``count``.
+
+    Timing from the first progress, not from start, leaves the consumer group's join out.
+    """
+    deadline = time.monotonic() + timeout
+    first: tuple[float, int] | None = None
+    while time.monotonic() < deadline:
+        seen = probe()
+        now = time.monotonic()
+        if seen and first is None:
+            first = (now, seen)
+        if seen >= count and first is not None:
+            if now == first[0] or seen == first[1]:
+                raise RuntimeError("progress came in one step: raise the event count to time it")
+            return (seen - first[1]) / (now - first[0])
+        time.sleep(every)
+    raise TimeoutError(f"only {probe()} of {count} events after {timeout}s")
+
+
+def report(name: str, rows: dict[str, list[float]], baseline: str, unit: str = "events/s") -> None:
+    """Print medians and ratios to the baseline, and keep them in bench/results/<name>.json."""
+    base = statistics.median(rows[baseline])
+    print(f"\n{name}: median of {len(rows[baseline])} runs ({unit}); ratio to {baseline}")
+    for label, values in rows.items():
+        median = statistics.median(values)
+        print(f"  {label:<40} {median:>12,.0f}   x{median / base:.3f}   "
+              f"(runs: {', '.join(f'{v:,.0f}' for v in values)})")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(
+        {"unit": unit, "baseline": baseline,
+         "medians": {k: statistics.median(v) for k, v in rows.items()}, "runs": rows}, indent=2))

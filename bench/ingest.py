@@ -1,0 +1,105 @@
+"""Ingest stage throughput per worker, next to the raw consumer on the same broker, in one run.
+
+    python -m bench.ingest [--events 20000] [--repeats 3] [--batch 50]
+
+- raw consumer: aiokafka (what Faust uses) reading the same single-event messages and decoding
+  their JSON: the ceiling for a Python consumer on this broker;
+- ingest, single-event messages: a worker running only the ingest agent (validate, dedupe,
+  clean, featurize, publish features, checkpoint to Redis), one event per Kafka message;
+- ingest, batched messages: the same events, ``--batch`` per message (a JSON array).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+
+import redis
+from aiokafka import AIOKafkaConsumer
+
+from bench.common import bench_settings, ingest_received, report, services, time_until, worker
+from driftline.kafka import SensorProducer, ensure_topics
+from driftline.settings import Settings
+from driftline.simulator import SensorSimulator
+
+
+def make_events(n: int) -> list[dict]:
+    return list(SensorSimulator(devices=50, seed=3, missing_rate=0.02).events(n))
+
+
+def publish(settings: Settings, events: list[dict], batch: int) -> None:
+    with SensorProducer(settings) as producer:
+        if batch <= 1:
+            for event in events:
+                producer.send(event)
+            return
+        by_device: dict[str, list[dict]] = {}
+        for event in events:
+            pending = by_device.setdefault(event["device_id"], [])
+            pending.append(event)
+            if len(pending) == batch:
+                producer.send_batch(pending)
+                by_device[event["device_id"]] = []
+        for pending in by_device.values():
+            producer.send_batch(pending)
+
+
+async def raw_consumer_rate(settings: Settings, n: int) -> float:
+    consumer = AIOKafkaConsumer(settings.events_topic, bootstrap_servers=settings.kafka_bootstrap,
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    try:
+        seen, started = 0, None
+        while seen < n:
+            batches = await consumer.getmany(timeout_ms=1000, max_records=5000)
+            for records in batches.values():
+                for record in records:
+                    json.loads(record.value)
+                    seen += 1
+                    if started is None:
+                        started = time.perf_counter()
+        assert started is not None
+        return (n - 1) / (time.perf_counter() - started)
+    finally:
+        await consumer.stop()
+
+
+def ingest_rate(kafka_url: str, redis_url: str, events: list[dict], batch: int) -> float:
+    # ~1000 events per stream batch either way, so both modes checkpoint as often
+    settings = bench_settings(kafka_url, redis_url, worker_stages="ingest",
+                              batch_size=max(1, 1000 // batch))
+    ensure_topics(settings)
+    publish(settings, events, batch)  # all waiting before the worker starts: we time consumption
+    client = redis.Redis.from_url(redis_url)
+    with worker(settings):
+        return time_until(len(events), lambda: ingest_received(client, settings))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=50, help="events per message in batched mode")
+    args = parser.parse_args(argv)
+    events = make_events(args.events)
+    rows: dict[str, list[float]] = {"raw consumer (aiokafka + json)": [],
+                                    "ingest, 1 event/message": [],
+                                    f"ingest, {args.batch} events/message": []}
+    with services() as (kafka_url, redis_url):
+        for repeat in range(args.repeats):
+            print(f"run {repeat + 1}/{args.repeats} ...", file=sys.stderr, flush=True)
+            raw = bench_settings(kafka_url, redis_url)
+            ensure_topics(raw)
+            publish(raw, events, 1)
+            rows["raw consumer (aiokafka + json)"].append(asyncio.run(raw_consumer_rate(raw, len(events))))
+            rows["ingest, 1 event/message"].append(ingest_rate(kafka_url, redis_url, events, 1))
+            rows[f"ingest, {args.batch} events/message"].append(
+                ingest_rate(kafka_url, redis_url, events, args.batch))
+    report("ingest", rows, baseline="raw consumer (aiokafka + json)")
+
+
+if __name__ == "__main__":
+    main()
