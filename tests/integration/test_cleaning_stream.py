@@ -84,6 +84,13 @@ def check_accounting(settings: Settings, wait_for: Any, expected: dict[str, int]
             and m[0]["meta"]["events_learned"] >= expected["accepted"] and m[0]["meta"]["events_learned"],
             timeout=60, what="the accepted events learned")
         metrics = client.get("/metrics").text
+        device = client.get("/devices/mix-a/stats").json()
+        unknown = client.get("/devices/nobody/stats")
+    # non-JSON and oversized messages name no device: they count in the totals only
+    assert device["counts"] == {"accepted": 23, "deduplicated": 3, "rejected": 2, "late": 1,
+                                "imputed": 2, "clipped": 1, "rejected:out_of_range": 1,
+                                "rejected:future": 1}
+    assert unknown.status_code == 404
     assert stats["totals"] == expected
     assert stats["balanced"] is True
     assert learned == expected["accepted"], "only accepted events reach the model, each once"
