@@ -46,8 +46,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             follower.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await follower
+            # Bounded: a pub/sub connection cut mid-read must not hold up shutdown.
+            await asyncio.wait({follower}, timeout=3)
             await app.state.publisher.close()
             await redis.aclose()
 

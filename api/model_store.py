@@ -8,6 +8,7 @@ logged; the model already being served stays in place.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -109,7 +110,5 @@ class ModelStore:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
             finally:
-                try:
-                    await pubsub.aclose()
-                except (RedisError, OSError):
-                    pass
+                with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError):
+                    await asyncio.wait_for(pubsub.aclose(), timeout=2)

@@ -40,7 +40,9 @@ class Runtime:
 
     def __init__(self) -> None:
         self.topic_ids: dict[str, str] = {}
-        self.lock = asyncio.Lock()
+        # One lock per stage: a stage waiting on Kafka or Redis must not hold up the other.
+        self.ingest_lock = asyncio.Lock()
+        self.learn_lock = asyncio.Lock()
         self.ingest = IngestStage(
             models=(settings.model_name,), target=settings.target,
             window=settings.rolling_window, max_message_bytes=settings.max_message_bytes,
@@ -138,7 +140,7 @@ async def restore_state(sender: Any, assigned: Any, **kwargs: Any) -> None:
     Faust then resumes each partition at its committed offset, which is never past the
     checkpoint (step 3 above); the stages skip whatever the checkpoint already reflects.
     """
-    async with runtime.lock:
+    async with runtime.ingest_lock, runtime.learn_lock:
         # Tell readers (the API's /stats) which topic incarnation the checkpoints refer to.
         if runtime.topic_ids:
             await runtime.redis.hset(settings.redis_key("topics"), mapping=runtime.topic_ids)
@@ -154,7 +156,7 @@ STAGES = set(settings.worker_stages.split(","))
 async def clean_and_featurize(stream: Any) -> None:
     """Validate, dedupe and featurize readings; feature records out, rejects to the DLQ."""
     async for batch in stream.take_events(settings.batch_size, within=settings.batch_within):
-        async with runtime.lock:
+        async with runtime.ingest_lock:
             for event in batch:
                 await _route(event)
             # Output first, then the checkpoint: a crash in between re-emits, never loses.
@@ -202,7 +204,7 @@ def dead_letter(message: Message, rejection: Rejection) -> dict[str, Any]:
 async def learn(stream: Any) -> None:
     """Predict, score and learn each feature record; publish snapshots; ack what they contain."""
     async for batch in stream.take_events(settings.batch_size, within=settings.batch_within):
-        async with runtime.lock:
+        async with runtime.learn_lock:
             for event in batch:
                 message = event.message
                 try:
@@ -223,7 +225,7 @@ async def learn(stream: Any) -> None:
 async def publish_due_snapshots() -> None:
     """Publish on time even when the stream is quiet."""
     if runtime.snapshot_due():
-        async with runtime.lock:
+        async with runtime.learn_lock:
             if runtime.snapshot_due():
                 await runtime.publish_snapshots()
 
