@@ -15,7 +15,13 @@ from redis.exceptions import RedisError
 from api.model_store import ModelStore
 from api.publisher import EventPublisher
 from api.routes import router
-from driftline.errors import DriftlineError, ModelNotReady, ServiceUnavailable, SnapshotError
+from driftline.errors import (
+    DriftlineError,
+    FeatureSchemaMismatch,
+    ModelNotReady,
+    ServiceUnavailable,
+    SnapshotError,
+)
 from driftline.settings import Settings, get_settings
 from models.registry import ModelRegistry
 
@@ -65,6 +71,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 async def _driftline_error(request: Request, exc: Exception) -> JSONResponse:
     code = status.HTTP_400_BAD_REQUEST
+    if isinstance(exc, FeatureSchemaMismatch):
+        code = status.HTTP_409_CONFLICT
     if isinstance(exc, ModelNotReady | SnapshotError | ServiceUnavailable):
         code = status.HTTP_503_SERVICE_UNAVAILABLE
     return JSONResponse({"detail": str(exc)}, status_code=code)

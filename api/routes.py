@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from api.deps import ModelStoreDep, RedisDep, RegistryDep, SettingsDep
 from api.stats import ingest_totals, prometheus_text
+from driftline.errors import FeatureSchemaMismatch
 from streams.checkpoint import device_key, load_device_states
 from streams.features import DeviceState, featurize
 from streams.schema import Reading, SensorEvent
@@ -35,12 +36,12 @@ async def predict(reading: Reading, settings: SettingsDep, redis: RedisDep,
     """Predict from one raw reading, featurized with the device's live state (as the stream does)."""
     name = reading.model or settings.model_name
     served = store.get(name)
-    states = await load_device_states(redis, settings.namespace, [reading.device_id],
-                                      settings.rolling_window)
+    check_feature_schema(served.meta, settings)
+    states = await load_device_states(redis, settings.namespace, [reading.device_id])
     # A copy of the stream's state: serving reads it and never writes it back.
     state = states.get(reading.device_id) or DeviceState()
     readings = {k: v for k, v in reading.readings.items() if k != settings.target}
-    features = featurize(state, readings, reading.ts or datetime.now(UTC), settings.rolling_window)
+    features = featurize(state, readings, reading.ts or datetime.now(UTC), settings.features)
     prediction = served.learner.predict(features)
     return Prediction(
         prediction=None if prediction is None else float(prediction),
@@ -50,6 +51,14 @@ async def predict(reading: Reading, settings: SettingsDep, redis: RedisDep,
         features=features,
         events_learned=int(served.meta.get("events_learned", 0)),
     )
+
+
+def check_feature_schema(meta: dict[str, Any], settings: SettingsDep) -> None:
+    """Refuse to predict with a model trained on features this API does not compute."""
+    trained_on = meta.get("feature_schema") or ""
+    computed = settings.features.schema_hash()
+    if trained_on and trained_on != computed:
+        raise FeatureSchemaMismatch(str(meta.get("model")), int(meta["version"]), trained_on, computed)
 
 
 def _describe(name: str, store: ModelStoreDep, latest: int | None) -> dict[str, Any]:
@@ -153,6 +162,17 @@ async def device_stats(device_id: str, settings: SettingsDep, redis: RedisDep) -
     state = DeviceState.from_json(json.loads(raw))
     return {"device_id": device_id, "counts": dict(state.counts), "watermark": state.watermark,
             "events": state.events}
+
+
+@router.get("/devices/{device_id}/features")
+async def device_features(device_id: str, settings: SettingsDep, redis: RedisDep) -> dict[str, Any]:
+    """The device's current feature vector (its last event's), as the stream computed it."""
+    raw = await redis.get(device_key(settings.namespace, device_id))
+    if raw is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no events seen from device {device_id!r}")
+    state = DeviceState.from_json(json.loads(raw))
+    return {"device_id": device_id, "features": state.features, "events": state.events,
+            "last_event_time": state.last_ts, "feature_schema": settings.features.schema_hash()}
 
 
 @router.get("/metrics", response_class=Response)

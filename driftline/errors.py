@@ -7,7 +7,8 @@
     ├── ServiceUnavailable        the broker or Redis does not answer
     ├── SnapshotError             a model snapshot cannot be used
     │   └── SnapshotSignatureError   its HMAC does not match (tampered, or another secret)
-    └── ModelNotReady             no verified snapshot of the model exists yet
+    ├── ModelNotReady             no verified snapshot of the model exists yet
+    └── FeatureSchemaMismatch     a model was trained on other features than the API computes
 """
 
 from __future__ import annotations
@@ -46,4 +47,15 @@ class ModelNotReady(DriftlineError):
         super().__init__(
             f"model {model!r} has no snapshot yet: the learner publishes one after its first "
             "events; retry in a few seconds"
+        )
+
+
+class FeatureSchemaMismatch(DriftlineError):
+    """Raised when a model's feature schema differs from the one the API would compute."""
+
+    def __init__(self, model: str, version: int, trained_on: str, computed: str) -> None:
+        self.model, self.version, self.trained_on, self.computed = model, version, trained_on, computed
+        super().__init__(
+            f"model {model!r} v{version} was trained on feature schema {trained_on}, but this API "
+            f"computes {computed}: align DRIFTLINE_FEATURES between worker and API"
         )

@@ -7,6 +7,7 @@ a value set once in the environment reaches all of them. ``driftline up`` passes
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -15,6 +16,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streams.catalog import SensorSpec, load_catalog
+from streams.features import FeatureSpec
 
 #: The development secret. Fine on a laptop; refused when ``DRIFTLINE_ENV=prod``.
 DEV_SECRET = "driftline-dev-secret-change-me"  # noqa: S105 - refused when env=prod
@@ -69,8 +71,10 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(1_000_000, ge=1024)
     #: Longest message copied whole to the DLQ; beyond it the copy is cut (header dl-truncated).
     dlq_max_bytes: int = Field(4 * 1024 * 1024, ge=1024)
-    #: Readings a rolling mean spans.
-    rolling_window: int = Field(10, ge=1)
+    #: What to featurize, as JSON (``{"windows": [5, 20], "lags": [1, 2]}``): see streams/features.py.
+    features: FeatureSpec = FeatureSpec()
+    #: Silent devices' feature state expires from Redis after this long (seconds).
+    device_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
     #: Sensor catalog as JSON (``{"temperature": {"unit": "°C", "min": -40, "max": 125}}``) or a
     #: JSON/YAML file; empty: the simulator's sensors (see streams/catalog.py).
     sensor_catalog: str = ""
@@ -144,6 +148,18 @@ class Settings(BaseSettings):
     def catalog(self) -> dict[str, SensorSpec]:
         """The sensor catalog these settings name."""
         return load_catalog(self.sensor_catalog or None, self.sensor_catalog_file)
+
+    def as_env(self) -> dict[str, str]:
+        """``DRIFTLINE_*`` variables that make another process read exactly these settings."""
+        env: dict[str, str] = {}
+        for name, value in self.model_dump(mode="json").items():
+            if value is None:
+                continue
+            if name in {"secret_key", "api_keys"}:
+                value = getattr(self, name).get_secret_value()
+            env[f"DRIFTLINE_{name.upper()}"] = (
+                json.dumps(value) if isinstance(value, dict | list) else str(value))
+        return env
 
     def redis_key(self, *parts: str) -> str:
         """A Redis key (or channel) inside this deployment's namespace."""

@@ -49,6 +49,8 @@ class OnlineLearner:
     #: Topic ids the offsets refer to; a recreated topic (new id) restarts offset bookkeeping.
     topic_ids: dict[str, str] = field(default_factory=dict)
     learn_seconds: float = 0.0
+    #: Hash of the feature spec of the records learned last (see streams.features.FeatureSpec).
+    feature_schema: str = ""
 
     @classmethod
     def create(cls, name: str, spec_name: str) -> OnlineLearner:
@@ -71,6 +73,7 @@ class OnlineLearner:
         if position <= self.source_offsets.get(record.source_partition, (-1, -1)):
             return False  # re-emitted by a restarted ingest stage
         self.source_offsets[record.source_partition] = position
+        self.feature_schema = record.schema or self.feature_schema
         if record.target is None:
             self.events_unlabelled += 1
             return False
@@ -102,5 +105,6 @@ class OnlineLearner:
             "input_offsets": {str(k): v for k, v in self.input_offsets.items()},
             "source_offsets": {str(k): list(v) for k, v in self.source_offsets.items()},
             "topic_ids": self.topic_ids,
+            "feature_schema": self.feature_schema,
             "learn_us_per_event": 1e6 * self.learn_seconds / max(self.events_learned, 1),
         }

@@ -45,7 +45,7 @@ class Runtime:
         self.learn_lock = asyncio.Lock()
         self.ingest = IngestStage(
             models=(settings.model_name,), target=settings.target,
-            window=settings.rolling_window, max_message_bytes=settings.max_message_bytes,
+            features=settings.features, max_message_bytes=settings.max_message_bytes,
             max_batch_events=settings.max_batch_events, catalog=settings.catalog(),
             time_policy=TimePolicy(settings.allowed_lateness_seconds, settings.max_future_seconds),
         )
@@ -82,9 +82,7 @@ class Runtime:
         stage.stats = await load_stats(
             self.redis, settings.namespace, settings.events_topic, self.events_topic_id(), partitions
         )
-        stage.devices = await load_all_device_states(
-            self.redis, settings.namespace, settings.rolling_window
-        )
+        stage.devices = await load_all_device_states(self.redis, settings.namespace)
         stage.dirty = set()
         log.info("ingest restored: offsets %s, %d devices", stage.offsets, len(stage.devices))
 
@@ -164,6 +162,7 @@ async def clean_and_featurize(stream: Any) -> None:
             await save_checkpoint(
                 runtime.redis, settings.namespace, settings.events_topic, runtime.events_topic_id(),
                 runtime.ingest.offsets, runtime.ingest.take_dirty(), runtime.ingest.stats,
+                device_ttl_seconds=settings.device_ttl_seconds,
             )
 
 

@@ -87,7 +87,7 @@ async def load_stats(
 
 
 async def load_device_states(
-    redis: Redis, namespace: str, device_ids: Iterable[str], window: int
+    redis: Redis, namespace: str, device_ids: Iterable[str]
 ) -> dict[str, DeviceState]:
     """The checkpointed state of each device that has one."""
     ids = list(device_ids)
@@ -95,14 +95,14 @@ async def load_device_states(
         return {}
     values = await redis.mget([device_key(namespace, d) for d in ids])
     return {
-        device_id: DeviceState.from_json(json.loads(value), window)
+        device_id: DeviceState.from_json(json.loads(value))
         for device_id, value in zip(ids, values, strict=True)
         if value is not None
     }
 
 
-async def load_all_device_states(redis: Redis, namespace: str, window: int) -> dict[str, DeviceState]:
+async def load_all_device_states(redis: Redis, namespace: str) -> dict[str, DeviceState]:
     """Every checkpointed device state of the deployment (used when partitions are assigned)."""
     prefix = device_key(namespace, "")
     ids = [key.decode()[len(prefix):] async for key in redis.scan_iter(match=prefix + "*", count=1000)]
-    return await load_device_states(redis, namespace, ids, window)
+    return await load_device_states(redis, namespace, ids)

@@ -2,28 +2,94 @@
 
 The ingest agent cleans each accepted event (:mod:`streams.cleaning`), then calls
 :func:`featurize` and checkpoints the :class:`DeviceState` to Redis; ``POST /predict`` loads that
-state and calls the very same functions on the request's reading, so serving sees the features
-training saw.
+state and calls the very same function on the request's reading, so serving sees the features
+training saw. What is computed is declared by a :class:`FeatureSpec` (``DRIFTLINE_FEATURES``).
 
-Features per sensor ``s`` (after cleaning, so imputed and clipped values are already in place):
+Features per sensor ``s`` (after cleaning, so imputed and clipped values are in place), names
+as they appear in the vector:
 
-- ``s``            the reading
-- ``s_mean``       mean of the last ``window`` readings, this one included
-- ``s_delta``      change since the previous reading (absent on the device's first)
+==========================  =====================================================================
+``s``                       the reading
+``s_{stat}_{n}``            mean / std / min / max of the last ``n`` readings (this one included)
+``s_{stat}_{T}s``           the same over readings of the last ``T`` seconds of event time
+``s_ewma_{H}s``             exponentially weighted mean, weights halving every ``H`` s of event time
+``s_delta``, ``s_rate``     change since the previous reading, and that change per second
+``s_lag_{k}``               the reading ``k`` readings ago
+``a_minus_b``, ``a_over_b`` differences and ratios between sensors (declared pairs)
+``tod_sin``, ``tod_cos``    time of day on a circle; ``dow_sin``, ``dow_cos`` day of the week
+==========================  =====================================================================
 
-and ``hour_sin`` / ``hour_cos``, the time of day on a circle.
+Statistics are population statistics (``std`` of one reading is 0). A feature that cannot be
+computed yet (no previous reading, too few readings for a lag) is left out: River models treat a
+missing feature as unknown.
 """
 
 from __future__ import annotations
 
+import bisect
+import hashlib
 import math
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 #: Event ids remembered per device for deduplication.
 RECENT_IDS = 1000
+
+Stat = Literal["mean", "std", "min", "max"]
+
+
+class SensorPair(BaseModel):
+    """A feature from two sensors: ``a - b`` (diff) or ``a / b`` (ratio)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    a: str
+    b: str
+    op: Literal["diff", "ratio"] = "diff"
+
+    @property
+    def name(self) -> str:
+        return f"{self.a}_{'minus' if self.op == 'diff' else 'over'}_{self.b}"
+
+
+class FeatureSpec(BaseModel):
+    """Which features to compute: the same spec in the worker and the API gives the same vectors.
+
+    Examples
+    --------
+    >>> FeatureSpec().schema_hash() == FeatureSpec().schema_hash()
+    True
+    >>> FeatureSpec(windows=(5,)).schema_hash() == FeatureSpec().schema_hash()
+    False
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    windows: tuple[int, ...] = Field((10,), description="rolling windows, in readings")
+    time_windows: tuple[float, ...] = Field((300.0,), description="rolling windows, in seconds")
+    stats: tuple[Stat, ...] = ("mean", "std", "min", "max")
+    ewma_half_lives: tuple[float, ...] = Field((60.0,), description="EWMA half-lives, in seconds")
+    delta: bool = True
+    rate: bool = True
+    lags: tuple[int, ...] = (1,)
+    time_of_day: bool = True
+    day_of_week: bool = True
+    pairs: tuple[SensorPair, ...] = (SensorPair(a="temperature", b="humidity", op="diff"),)
+    #: Most readings a time window keeps per sensor (bounds memory for fast devices).
+    max_time_window_points: int = Field(1000, ge=1)
+
+    def schema_hash(self) -> str:
+        """A short fingerprint of this spec: models record it, the API checks it."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+
+    @property
+    def history(self) -> int:
+        """Readings per sensor the count windows and lags need."""
+        return max((*self.windows, *(k + 1 for k in self.lags), 1))
 
 
 @dataclass
@@ -33,7 +99,7 @@ class DeviceState:
     Examples
     --------
     >>> s = DeviceState()
-    >>> _ = featurize(s, {"t": 1.0}, datetime(2026, 1, 1, 6), window=2)
+    >>> _ = featurize(s, {"t": 1.0}, datetime(2026, 1, 1, 6), FeatureSpec())
     >>> DeviceState.from_json(s.to_json()) == s
     True
     """
@@ -41,7 +107,14 @@ class DeviceState:
     events: int = 0
     #: Last value per sensor (real or imputed): the base of deltas and of "last" imputation.
     last: dict[str, float] = field(default_factory=dict)
+    #: Event time of each sensor's last value, for rates.
+    last_at: dict[str, float] = field(default_factory=dict)
+    #: The last readings per sensor, newest last (count windows and lags).
     windows: dict[str, deque[float]] = field(default_factory=dict)
+    #: ``[ts, value]`` per sensor, sorted by event time (time windows).
+    timed: dict[str, list[list[float]]] = field(default_factory=dict)
+    #: Per sensor, per half-life: ``[ewma, ts]``.
+    ewma: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     #: Event time (epoch s) of each sensor's last real reading: imputation bridges gaps from it.
     last_seen: dict[str, float] = field(default_factory=dict)
     recent_ids: deque[str] = field(default_factory=lambda: deque(maxlen=RECENT_IDS))
@@ -49,33 +122,42 @@ class DeviceState:
     watermark: float | None = None
     last_ts: float | None = None
     counts: Counter[str] = field(default_factory=Counter)
+    #: The feature vector of the device's last event: ``GET /devices/{id}/features``.
+    features: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "events": self.events,
             "last": self.last,
+            "last_at": self.last_at,
             "windows": {name: list(values) for name, values in self.windows.items()},
+            "timed": self.timed,
+            "ewma": self.ewma,
             "last_seen": self.last_seen,
             "recent_ids": list(self.recent_ids),
             "watermark": self.watermark,
             "last_ts": self.last_ts,
             "counts": dict(self.counts),
+            "features": self.features,
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], window: int | None = None) -> DeviceState:
+    def from_json(cls, data: dict[str, Any]) -> DeviceState:
         return cls(
             events=int(data.get("events", 0)),
             last={k: float(v) for k, v in data.get("last", {}).items()},
-            windows={
-                k: deque((float(x) for x in v), maxlen=window or len(v) or 1)
-                for k, v in data.get("windows", {}).items()
-            },
+            last_at={k: float(v) for k, v in data.get("last_at", {}).items()},
+            windows={k: deque((float(x) for x in v), maxlen=max(len(v), 1))
+                     for k, v in data.get("windows", {}).items()},
+            timed={k: [[float(t), float(x)] for t, x in v] for k, v in data.get("timed", {}).items()},
+            ewma={k: {h: [float(e), float(t)] for h, (e, t) in v.items()}
+                  for k, v in data.get("ewma", {}).items()},
             last_seen={k: float(v) for k, v in data.get("last_seen", {}).items()},
             recent_ids=deque(data.get("recent_ids", []), maxlen=RECENT_IDS),
             watermark=data.get("watermark"),
             last_ts=data.get("last_ts"),
             counts=Counter(data.get("counts", {})),
+            features={k: float(v) for k, v in data.get("features", {}).items()},
         )
 
     def window_mean(self, name: str) -> float | None:
@@ -83,38 +165,105 @@ class DeviceState:
         return sum(values) / len(values) if values else None
 
 
+def _stats(values: list[float], wanted: tuple[Stat, ...]) -> dict[Stat, float]:
+    n = len(values)
+    mean = sum(values) / n
+    out: dict[Stat, float] = {}
+    for stat in wanted:
+        if stat == "mean":
+            out[stat] = mean
+        elif stat == "std":
+            out[stat] = math.sqrt(max(sum((x - mean) ** 2 for x in values) / n, 0.0))
+        elif stat == "min":
+            out[stat] = min(values)
+        else:
+            out[stat] = max(values)
+    return out
+
+
+def _label(seconds: float) -> str:
+    return f"{seconds:g}s"
+
+
 def featurize(
-    state: DeviceState, readings: dict[str, float], ts: datetime, window: int
+    state: DeviceState, readings: dict[str, float], ts: datetime, spec: FeatureSpec
 ) -> dict[str, float]:
     """Update ``state`` with one clean reading and return its feature vector.
 
     Examples
     --------
+    >>> spec = FeatureSpec(windows=(2,), time_windows=(), ewma_half_lives=(), pairs=(), stats=("mean",),
+    ...                    time_of_day=False, day_of_week=False)
     >>> s = DeviceState()
-    >>> f = featurize(s, {"t": 10.0}, datetime(2026, 1, 1, 6), window=2)
-    >>> f["t"], f["t_mean"], "t_delta" in f, round(f["hour_sin"], 6)
-    (10.0, 10.0, False, 1.0)
-    >>> f = featurize(s, {"t": 12.0}, datetime(2026, 1, 1, 6), window=2)
-    >>> f["t_mean"], f["t_delta"]
-    (11.0, 2.0)
-    >>> featurize(s, {"t": 16.0}, datetime(2026, 1, 1, 6), window=2)["t_mean"]
-    14.0
+    >>> featurize(s, {"t": 10.0}, datetime(2026, 1, 1, 6, 0, 0), spec)
+    {'t': 10.0, 't_mean_2': 10.0}
+    >>> featurize(s, {"t": 12.0}, datetime(2026, 1, 1, 6, 0, 4), spec)
+    {'t': 12.0, 't_mean_2': 11.0, 't_delta': 2.0, 't_rate': 0.5, 't_lag_1': 10.0}
     """
+    at = ts.timestamp()
+    history = spec.history
     features: dict[str, float] = {}
     for name, value in readings.items():
-        previous = state.last.get(name)
-        values = state.windows.get(name)
-        if values is None or values.maxlen != window:
-            values = state.windows[name] = deque(values or (), maxlen=window)
-        values.append(value)
         features[name] = value
-        features[f"{name}_mean"] = sum(values) / len(values)
+        # rolling windows by count, and lags
+        values = state.windows.get(name)
+        if values is None or values.maxlen != history:
+            values = state.windows[name] = deque(values or (), maxlen=history)
+        values.append(value)
+        recent = list(values)
+        for n in spec.windows:
+            for stat, result in _stats(recent[-n:], spec.stats).items():
+                features[f"{name}_{stat}_{n}"] = result
+        # rolling windows by event time; an out-of-order reading sees only what came before it
+        if spec.time_windows:
+            points = state.timed.setdefault(name, [])
+            bisect.insort(points, [at, value])
+            horizon = max(p[0] for p in points[-1:]) - max(spec.time_windows)
+            while points and (points[0][0] <= horizon or len(points) > spec.max_time_window_points):
+                points.pop(0)
+            for seconds in spec.time_windows:
+                inside = [x for t, x in points if at - seconds < t <= at]
+                for stat, result in _stats(inside, spec.stats).items():
+                    features[f"{name}_{stat}_{_label(seconds)}"] = result
+        # exponentially weighted means, decaying with event time
+        for half_life in spec.ewma_half_lives:
+            slot = state.ewma.setdefault(name, {})
+            key = _label(half_life)
+            if key not in slot:
+                slot[key] = [value, at]
+            else:
+                mean, then = slot[key]
+                weight = 1 - 0.5 ** (max(at - then, 0.0) / half_life)
+                slot[key] = [mean + weight * (value - mean), max(at, then)]
+            features[f"{name}_ewma_{key}"] = slot[key][0]
+        previous, previous_at = state.last.get(name), state.last_at.get(name)
         if previous is not None:
-            features[f"{name}_delta"] = value - previous
+            if spec.delta:
+                features[f"{name}_delta"] = value - previous
+            if spec.rate and previous_at is not None and at > previous_at:
+                features[f"{name}_rate"] = (value - previous) / (at - previous_at)
+        for k in spec.lags:
+            if len(recent) > k:
+                features[f"{name}_lag_{k}"] = recent[-1 - k]
         state.last[name] = value
-    hour = ts.hour + ts.minute / 60 + ts.second / 3600
-    features["hour_sin"] = math.sin(2 * math.pi * hour / 24)
-    features["hour_cos"] = math.cos(2 * math.pi * hour / 24)
+        state.last_at[name] = at
+    for pair in spec.pairs:
+        a, b = readings.get(pair.a), readings.get(pair.b)
+        if a is not None and b is not None:
+            if pair.op == "diff":
+                features[pair.name] = a - b
+            elif b != 0:
+                features[pair.name] = a / b
+    if spec.time_of_day or spec.day_of_week:
+        hour = ts.hour + ts.minute / 60 + ts.second / 3600
+        if spec.time_of_day:
+            features["tod_sin"] = math.sin(2 * math.pi * hour / 24)
+            features["tod_cos"] = math.cos(2 * math.pi * hour / 24)
+        if spec.day_of_week:
+            day = ts.weekday() + hour / 24
+            features["dow_sin"] = math.sin(2 * math.pi * day / 7)
+            features["dow_cos"] = math.cos(2 * math.pi * day / 7)
     state.events += 1
-    state.last_ts = ts.timestamp()
+    state.last_ts = at
+    state.features = features
     return features

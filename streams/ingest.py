@@ -26,7 +26,7 @@ from streams.cleaning import (
     clean_readings,
     decode_message,
 )
-from streams.features import DeviceState, featurize
+from streams.features import DeviceState, FeatureSpec, featurize
 from streams.schema import SensorEvent
 
 
@@ -46,6 +46,8 @@ class FeatureRecord:
     source_index: int = 0
     imputed: tuple[str, ...] = ()
     clipped: tuple[str, ...] = ()
+    #: Hash of the FeatureSpec that computed ``features``.
+    schema: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -58,6 +60,7 @@ class FeatureRecord:
             "src": [self.source_partition, self.source_offset, self.source_index],
             "imputed": list(self.imputed),
             "clipped": list(self.clipped),
+            "schema": self.schema,
         }
 
     @classmethod
@@ -75,6 +78,7 @@ class FeatureRecord:
             source_index=int(index[0]) if index else 0,
             imputed=tuple(data.get("imputed", ())),
             clipped=tuple(data.get("clipped", ())),
+            schema=str(data.get("schema", "")),
         )
 
 
@@ -98,7 +102,7 @@ class IngestStage:
 
     Examples
     --------
-    >>> stage = IngestStage(models=("m",), target="y", window=3, max_message_bytes=10_000)
+    >>> stage = IngestStage(models=("m",), target="y", max_message_bytes=10_000)
     >>> raw = b'{"event_id": "a", "device_id": "d", "ts": 0, "readings": {"x": 1}, "target": 2}'
     >>> stage.handle(raw, partition=0, offset=0, timestamp_ms=0)[0].features["x"]
     1.0
@@ -112,8 +116,8 @@ class IngestStage:
 
     models: tuple[str, ...]
     target: str
-    window: int
     max_message_bytes: int
+    features: FeatureSpec = field(default_factory=FeatureSpec)
     max_batch_events: int = 1000
     catalog: dict[str, SensorSpec] = field(default_factory=lambda: dict(DEFAULT_CATALOG))
     time_policy: TimePolicy = TimePolicy(allowed_lateness=300.0, max_future=60.0)
@@ -176,14 +180,14 @@ class IngestStage:
             if value is not None:
                 state.last_seen[name] = ts
         target = event.target if event.target is not None else event.readings.get(self.target)
-        features = featurize(state, cleaned.readings, event.ts, self.window)
+        features = featurize(state, cleaned.readings, event.ts, self.features)
         for counter in (counts, state.counts):
             counter["accepted"] += 1
             counter["imputed"] += len(cleaned.imputed)
             counter["clipped"] += len(cleaned.clipped)
         return [
             FeatureRecord(model, event.device_id, event.event_id, ts, features, target,
-                          partition, offset, index, cleaned.imputed, cleaned.clipped)
+                          partition, offset, index, cleaned.imputed, cleaned.clipped, self.schema)
             for model in self.models
         ]
 
@@ -203,6 +207,10 @@ class IngestStage:
         for counts in self.stats.values():
             total.update(counts)
         return total
+
+    @property
+    def schema(self) -> str:
+        return self.features.schema_hash()
 
     def take_dirty(self) -> dict[str, DeviceState]:
         """The devices changed since the last call: what the next checkpoint must write."""

@@ -144,21 +144,21 @@ def test_serving_features_equal_the_stream_featurizer_on_the_stored_device_state
     state = DeviceState()
     for i, t in enumerate([18.0, 19.0, 23.0]):
         featurize(state, {"temperature": t, "vibration": 0.2 * i},
-                  datetime(2026, 1, 1, 12, tzinfo=UTC), settings.rolling_window)
+                  datetime(2026, 1, 1, 12, i, tzinfo=UTC), settings.features)
 
     async def store(registry: ModelRegistry, redis: Redis) -> None:
         await save_checkpoint(redis, settings.namespace, "t", "id", {}, {"dev-1": state})
 
     run(settings, store)
-    expected = featurize(DeviceState.from_json(state.to_json(), settings.rolling_window),
+    expected = featurize(DeviceState.from_json(state.to_json()),
                          {"temperature": 20.0, "vibration": 0.5},
                          datetime(2026, 1, 2, 6, tzinfo=UTC),
-                         settings.rolling_window)
+                         settings.features)
     with TestClient(create_app(settings)) as client:
         body = client.post("/predict", json={**READING, "ts": "2026-01-02T06:00:00Z"}).json()
         again = client.post("/predict", json={**READING, "ts": "2026-01-02T06:00:00Z"}).json()
     assert body["features"] == expected
-    assert body["features"]["temperature_mean"] == pytest.approx((18 + 19 + 23 + 20) / 4)
+    assert body["features"]["temperature_mean_10"] == pytest.approx((18 + 19 + 23 + 20) / 4)
     assert again["features"] == body["features"], "serving must not change the stream's state"
 
 

@@ -17,14 +17,8 @@ from driftline.settings import Settings
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that makes a child process read exactly ``settings``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTLINE_")}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        env[f"DRIFTLINE_{name.upper()}"] = str(value)
-    return env
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("DRIFTLINE_")},
+            **settings.as_env()}
 
 
 class WorkerProcess:

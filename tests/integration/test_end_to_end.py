@@ -101,7 +101,7 @@ def test_simulated_events_are_learned_exactly_once_and_served(
         assert body["model"] == settings.model_name
         assert isinstance(body["prediction"], float)
         # the device's own history is in the features: its rolling mean is not just this reading
-        assert body["features"]["temperature_mean"] != pytest.approx(22.0)
+        assert body["features"]["temperature_mean_10"] != pytest.approx(22.0)
 
 
 def test_worker_resumes_after_sigkill_without_losing_or_double_counting(

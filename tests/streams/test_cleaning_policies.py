@@ -75,7 +75,7 @@ def raw(event_id: str, ts: int, **readings: float | None) -> bytes:
 
 
 def test_stage_accounts_for_late_and_out_of_order_events_per_device() -> None:
-    stage = IngestStage(models=("m",), target="y", window=3, max_message_bytes=10_000, catalog=CATALOG,
+    stage = IngestStage(models=("m",), target="y", max_message_bytes=10_000, catalog=CATALOG,
                         time_policy=TimePolicy(allowed_lateness=60, max_future=10))
     now_ms = 10_000_000
     outcomes = [stage.handle(raw(f"e{i}", ts, t=20.0 + i), 0, i, now_ms)[0]
@@ -90,7 +90,7 @@ def test_stage_accounts_for_late_and_out_of_order_events_per_device() -> None:
 
 
 def test_the_target_is_never_a_feature() -> None:
-    stage = IngestStage(models=("m",), target="power", window=3, max_message_bytes=10_000)
+    stage = IngestStage(models=("m",), target="power", max_message_bytes=10_000)
     event = {"event_id": "a", "device_id": "d", "ts": 0, "readings": {"temperature": 20.0, "power": 3.0}}
     record = stage.handle(json.dumps(event).encode(), 0, 0, 1000)[0]
     assert isinstance(record, FeatureRecord)

@@ -49,7 +49,7 @@ messages = st.one_of(
 
 
 def new_stage() -> IngestStage:
-    return IngestStage(models=("m1", "m2"), target="power", window=3, max_message_bytes=5_000)
+    return IngestStage(models=("m1", "m2"), target="power", max_message_bytes=5_000)
 
 
 @given(st.binary(max_size=500) | json_values.map(as_bytes) | event_like.map(as_bytes))
