@@ -15,6 +15,7 @@ from api.deps import ModelStoreDep, RedisDep, RegistryDep, SettingsDep
 from api.stats import ingest_totals, prometheus_text
 from driftline.errors import FeatureSchemaMismatch
 from streams.checkpoint import device_key, load_device_states
+from streams.cleaning import Rejection, clean_readings
 from streams.features import DeviceState, featurize
 from streams.schema import Reading, SensorEvent
 
@@ -38,10 +39,15 @@ async def predict(reading: Reading, settings: SettingsDep, redis: RedisDep,
     served = store.get(name)
     check_feature_schema(served.meta, settings)
     states = await load_device_states(redis, settings.namespace, [reading.device_id])
-    # A copy of the stream's state: serving reads it and never writes it back.
+    # A copy of the stream's state: serving reads it and never writes it back. Cleaning and
+    # featurizing are the stream's own functions, so serving sees what training saw.
     state = states.get(reading.device_id) or DeviceState()
     readings = {k: v for k, v in reading.readings.items() if k != settings.target}
-    features = featurize(state, readings, reading.ts or datetime.now(UTC), settings.features)
+    ts = reading.ts or datetime.now(UTC)
+    cleaned = clean_readings(readings, ts.timestamp(), state, settings.catalog())
+    if isinstance(cleaned, Rejection):
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{cleaned.reason}: {cleaned.message}")
+    features = featurize(state, cleaned.readings, ts, settings.features)
     prediction = served.learner.predict(features)
     return Prediction(
         prediction=None if prediction is None else float(prediction),

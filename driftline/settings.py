@@ -146,8 +146,8 @@ class Settings(BaseSettings):
         return frozenset(k.strip() for k in self.api_keys.get_secret_value().split(",") if k.strip())
 
     def catalog(self) -> dict[str, SensorSpec]:
-        """The sensor catalog these settings name."""
-        return load_catalog(self.sensor_catalog or None, self.sensor_catalog_file)
+        """The sensor catalog these settings name (read once per settings object)."""
+        return _catalog(self.sensor_catalog, self.sensor_catalog_file)
 
     def as_env(self) -> dict[str, str]:
         """``DRIFTLINE_*`` variables that make another process read exactly these settings."""
@@ -164,6 +164,11 @@ class Settings(BaseSettings):
     def redis_key(self, *parts: str) -> str:
         """A Redis key (or channel) inside this deployment's namespace."""
         return ":".join((self.namespace, *parts))
+
+
+@lru_cache(maxsize=8)
+def _catalog(text: str, path: Path | None) -> dict[str, SensorSpec]:
+    return load_catalog(text or None, path)
 
 
 @lru_cache(maxsize=1)

@@ -200,3 +200,28 @@ def test_health_is_503_when_redis_is_unreachable(make_settings: Any) -> None:
     assert health.status_code == 503
     assert health.json()["redis"] is False
     assert predict.status_code == 503
+
+
+def test_a_model_trained_on_other_features_is_refused_with_409(make_settings: Any) -> None:
+    settings = make_settings()
+    learner = trained_learner("default", 10)
+    learner.feature_schema = "0123456789abcdef"
+    publish(settings, learner)
+    with TestClient(create_app(settings)) as client:
+        response = client.post("/predict", json=READING)
+    assert response.status_code == 409
+    assert "0123456789abcdef" in response.json()["detail"]
+    assert settings.features.schema_hash() in response.json()["detail"]
+
+
+def test_a_reading_out_of_range_is_refused_like_the_stream_does(make_settings: Any) -> None:
+    settings = make_settings()
+    publish(settings, trained_learner("default", 10))
+    with TestClient(create_app(settings)) as client:
+        response = client.post("/predict", json={"device_id": "d", "readings": {"vibration": 99.0}})
+        clipped = client.post("/predict", json={"device_id": "d", "readings": {"temperature": 500.0}})
+        unknown = client.get("/devices/never-seen/features")
+    assert response.status_code == 422
+    assert response.json()["detail"].startswith("out_of_range: vibration=99")
+    assert clipped.status_code == 200 and clipped.json()["features"]["temperature"] == 125.0
+    assert unknown.status_code == 404
