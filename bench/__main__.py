@@ -1,5 +1,6 @@
 """Run every benchmark: ``python -m bench`` (``make bench``)."""
 
-from bench import ingest
+from bench import features, ingest
 
+features.main([])
 ingest.main([])
