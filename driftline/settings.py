@@ -132,9 +132,8 @@ class Settings(BaseSettings):
     @property
     def kafka_bootstrap(self) -> str:
         """``host:port[,host:port]`` for kafka-python, without Faust's ``kafka://`` scheme."""
-        return ",".join(
-            part.removeprefix("kafka://") for part in self.kafka_url.split(",") if part
-        )
+        parts = self.kafka_url.replace(";", ",").split(",")
+        return ",".join(p.strip().removeprefix("kafka://") for p in parts if p.strip())
 
     @property
     def faust_broker(self) -> str:

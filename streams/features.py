@@ -31,7 +31,7 @@ import hashlib
 import math
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -255,6 +255,8 @@ def featurize(
             elif b != 0:
                 features[pair.name] = a / b
     if spec.time_of_day or spec.day_of_week:
+        # UTC: the same moment gives the same features whatever zone the device wrote it in
+        ts = ts.astimezone(UTC) if ts.tzinfo else ts
         hour = ts.hour + ts.minute / 60 + ts.second / 3600
         if spec.time_of_day:
             features["tod_sin"] = math.sin(2 * math.pi * hour / 24)

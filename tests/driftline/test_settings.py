@@ -187,3 +187,10 @@ def test_as_env_makes_another_process_read_the_same_settings(settings_from_env: 
                         secret_key=GOOD_SECRET, api_keys="k1,k2", features=FeatureSpec(windows=(3,)),
                         sim_drift_after=10, _env_file=None)
     assert settings_from_env(**original.as_env()) == original
+
+
+@pytest.mark.parametrize("url", ["kafka://a:1, kafka://b:2", "kafka://a:1;kafka://b:2", "a:1,b:2,"])
+def test_broker_lists_in_any_common_form(url: str) -> None:
+    settings = Settings(kafka_url=url, _env_file=None)
+    assert settings.kafka_bootstrap == "a:1,b:2"
+    assert settings.faust_broker == "kafka://a:1;kafka://b:2"

@@ -85,3 +85,10 @@ def test_the_schema_hash_changes_with_the_spec_only() -> None:
     assert FeatureSpec().schema_hash() == FeatureSpec.model_validate_json(FeatureSpec().model_dump_json()
                                                                           ).schema_hash()
     assert FeatureSpec(lags=(1, 2)).schema_hash() != FeatureSpec().schema_hash()
+
+
+def test_time_features_do_not_depend_on_the_zone_the_device_wrote() -> None:
+    spec = FeatureSpec()
+    utc = featurize(DeviceState(), {"t": 1.0}, datetime(2026, 1, 5, 10, tzinfo=UTC), spec)
+    plus2 = datetime.fromisoformat("2026-01-05T12:00:00+02:00")
+    assert featurize(DeviceState(), {"t": 1.0}, plus2, spec) == utc
