@@ -153,6 +153,13 @@ async def post_events(
     return json.loads(json.dumps(result, default=str))
 
 
+async def _device_state(device_id: str, settings: SettingsDep, redis: RedisDep) -> DeviceState:
+    raw = await redis.get(device_key(settings.namespace, device_id))
+    if raw is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no events seen from device {device_id!r}")
+    return DeviceState.from_json(json.loads(raw))
+
+
 @router.get("/stats")
 async def stats(settings: SettingsDep, redis: RedisDep) -> dict[str, Any]:
     """What became of every event: received = accepted + deduplicated + rejected + late."""
@@ -162,10 +169,7 @@ async def stats(settings: SettingsDep, redis: RedisDep) -> dict[str, Any]:
 @router.get("/devices/{device_id}/stats")
 async def device_stats(device_id: str, settings: SettingsDep, redis: RedisDep) -> dict[str, Any]:
     """One device's counters and its newest event time."""
-    raw = await redis.get(device_key(settings.namespace, device_id))
-    if raw is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no events seen from device {device_id!r}")
-    state = DeviceState.from_json(json.loads(raw))
+    state = await _device_state(device_id, settings, redis)
     return {"device_id": device_id, "counts": dict(state.counts), "watermark": state.watermark,
             "events": state.events}
 
@@ -173,10 +177,7 @@ async def device_stats(device_id: str, settings: SettingsDep, redis: RedisDep) -
 @router.get("/devices/{device_id}/features")
 async def device_features(device_id: str, settings: SettingsDep, redis: RedisDep) -> dict[str, Any]:
     """The device's current feature vector (its last event's), as the stream computed it."""
-    raw = await redis.get(device_key(settings.namespace, device_id))
-    if raw is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no events seen from device {device_id!r}")
-    state = DeviceState.from_json(json.loads(raw))
+    state = await _device_state(device_id, settings, redis)
     return {"device_id": device_id, "features": state.features, "events": state.events,
             "last_event_time": state.last_ts, "feature_schema": settings.features.schema_hash()}
 
