@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 
 from driftline.errors import ModelNotReady, SnapshotError
 from models.learner import OnlineLearner
-from models.registry import ModelRegistry
+from models.registry import CHAMPION, ModelRegistry
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +54,15 @@ class ModelStore:
             raise ModelNotReady(name)
         return served
 
-    async def refresh(self, name: str, version: int | None = None) -> bool:
-        """Load ``version`` (default: the latest) if newer than what is served; ``True`` if swapped."""
+    async def refresh(self, name: str) -> bool:
+        """Serve the model's champion if it is not served yet; ``True`` if swapped.
+
+        The champion follows the latest version unless an operator pinned it (promote/rollback),
+        so the version served may go back as well as forward.
+        """
         current = self.served.get(name)
-        if version is None:
-            version = await self.registry.alias_version(name)
-            if version is None:
-                return False
-        if current is not None and version <= current.version:
+        version = await self.registry.alias_version(name, CHAMPION)
+        if version is None or (current is not None and version == current.version):
             return False
         try:
             learner, meta = await self.registry.load(name, version)
@@ -102,7 +103,7 @@ class ModelStore:
                         continue
                     try:
                         note = json.loads(message["data"])
-                        await self.refresh(str(note["model"]), int(note["version"]))
+                        await self.refresh(str(note["model"]))
                     except (ValueError, KeyError, TypeError) as exc:
                         log.warning("ignoring malformed announcement %r: %s", message["data"], exc)
             except (RedisError, OSError) as exc:

@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from api.deps import ModelStoreDep, RedisDep, RegistryDep, SettingsDep
 from api.stats import ingest_totals, prometheus_text
 from driftline.errors import FeatureSchemaMismatch
+from models.registry import CHAMPION, LATEST
 from streams.checkpoint import device_key, load_device_states
 from streams.cleaning import Rejection, clean_readings
 from streams.features import DeviceState, featurize
@@ -23,7 +24,11 @@ router = APIRouter()
 
 
 class Prediction(BaseModel):
-    prediction: float | None
+    #: regression/forecast: the value; classification: the class; anomaly: the score (high = odd).
+    prediction: float | bool | str | None
+    #: classification: each class's probability.
+    probabilities: dict[str, float] | None = None
+    task: str
     model: str
     version: int
     device_id: str
@@ -35,7 +40,7 @@ class Prediction(BaseModel):
 async def predict(reading: Reading, settings: SettingsDep, redis: RedisDep,
                   store: ModelStoreDep) -> Prediction:
     """Predict from one raw reading, featurized with the device's live state (as the stream does)."""
-    name = reading.model or settings.model_name
+    name = reading.model or settings.default_model
     served = store.get(name)
     check_feature_schema(served.meta, settings)
     states = await load_device_states(redis, settings.namespace, [reading.device_id])
@@ -48,9 +53,14 @@ async def predict(reading: Reading, settings: SettingsDep, redis: RedisDep,
     if isinstance(cleaned, Rejection):
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{cleaned.reason}: {cleaned.message}")
     features = featurize(state, cleaned.readings, ts, settings.features)
-    prediction = served.learner.predict(features)
+    said = served.learner.predict(features)
+    value = said.value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = float(value)
     return Prediction(
-        prediction=None if prediction is None else float(prediction),
+        prediction=value,
+        probabilities=None if said.proba is None else {str(k): float(p) for k, p in said.proba.items()},
+        task=served.learner.spec.task,
         model=name,
         version=served.version,
         device_id=reading.device_id,
@@ -67,13 +77,16 @@ def check_feature_schema(meta: dict[str, Any], settings: SettingsDep) -> None:
         raise FeatureSchemaMismatch(str(meta.get("model")), int(meta["version"]), trained_on, computed)
 
 
-def _describe(name: str, store: ModelStoreDep, latest: int | None) -> dict[str, Any]:
+async def _describe(name: str, store: ModelStoreDep, registry: RegistryDep) -> dict[str, Any]:
     served = store.served.get(name)
     refusals = store.refusals.get(name)
+    aliases = await registry.aliases(name)
     return {
         "name": name,
         "served_version": served.version if served else None,
-        "latest_version": latest,
+        "latest_version": aliases.get(LATEST),
+        "aliases": {**aliases, CHAMPION: aliases.get(CHAMPION, aliases.get(LATEST))},
+        "champion_pinned": CHAMPION in aliases,
         "meta": served.meta if served else None,
         "refused_snapshots": refusals.count if refusals else 0,
         "last_refusal": refusals.last_reason if refusals else None,
@@ -82,18 +95,17 @@ def _describe(name: str, store: ModelStoreDep, latest: int | None) -> dict[str, 
 
 @router.get("/models")
 async def list_models(store: ModelStoreDep, registry: RegistryDep) -> list[dict[str, Any]]:
-    """Every model in the registry: what is served, what is newest, and any refused snapshots."""
-    return [_describe(name, store, await registry.alias_version(name))
-            for name in await registry.model_names()]
+    """Every model in the registry: what is served, its aliases, and any refused snapshots."""
+    return [await _describe(name, store, registry) for name in await registry.model_names()]
 
 
 @router.get("/models/{name}")
 async def show_model(name: str, store: ModelStoreDep, registry: RegistryDep) -> dict[str, Any]:
-    """One model with the metadata of every stored version."""
+    """One model with the metadata of every stored version and its audit log (newest first)."""
     if name not in await registry.model_names():
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no model named {name!r}")
-    return {**_describe(name, store, await registry.alias_version(name)),
-            "versions": await registry.versions(name)}
+    return {**await _describe(name, store, registry), "versions": await registry.versions(name),
+            "audit": await registry.audit(name, count=50)}
 
 
 @router.get("/health")
@@ -186,7 +198,6 @@ async def device_features(device_id: str, settings: SettingsDep, redis: RedisDep
 async def metrics(settings: SettingsDep, redis: RedisDep, store: ModelStoreDep,
                   registry: RegistryDep) -> Response:
     """Prometheus exposition of ingest counters and served-model figures."""
-    models = [_describe(name, store, await registry.alias_version(name))
-              for name in await registry.model_names()]
+    models = [await _describe(name, store, registry) for name in await registry.model_names()]
     body = prometheus_text(await ingest_totals(redis, settings), models)
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")

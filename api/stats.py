@@ -79,8 +79,14 @@ class _Snapshot:
         learned = GaugeMetricFamily("driftline_model_events_learned",
                                     "Events the served snapshot has learned", labels=["model"])
         version = GaugeMetricFamily("driftline_model_version", "Version being served", labels=["model"])
-        metric = GaugeMetricFamily("driftline_model_metric", "Prequential metric of the served snapshot",
-                                   labels=["model", "metric"])
+        metric = GaugeMetricFamily("driftline_model_metric",
+                                   "Prequential metrics of the served snapshot (cumulative and rolling)",
+                                   labels=["model", "metric", "window"])
+        labels = GaugeMetricFamily("driftline_model_labels",
+                                   "Labels of the served snapshot: received, pending, expired, unmatched",
+                                   labels=["model", "state"])
+        scores = GaugeMetricFamily("driftline_model_anomaly_score",
+                                   "Distribution of an anomaly model's scores", labels=["model", "stat"])
         refused = CounterMetricFamily("driftline_snapshots_refused",
                                       "Snapshots the API refused (bad signature or unreadable)",
                                       labels=["model"])
@@ -89,11 +95,18 @@ class _Snapshot:
             if meta:
                 learned.add_metric([model["name"]], meta.get("events_learned", 0))
                 version.add_metric([model["name"]], model["served_version"])
-                value = meta.get("metric", {}).get("value")
-                if value is not None:
-                    metric.add_metric([model["name"], meta["metric"]["name"]], value)
+                report = meta.get("metrics", {})
+                for window in ("cumulative", "rolling"):
+                    for name, value in report.get(window, {}).items():
+                        if value is not None:
+                            metric.add_metric([model["name"], name, window], value)
+                for state, count in meta.get("labels", {}).items():
+                    labels.add_metric([model["name"], state], count)
+                for stat, value in report.get("scores", {}).items():
+                    if value is not None:
+                        scores.add_metric([model["name"], stat], value)
             refused.add_metric([model["name"]], model["refused_snapshots"])
-        yield from (learned, version, metric, refused)
+        yield from (learned, version, metric, labels, scores, refused)
 
 
 def prometheus_text(ingest: dict[str, Any], models: list[dict[str, Any]]) -> bytes:

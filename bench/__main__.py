@@ -1,6 +1,7 @@
 """Run every benchmark: ``python -m bench`` (``make bench``)."""
 
-from bench import features, ingest
+from bench import features, ingest, learning
 
 features.main([])
 ingest.main([])
+learning.main([])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -47,6 +48,7 @@ def bench_settings(kafka_url: str, redis_url: str, **overrides: Any) -> Settings
         "kafka_url": kafka_url, "redis_url": redis_url, "namespace": f"bench-{run}",
         "worker_id": f"bench-{run}", "events_topic": f"bench-events-{run}",
         "features_topic": f"bench-features-{run}", "dlq_topic": f"bench-dlq-{run}",
+        "labels_topic": f"bench-labels-{run}",
         "batch_size": 1000, "batch_within": 0.2, "env": "test",
         "secret_key": "bench-secret-key-0123456789",
     }
@@ -116,3 +118,12 @@ def report(name: str, rows: dict[str, list[float]], baseline: str, unit: str = "
     (RESULTS / f"{name}.json").write_text(json.dumps(
         {"unit": unit, "baseline": baseline,
          "medians": {k: statistics.median(v) for k, v in rows.items()}, "runs": rows}, indent=2))
+
+
+def stream_bench_args(doc: str | None, argv: list[str] | None) -> argparse.Namespace:
+    """The options every streaming benchmark takes: events, repeats, events per batched message."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=50, help="events per message in batched mode")
+    return parser.parse_args(argv)

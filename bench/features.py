@@ -22,8 +22,10 @@ from datetime import datetime
 from bench.common import report
 from driftline.simulator import SensorSimulator
 from models.learner import OnlineLearner
+from models.specs import DEFAULT_SPEC
 from streams.features import DeviceState, FeatureSpec, featurize
-from streams.ingest import FeatureRecord, IngestStage
+from streams.ingest import IngestStage
+from streams.records import FeatureRecord
 
 
 def timed(fn, repeats: int) -> list[float]:  # type: ignore[no-untyped-def]
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
                if isinstance(r, FeatureRecord)]
 
     def run_learn() -> int:
-        learner = OnlineLearner.create("default", "linear_regression")
+        learner = OnlineLearner.create(DEFAULT_SPEC)
         for offset, record in enumerate(records):
             learner.learn(record, 0, offset)
         return len(records)

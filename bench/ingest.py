@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import sys
@@ -20,7 +19,15 @@ import time
 import redis
 from aiokafka import AIOKafkaConsumer
 
-from bench.common import bench_settings, ingest_received, report, services, time_until, worker
+from bench.common import (
+    bench_settings,
+    ingest_received,
+    report,
+    services,
+    stream_bench_args,
+    time_until,
+    worker,
+)
 from driftline.kafka import SensorProducer, ensure_topics
 from driftline.settings import Settings
 from driftline.simulator import SensorSimulator
@@ -79,12 +86,7 @@ def ingest_rate(kafka_url: str, redis_url: str, events: list[dict], batch: int) 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, default=20_000)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=50, help="events per message in batched mode")
-    args = parser.parse_args(argv)
+    args = stream_bench_args(__doc__, argv)
     events = make_events(args.events)
     rows: dict[str, list[float]] = {"raw consumer (aiokafka + json)": [],
                                     "ingest, 1 event/message": [],

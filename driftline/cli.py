@@ -8,6 +8,7 @@
     driftline simulate   publish simulated sensor readings
     driftline replay     publish a CSV / JSON-lines file or a River dataset as events
     driftline mqtt-bridge  forward MQTT sensor topics into Kafka
+    driftline models     the model registry: list | show | promote | rollback
 
 Every command reads its settings from ``DRIFTLINE_*`` variables and ``.env``; flags override them.
 """
@@ -77,7 +78,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     target = args.target_column or ("y" if args.source.startswith("river:") else None)
     mapping = ColumnMapping(args.source, device_column=args.device_column, device=args.device,
                             time_column=args.time_column, target_column=target, id_column=args.id_column)
-    sent = replay(settings, args.source, mapping, rate=args.rate, limit=args.limit)
+    sent = replay(settings, args.source, mapping, rate=args.rate, limit=args.limit, batch=args.batch)
     print(f"replay: {sent} events published to {settings.events_topic}", file=sys.stderr)
     return 0
 
@@ -88,6 +89,21 @@ def cmd_mqtt_bridge(args: argparse.Namespace) -> int:
     settings = _settings(mqtt_url=args.mqtt_url)
     _require_kafka(settings)
     run_bridge(settings, settings.mqtt_url, topics=tuple(args.topic or ["sensors/#"]), qos=args.qos)
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from driftline import model_commands
+
+    settings = _settings()
+    if args.action == "list":
+        print(model_commands.models_list(settings))
+    elif args.action == "show":
+        print(model_commands.models_show(settings, args.name, as_json=args.json))
+    elif args.action == "promote":
+        print(model_commands.models_promote(settings, args.name, args.version, args.to, args.reason))
+    else:
+        print(model_commands.models_rollback(settings, args.name, args.reason))
     return 0
 
 
@@ -141,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--target-column", help="column holding the target (river datasets: y)")
     rep.add_argument("--id-column", help="column holding the event id (default: source + row number)")
     rep.add_argument("--limit", type=int, help="publish at most this many rows")
+    rep.add_argument("--batch", type=int, default=1,
+                     help="send up to this many consecutive rows of a device as one message")
     rep.set_defaults(func=cmd_replay)
 
     bridge = sub.add_parser("mqtt-bridge", help="forward MQTT topics sensors/<device>[/<sensor>] to Kafka")
@@ -148,6 +166,22 @@ def build_parser() -> argparse.ArgumentParser:
     bridge.add_argument("--topic", action="append", help="topic filter, repeatable (default: sensors/#)")
     bridge.add_argument("--qos", type=int, default=1, choices=[0, 1, 2])
     bridge.set_defaults(func=cmd_mqtt_bridge)
+
+    models = sub.add_parser("models", help="the model registry: list, show, promote, rollback")
+    actions = models.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions.add_parser("list", help="every model: aliases, events learned, headline metric")
+    show = actions.add_parser("show", help="one model's versions and audit log")
+    show.add_argument("name")
+    show.add_argument("--json", action="store_true", help="everything, as JSON")
+    promote = actions.add_parser("promote", help="pin the champion (or challenger) to a version")
+    promote.add_argument("name")
+    promote.add_argument("version", type=int, nargs="?", help="default: the latest")
+    promote.add_argument("--to", default="champion", choices=["champion", "challenger"])
+    promote.add_argument("--reason", default="", help="recorded in the audit log")
+    rollback = actions.add_parser("rollback", help="return the champion to the one before")
+    rollback.add_argument("name")
+    rollback.add_argument("--reason", default="", help="recorded in the audit log")
+    models.set_defaults(func=cmd_models)
     return parser
 
 

@@ -59,3 +59,7 @@ class FeatureSchemaMismatch(DriftlineError):
             f"model {model!r} v{version} was trained on feature schema {trained_on}, but this API "
             f"computes {computed}: align DRIFTLINE_FEATURES between worker and API"
         )
+
+
+class RegistryError(DriftlineError):
+    """A registry operation that cannot be done as asked (unknown version, nothing to roll back)."""

@@ -24,6 +24,7 @@ def topic_plan(settings: Settings) -> dict[str, int]:
         settings.events_topic: settings.events_partitions,
         settings.features_topic: settings.features_partitions,
         settings.dlq_topic: settings.events_partitions,
+        settings.labels_topic: settings.labels_partitions,
     }
 
 
@@ -80,6 +81,7 @@ class SensorProducer:
     """
 
     def __init__(self, settings: Settings, **overrides: Any) -> None:
+        self.settings = settings
         self.topic = settings.events_topic
         config: dict[str, Any] = {
             "bootstrap_servers": settings.kafka_bootstrap,
@@ -108,9 +110,16 @@ class SensorProducer:
         if events:
             self.send_raw(str(events[0]["device_id"]).encode(), json.dumps(events).encode())
 
-    def send_raw(self, key: bytes | None, value: bytes) -> None:
+    def send_raw(self, key: bytes | None, value: bytes, topic: str | None = None) -> None:
         """Queue raw bytes as they are: what a device that sends bad data would do."""
-        self._producer.send(self.topic, key=key, value=value)
+        self._producer.send(topic or self.topic, key=key, value=value)
+
+    def send_label(self, event_id: str, label: float | bool | str, model: str | None = None) -> None:
+        """Queue the ground truth for an event sent earlier (to ``sensor-labels``)."""
+        body: dict[str, Any] = {"event_id": event_id, "label": label}
+        if model is not None:
+            body["model"] = model
+        self.send_raw(event_id.encode(), json.dumps(body).encode(), self.settings.labels_topic)
 
     def flush(self, timeout: float | None = 30.0) -> None:
         self._producer.flush(timeout)

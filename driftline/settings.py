@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from models.specs import ModelSpec
 from streams.catalog import SensorSpec, load_catalog
 from streams.features import FeatureSpec
 
@@ -47,6 +48,9 @@ class Settings(BaseSettings):
     events_topic: str = "sensor-events"
     features_topic: str = "sensor-features"
     dlq_topic: str = "sensor-dlq"
+    #: Ground truth that arrives after its event: ``{"event_id": ..., "label": ...}``.
+    labels_topic: str = "sensor-labels"
+    labels_partitions: int = Field(2, ge=1)
     events_partitions: int = Field(4, ge=1)
     features_partitions: int = Field(2, ge=1)
     replication_factor: int = Field(1, ge=1)
@@ -67,6 +71,9 @@ class Settings(BaseSettings):
     broker_session_timeout: float = 10.0
     broker_rebalance_timeout: float = 10.0
     broker_heartbeat_interval: float = 1.0
+    #: Longest the broker may hold a fetch with nothing new (ms); Faust's own 1,500 stalls a
+    #: stage behind the one feeding it on the embedded broker.
+    consumer_fetch_max_wait_ms: int = Field(100, ge=0, le=1500)
     #: Longest accepted JSON message; larger ones go to the DLQ unread.
     max_message_bytes: int = Field(1_000_000, ge=1024)
     #: Longest message copied whole to the DLQ; beyond it the copy is cut (header dl-truncated).
@@ -85,7 +92,11 @@ class Settings(BaseSettings):
     max_future_seconds: float = Field(60.0, ge=0)
 
     # --- Learning ----------------------------------------------------------------------------
+    #: The models that learn side by side, as JSON (see models/specs.py). Empty: one regression
+    #: model named ``model_name`` learning ``target`` with the default estimator.
+    models: tuple[ModelSpec, ...] = ()
     model_name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$")
+    #: The reading that is ground truth (never a feature); models learn it unless they name another.
     target: str = "power"
     snapshot_every_events: int = Field(1000, ge=1)
     snapshot_every_seconds: float = Field(5.0, gt=0)
@@ -127,7 +138,19 @@ class Settings(BaseSettings):
             raise ValueError("DRIFTLINE_API_KEYS must not contain the development key when env=prod")
         if len(self.secret_key.get_secret_value()) < 16:
             raise ValueError("DRIFTLINE_SECRET_KEY must be at least 16 characters")
+        names = [spec.name for spec in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"DRIFTLINE_MODELS names a model twice: {names}")
         return self
+
+    def model_specs(self) -> tuple[ModelSpec, ...]:
+        """The models to learn (the configured ones, or the default one)."""
+        return self.models or (ModelSpec(name=self.model_name),)
+
+    @property
+    def default_model(self) -> str:
+        """The model ``/predict`` uses when a request names none: the first configured."""
+        return self.model_specs()[0].name
 
     @property
     def kafka_bootstrap(self) -> str:

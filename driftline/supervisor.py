@@ -174,13 +174,17 @@ def _watch(settings: Settings, stack: Stack, every: float = 10.0) -> None:
 
 def _flow_report(client: redis.Redis, settings: Settings) -> str:
     try:
-        key = settings.redis_key("model", settings.model_name)
+        key = settings.redis_key("model", settings.default_model)
         version = client.hget(f"{key}:aliases", "latest")
         if version is None:
-            return f"model {settings.model_name!r}: no snapshot yet (the worker is joining)"
+            return f"model {settings.default_model!r}: no snapshot yet (the worker is joining)"
         meta = json.loads(client.hget(f"{key}:meta", version) or b"{}")
         metric = meta.get("metric", {})
-        return (f"model {settings.model_name!r} v{int(version)}: {meta.get('events_learned', 0)} "
-                f"events learned, {metric.get('name', 'metric')} {metric.get('value', 0):.3f}")
+        return (f"model {settings.default_model!r} v{int(version)}: {meta.get('events_learned', 0)} "
+                f"events learned, {metric.get('name', 'metric')} {_figure(metric.get('value'))}")
     except redis.RedisError as exc:
         return f"Redis unreachable: {exc}"
+
+
+def _figure(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

@@ -1,110 +1,224 @@
-"""The learn stage's logic: prequential online learning with the offsets it reflects. No I/O.
+"""The learn stage's logic: prequential online learning, delayed labels, exact replay. No I/O.
 
-For every feature record: predict, score the prediction against the target, then learn
-(River's progressive validation). The learner also remembers which messages it has learned from,
-so that a replay after a crash changes nothing:
+For every event a model sees: predict, then (once its label is known) score the prediction, then
+learn — River's progressive validation. Labels come with the event (its ``target``), later on
+``sensor-labels`` (matched by ``event_id``), or, for a forecast, from the device's next event.
+Events waiting for a label are held, bounded in number and in event time; those whose label never
+comes are counted as expired, labels that never meet their event as unmatched.
 
-- ``input_offsets``: per ``sensor-features`` partition, the last offset handled;
-- ``source_offsets``: per ``sensor-events`` partition, the last source offset learned. The ingest
-  stage may re-emit events after its own crash; they carry the same source offsets and are dropped.
-
-The whole learner is what a snapshot pickles, so a restarted worker resumes exactly.
+The learner remembers the last position it learned from per source partition (``events/3`` →
+(offset, index in a batched message)). Anything at or before it is a replay and is dropped, so an
+event re-emitted after a crash is learned once. The whole learner is what a snapshot pickles; a
+restarted worker resumes exactly where the snapshot left off.
 """
 
 from __future__ import annotations
 
+import math
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from models.specs import SPECS, ModelSpec
-from streams.ingest import FeatureRecord
+from models.evaluation import Evaluation, Prediction
+from models.specs import ModelSpec
+from streams.records import FeatureRecord, Label, LabelRecord, Record
+
+
+@dataclass
+class Pending:
+    """An event whose label is not known yet: what the model said, and what it saw."""
+
+    ts: float
+    features: dict[str, float] | None
+    prediction: Prediction
 
 
 @dataclass
 class OnlineLearner:
-    """One named model learning from a stream of feature records.
+    """One named model learning from a stream of feature records and labels.
 
     Examples
     --------
-    >>> learner = OnlineLearner.create("m", "linear_regression")
+    >>> learner = OnlineLearner.create(ModelSpec(name="m"))
     >>> rec = FeatureRecord("m", "d", "e1", 0.0, {"x": 1.0}, 2.0, source_partition=0, source_offset=5)
     >>> learner.learn(rec, input_partition=0, input_offset=0)
     True
-    >>> learner.learn(rec, input_partition=0, input_offset=0)   # the same message again
+    >>> learner.learn(rec, input_partition=0, input_offset=1)   # re-emitted: same source position
     False
-    >>> learner.events_learned
-    1
+    >>> learner.events_learned, learner.evaluation.get("MAE")
+    (1, 2.0)
     """
 
-    name: str
-    spec_name: str
+    spec: ModelSpec
     model: Any
-    metric: Any
+    evaluation: Evaluation
+    #: Feature records handled (each once) and events learned from (labelled; anomaly: all).
+    events_seen: int = 0
     events_learned: int = 0
-    events_unlabelled: int = 0
+    labels_received: int = 0
+    #: Events dropped because their label did not come in time (or too many waited).
+    labels_expired: int = 0
+    #: Labels dropped because their event never came (or was already labelled).
+    labels_unmatched: int = 0
+    #: ``sensor-features`` partition -> last offset handled.
     input_offsets: dict[int, int] = field(default_factory=dict)
-    #: Source partition -> (offset, index in a batched message) of the last event learned.
-    source_offsets: dict[int, tuple[int, int]] = field(default_factory=dict)
+    #: Source (``events/3``, ``labels/0``) -> (offset, index) of the last item learned from.
+    positions: dict[str, tuple[int, int]] = field(default_factory=dict)
     #: Topic ids the offsets refer to; a recreated topic (new id) restarts offset bookkeeping.
     topic_ids: dict[str, str] = field(default_factory=dict)
     learn_seconds: float = 0.0
     #: Hash of the feature spec of the records learned last (see streams.features.FeatureSpec).
     feature_schema: str = ""
+    #: The newest event time seen: the clock label expiry runs on (replays expire the same way).
+    stream_time: float = -math.inf
+    pending: OrderedDict[str, Pending] = field(default_factory=OrderedDict)
+    orphan_labels: OrderedDict[str, tuple[float, Label]] = field(default_factory=OrderedDict)
+    #: forecast: each device's last event, waiting for the next one to say what came.
+    last_by_device: OrderedDict[str, Pending] = field(default_factory=OrderedDict)
 
     @classmethod
-    def create(cls, name: str, spec_name: str) -> OnlineLearner:
-        spec = SPECS[spec_name]
-        return cls(name=name, spec_name=spec_name, model=spec.build(), metric=spec.metric())
+    def create(cls, spec: ModelSpec) -> OnlineLearner:
+        return cls(spec=spec, model=spec.build(),
+                   evaluation=Evaluation.create(spec.task, spec.rolling_window, spec.positive_label))
 
     @property
-    def spec(self) -> ModelSpec:
-        return SPECS[self.spec_name]
+    def name(self) -> str:
+        return self.spec.name
 
-    def predict(self, features: dict[str, float]) -> Any:
-        return self.model.predict_one(features)
+    # --- predicting --------------------------------------------------------------------------
+    def predict(self, features: dict[str, float]) -> Prediction:
+        """What the model says now about ``features`` (selected as the spec says)."""
+        return self._predict(self.spec.select(features))
 
-    def learn(self, record: FeatureRecord, input_partition: int, input_offset: int) -> bool:
-        """Predict, score, learn; ``False`` when the message was already learned from."""
+    def _predict(self, x: dict[str, float]) -> Prediction:
+        task = self.spec.task
+        if task == "anomaly":
+            return Prediction(self.model.score_one(x))
+        if task == "classification":
+            return Prediction(self.model.predict_one(x), self.model.predict_proba_one(x))
+        return Prediction(self.model.predict_one(x))
+
+    # --- learning ----------------------------------------------------------------------------
+    def learn_message(self, input_partition: int, input_offset: int, records: list[Record]) -> int:
+        """Handle one ``sensor-features`` message; returns how many events it taught the model."""
         if input_offset <= self.input_offsets.get(input_partition, -1):
-            return False
+            return 0  # replayed after a restart: already in this learner
         self.input_offsets[input_partition] = input_offset
-        position = (record.source_offset, record.source_index)
-        if position <= self.source_offsets.get(record.source_partition, (-1, -1)):
-            return False  # re-emitted by a restarted ingest stage
-        self.source_offsets[record.source_partition] = position
-        self.feature_schema = record.schema or self.feature_schema
-        if record.target is None:
-            self.events_unlabelled += 1
-            return False
-        started = time.perf_counter()
-        prediction = self.model.predict_one(record.features)
-        if prediction is not None:
-            self.metric.update(record.target, prediction)
-        self.model.learn_one(record.features, record.target)
-        self.learn_seconds += time.perf_counter() - started
-        self.events_learned += 1
-        return True
+        before = self.events_learned
+        for record in records:
+            key = f"{record.source}/{record.source_partition}"
+            position = (record.source_offset, record.source_index)
+            if position <= self.positions.get(key, (-1, -1)):
+                continue  # re-emitted by a restarted ingest stage or label relay
+            self.positions[key] = position
+            started = time.perf_counter()
+            if isinstance(record, FeatureRecord):
+                self._observe(record)
+            else:
+                self._label(record)
+            self.learn_seconds += time.perf_counter() - started
+            self._expire()
+        return self.events_learned - before
 
+    def learn(self, record: Record, input_partition: int, input_offset: int) -> bool:
+        """One record in its own message; ``True`` if the model learned from it."""
+        return self.learn_message(input_partition, input_offset, [record]) > 0
+
+    def _observe(self, record: FeatureRecord) -> None:
+        self.events_seen += 1
+        self.stream_time = max(self.stream_time, record.ts)
+        self.feature_schema = record.schema or self.feature_schema
+        x = self.spec.select(record.features)
+        task = self.spec.task
+        if task == "forecast":
+            self._forecast(record, x)
+            return
+        prediction = self._predict(x)
+        if task == "anomaly":
+            # Unsupervised: learn every event now; a label, if any, only scores the detector.
+            self.evaluation.observe_score(prediction.value)
+            self.model.learn_one(x)
+            self.events_learned += 1
+            x = None  # nothing to keep for later learning
+        label = record.target if record.target is not None else self._orphan(record.event_id)
+        if label is not None:
+            self._score_and_learn(x, label, prediction)
+        else:
+            self.pending[record.event_id] = Pending(record.ts, x, prediction)
+
+    def _forecast(self, record: FeatureRecord, x: dict[str, float]) -> None:
+        previous = self.last_by_device.pop(record.device_id, None)
+        actual = record.target  # this event's value of the forecast sensor
+        if previous is not None:
+            if actual is None:
+                self.labels_expired += 1
+            else:
+                self._score_and_learn(previous.features, actual, previous.prediction)
+        self.last_by_device[record.device_id] = Pending(record.ts, x, self._predict(x))
+
+    def _label(self, record: LabelRecord) -> None:
+        self.labels_received += 1
+        waiting = self.pending.pop(record.event_id, None)
+        if waiting is None:
+            self.orphan_labels[record.event_id] = (self.stream_time, record.label)
+        else:
+            self._score_and_learn(waiting.features, record.label, waiting.prediction)
+
+    def _orphan(self, event_id: str) -> Label | None:
+        found = self.orphan_labels.pop(event_id, None)
+        return None if found is None else found[1]
+
+    def _score_and_learn(self, x: dict[str, float] | None, label: Label, prediction: Prediction) -> None:
+        self.evaluation.update(label, prediction)
+        if x is not None:
+            self.model.learn_one(x, label)
+            self.events_learned += 1
+
+    def _expire(self) -> None:
+        """Drop what waited too long (in event time) or overflows the bound, oldest first."""
+        horizon = self.stream_time - self.spec.label_ttl_seconds
+        bound = self.spec.max_pending
+        for waiting in (self.pending, self.last_by_device):
+            while waiting and (len(waiting) > bound or next(iter(waiting.values())).ts < horizon):
+                waiting.popitem(last=False)
+                self.labels_expired += 1
+        while self.orphan_labels and (len(self.orphan_labels) > bound
+                                      or next(iter(self.orphan_labels.values()))[0] < horizon):
+            self.orphan_labels.popitem(last=False)
+            self.labels_unmatched += 1
+
+    # --- bookkeeping -------------------------------------------------------------------------
     def align_topics(self, topic_ids: dict[str, str]) -> None:
         """Forget offsets that refer to topics since deleted and recreated (new topic ids)."""
         if self.topic_ids and self.topic_ids != topic_ids:
             self.input_offsets.clear()
-            self.source_offsets.clear()
+            self.positions.clear()
         self.topic_ids = dict(topic_ids)
+
+    @property
+    def metric(self) -> float:
+        """The spec's headline metric, cumulative."""
+        return self.evaluation.get(self.spec.metric_name)
 
     def summary(self) -> dict[str, Any]:
         """Metadata for a snapshot: what a person or the API wants to know without unpickling."""
+        report = self.evaluation.report()
         return {
             "model": self.name,
-            "spec": self.spec_name,
             "task": self.spec.task,
+            "spec": self.spec.summary(),
+            "estimator": self.spec.estimator,
+            "events_seen": self.events_seen,
             "events_learned": self.events_learned,
-            "events_unlabelled": self.events_unlabelled,
-            "metric": {"name": type(self.metric).__name__, "value": self.metric.get()},
+            "labels": {"received": self.labels_received, "pending": len(self.pending),
+                       "expired": self.labels_expired, "unmatched": self.labels_unmatched},
+            "metric": {"name": self.spec.metric_name,
+                       "value": report["cumulative"][self.spec.metric_name]},
+            "metrics": report,
             "input_offsets": {str(k): v for k, v in self.input_offsets.items()},
-            "source_offsets": {str(k): list(v) for k, v in self.source_offsets.items()},
+            "source_positions": {k: list(v) for k, v in self.positions.items()},
             "topic_ids": self.topic_ids,
             "feature_schema": self.feature_schema,
-            "learn_us_per_event": 1e6 * self.learn_seconds / max(self.events_learned, 1),
+            "learn_us_per_event": 1e6 * self.learn_seconds / max(self.events_seen, 1),
         }

@@ -7,32 +7,54 @@ Keys, under the deployment's namespace ``ns``::
     ns:model:<name>:versions        ZSET   version -> version
     ns:model:<name>:blob:<version>  STRING signed snapshot (see models.snapshot)
     ns:model:<name>:meta            HASH   version -> metadata JSON (for listings; unsigned copy)
-    ns:model:<name>:aliases         HASH   alias ("latest", ...) -> version
-    ns:audit                        STREAM every publish, with model, version and metric
-    ns:snapshots                    pub/sub channel: {"model": name, "version": n} per publish
+    ns:model:<name>:aliases         HASH   alias (latest, champion, challenger) -> version
+    ns:model:<name>:champions       LIST   champion versions as promoted, oldest first (rollback)
+    ns:audit                        STREAM every publish, promote and rollback
+    ns:snapshots                    pub/sub channel: {"model": name, "version": n, "action": ...}
 
-A publish writes blob, version list, alias, audit entry and announcement in one MULTI/EXEC, so a
-reader never sees an alias pointing at a missing blob.
+Aliases: ``latest`` is the newest version, what the learner resumes from. ``champion`` is what the
+API serves: it follows ``latest`` until an operator promotes a version, which pins it there;
+``rollback`` returns it to the champion before (or, from the first promotion, to following
+``latest`` again). ``challenger`` marks a version under evaluation. Every change is one
+MULTI/EXEC with its audit entry and announcement, so a reader never sees an alias pointing at a
+missing blob, and nothing changes without a trace.
+
+Retention keeps the newest ``keep_versions`` versions, every aliased one and the champions a
+rollback could return to.
 """
 
 from __future__ import annotations
 
+import getpass
 import json
+import time
 from datetime import UTC, datetime
 from typing import Any
 
 import river
 from redis.asyncio import Redis
 
-from driftline.errors import ModelNotReady, SnapshotError
+from driftline.errors import ModelNotReady, RegistryError, SnapshotError
 from models.learner import OnlineLearner
 from models.snapshot import open_snapshot, seal_snapshot
 
 LATEST = "latest"
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+ALIASES = (LATEST, CHAMPION, CHALLENGER)
+#: Champions remembered for rollback.
+CHAMPION_HISTORY = 20
+
+
+def _who() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no user name in a bare container
+        return "unknown"
 
 
 class ModelRegistry:
-    """Publish and read signed model snapshots."""
+    """Publish, alias and read signed model snapshots."""
 
     def __init__(self, redis: Redis, namespace: str, secret: bytes, keep_versions: int = 20):
         self.redis = redis
@@ -49,12 +71,24 @@ class ModelRegistry:
 
     @property
     def channel(self) -> str:
-        """The pub/sub channel that announces every new snapshot."""
+        """The pub/sub channel that announces every new snapshot and alias change."""
         return self._key("snapshots")
+
+    @property
+    def audit_key(self) -> str:
+        return self._key("audit")
+
+    def _audit(self, tx: Any, action: str, name: str, version: int, **fields: Any) -> None:
+        entry = {"action": action, "model": name, "version": version,
+                 "at": datetime.now(UTC).isoformat(), **fields}
+        tx.xadd(self.audit_key, {k: v if isinstance(v, str | int) else json.dumps(v)
+                                 for k, v in entry.items()}, maxlen=10_000, approximate=True)
+        tx.publish(self.channel, json.dumps({"model": name, "version": version, "action": action}))
 
     # --- writing ------------------------------------------------------------------------------
     async def publish(self, learner: OnlineLearner) -> dict[str, Any]:
-        """Sign and store a snapshot of ``learner`` as a new version; return its metadata."""
+        """Sign and store a snapshot of ``learner`` as its newest version; return its metadata."""
+        started = time.perf_counter()
         name = learner.name
         version = int(await self.redis.incr(self._model_key(name, "next_version")))
         meta = {
@@ -64,33 +98,81 @@ class ModelRegistry:
             "created_at": datetime.now(UTC).isoformat(),
         }
         blob = seal_snapshot(learner, meta, self.secret)
-        meta["size_bytes"] = len(blob)
-        announcement = json.dumps({"model": name, "version": version})
+        listing = {**meta, "size_bytes": len(blob)}
         async with self.redis.pipeline(transaction=True) as tx:
             tx.set(self._model_key(name, "blob", str(version)), blob)
             tx.zadd(self._model_key(name, "versions"), {str(version): version})
-            tx.hset(self._model_key(name, "meta"), str(version), json.dumps(meta))
             tx.hset(self._model_key(name, "aliases"), LATEST, version)
             tx.sadd(self._key("models"), name)
-            tx.xadd(
-                self._key("audit"),
-                {"action": "publish", "model": name, "version": version,
-                 "metric": json.dumps(meta["metric"]), "at": meta["created_at"]},
-                maxlen=10_000,
-                approximate=True,
-            )
-            tx.publish(self.channel, announcement)
+            listing["seal_ms"] = round(1000 * (time.perf_counter() - started), 3)
+            tx.hset(self._model_key(name, "meta"), str(version), json.dumps(listing))
+            self._audit(tx, "publish", name, version, metric=meta["metric"],
+                        events_learned=learner.events_learned, size_bytes=len(blob))
             await tx.execute()
         await self._drop_old_versions(name)
-        return meta
+        return listing
+
+    async def promote(self, name: str, version: int | None = None, alias: str = CHAMPION,
+                      by: str | None = None, reason: str = "") -> int:
+        """Point ``alias`` (champion or challenger) at ``version`` (default: the latest)."""
+        if alias not in (CHAMPION, CHALLENGER):
+            raise RegistryError(f"can only promote to {CHAMPION} or {CHALLENGER}, not {alias!r}")
+        target = version if version is not None else await self.alias_version(name, LATEST)
+        if target is None:
+            raise RegistryError(f"model {name!r} has no versions")
+        await self._require_version(name, target)
+        async with self.redis.pipeline(transaction=True) as tx:
+            tx.hset(self._model_key(name, "aliases"), alias, target)
+            if alias == CHAMPION:
+                tx.rpush(self._model_key(name, "champions"), target)
+                tx.ltrim(self._model_key(name, "champions"), -CHAMPION_HISTORY, -1)
+            self._audit(tx, "promote", name, target, alias=alias, by=by or _who(), reason=reason)
+            await tx.execute()
+        return target
+
+    async def rollback(self, name: str, by: str | None = None, reason: str = "") -> int | None:
+        """Return the champion to the one before; ``None`` when it follows ``latest`` again."""
+        aliases = await self.aliases(name)
+        history = [int(v) for v in await self.redis.lrange(self._model_key(name, "champions"), 0, -1)]
+        current = aliases.get(CHAMPION)
+        target: int | None
+        if CHAMPION in aliases and len(history) >= 2:
+            target = history[-2]
+        elif CHAMPION in aliases:
+            target = None  # before the first promotion the champion followed latest
+        else:
+            # Following latest: roll back to the version before it.
+            older = [v for v in await self._stored_versions(name) if v < (aliases.get(LATEST) or 0)]
+            if not older:
+                raise RegistryError(f"model {name!r} has no earlier version to roll back to")
+            target = older[-1]
+        if target is not None:
+            await self._require_version(name, target)
+        async with self.redis.pipeline(transaction=True) as tx:
+            champions = self._model_key(name, "champions")
+            if target is None:
+                tx.hdel(self._model_key(name, "aliases"), CHAMPION)
+                tx.delete(champions)
+            else:
+                tx.hset(self._model_key(name, "aliases"), CHAMPION, target)
+                if CHAMPION in aliases:
+                    tx.rpop(champions)
+                else:
+                    tx.rpush(champions, target)
+            shown = target if target is not None else aliases.get(LATEST, 0)
+            self._audit(tx, "rollback", name, shown, alias=CHAMPION, previous=current or 0,
+                        follows_latest=int(target is None), by=by or _who(), reason=reason)
+            await tx.execute()
+        return target
 
     async def _drop_old_versions(self, name: str) -> None:
         versions_key = self._model_key(name, "versions")
         old = await self.redis.zrange(versions_key, 0, -(self.keep_versions + 1))
         if not old:
             return
-        aliased = {str(v) for v in (await self.redis.hvals(self._model_key(name, "aliases")))}
-        doomed = [v.decode() for v in old if v.decode() not in aliased]
+        kept = {str(v) for v in (await self.aliases(name)).values()}
+        kept |= {v.decode() for v in await self.redis.lrange(self._model_key(name, "champions"), 0, -1)}
+        doomed = [v.decode() for v in old if v.decode() not in kept]
         if doomed:
             async with self.redis.pipeline(transaction=True) as tx:
                 tx.zrem(versions_key, *doomed)
@@ -102,14 +184,31 @@ class ModelRegistry:
     async def model_names(self) -> list[str]:
         return sorted(n.decode() for n in await self.redis.smembers(self._key("models")))
 
-    async def alias_version(self, name: str, alias: str = LATEST) -> int | None:
-        version = await self.redis.hget(self._model_key(name, "aliases"), alias)
-        return int(version) if version is not None else None
+    async def aliases(self, name: str) -> dict[str, int]:
+        """The aliases set for ``name`` (``champion`` absent: it follows ``latest``)."""
+        raw = await self.redis.hgetall(self._model_key(name, "aliases"))
+        return {k.decode(): int(v) for k, v in raw.items()}
 
-    async def load(self, name: str, version: int | None = None) -> tuple[OnlineLearner, dict[str, Any]]:
-        """Load and verify a snapshot (default: the latest); raises if none or if it is refused."""
+    async def alias_version(self, name: str, alias: str = LATEST) -> int | None:
+        """The version an alias points at; the champion defaults to the latest."""
+        aliases = await self.aliases(name)
+        if alias == CHAMPION and CHAMPION not in aliases:
+            alias = LATEST
+        return aliases.get(alias)
+
+    async def _stored_versions(self, name: str) -> list[int]:
+        return [int(v) for v in await self.redis.zrange(self._model_key(name, "versions"), 0, -1)]
+
+    async def _require_version(self, name: str, version: int) -> None:
+        if await self.redis.zscore(self._model_key(name, "versions"), str(version)) is None:
+            raise RegistryError(f"model {name!r} has no version {version} (never published, or "
+                                f"removed by retention)")
+
+    async def load(self, name: str, version: int | None = None,
+                   alias: str = LATEST) -> tuple[OnlineLearner, dict[str, Any]]:
+        """Load and verify a snapshot (default: what ``alias`` points at); raises if none or refused."""
         if version is None:
-            version = await self.alias_version(name)
+            version = await self.alias_version(name, alias)
             if version is None:
                 raise ModelNotReady(name)
         blob = await self.redis.get(self._model_key(name, "blob", str(version)))
@@ -124,3 +223,19 @@ class ModelRegistry:
         """Metadata of every stored version, oldest first (from the listing copy)."""
         metas = await self.redis.hgetall(self._model_key(name, "meta"))
         return sorted((json.loads(m) for m in metas.values()), key=lambda m: m["version"])
+
+    async def version_meta(self, name: str, version: int) -> dict[str, Any]:
+        raw = await self.redis.hget(self._model_key(name, "meta"), str(version))
+        if raw is None:
+            raise RegistryError(f"model {name!r} has no version {version}")
+        return dict(json.loads(raw))
+
+    async def audit(self, name: str | None = None, count: int = 100) -> list[dict[str, Any]]:
+        """The newest audit entries (of one model, or all), newest first."""
+        entries = await self.redis.xrevrange(self.audit_key, count=count if name is None else 10 * count)
+        out = []
+        for entry_id, fields in entries:
+            entry = {k.decode(): v.decode() for k, v in fields.items()}
+            if name is None or entry.get("model") == name:
+                out.append({"id": entry_id.decode(), **entry})
+        return out[:count]

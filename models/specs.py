@@ -1,54 +1,218 @@
-"""Named model specs: a River pipeline and the metric it is judged by, built from a name.
+"""Model specs: what each model learns, from which features, with which River estimator.
 
-Each spec builds a fresh estimator; the learner owns it from then on. Issue-level choices (which
-features, which target) live in settings; the spec only says how to learn.
+A :class:`ModelSpec` is what an operator writes in ``DRIFTLINE_MODELS`` (a JSON list)::
+
+    [{"name": "power", "task": "regression", "target": "power", "estimator": "linear_regression"},
+     {"name": "power-tree", "task": "regression", "estimator": "hoeffding_tree_regressor"},
+     {"name": "faults", "task": "anomaly", "estimator": "half_space_trees",
+      "features": ["temperature", "vibration*"]},
+     {"name": "temp-next", "task": "forecast", "target": "temperature",
+      "estimator": "river.linear_model.PARegressor", "params": {"C": 0.1}}]
+
+The estimator is one of the named pipelines in :data:`ESTIMATORS` or the import path of any River
+estimator, built with ``params``. A spec is checked when settings are read: an unknown estimator,
+a bad parameter or an estimator unfit for the task is a configuration error, not a crash later.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import fnmatch
+import importlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from functools import lru_cache
+from typing import Annotated, Any, Literal
 
-from river import linear_model, metrics, optim, preprocessing, tree
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from river import anomaly, base, forest, linear_model, optim, preprocessing, tree
+
+Task = Literal["regression", "classification", "anomaly", "forecast"]
+TASKS: tuple[Task, ...] = ("regression", "classification", "anomaly", "forecast")
+
+#: The metric each task is judged by unless a spec names another (see models/evaluation.py).
+DEFAULT_METRIC: dict[str, str] = {
+    "regression": "MAE", "forecast": "MAE", "classification": "Accuracy", "anomaly": "ROCAUC",
+}
+
+#: Which River estimator kind each task needs.
+_TASK_KIND: dict[str, type] = {
+    "regression": base.Regressor, "forecast": base.Regressor,
+    "classification": base.Classifier, "anomaly": base.AnomalyDetector,
+}
 
 
 @dataclass(frozen=True)
-class ModelSpec:
-    """How to build one kind of online model.
+class NamedEstimator:
+    """A ready-made pipeline: ``params`` go to its final estimator."""
+
+    task: tuple[str, ...]
+    build: Callable[[dict[str, Any]], Any]
+    description: str
+
+
+def _scaled(model: Any) -> Any:
+    return preprocessing.StandardScaler() | model
+
+
+def _seeded(params: dict[str, Any]) -> dict[str, Any]:
+    # Fixed seeds: a model rebuilt from its spec behaves the same, which fidelity checks rely on.
+    return {"seed": 42, **params}
+
+
+ESTIMATORS: dict[str, NamedEstimator] = {
+    "linear_regression": NamedEstimator(
+        ("regression", "forecast"),
+        lambda p: _scaled(linear_model.LinearRegression(
+            **{"optimizer": optim.SGD(0.01), "intercept_lr": 0.01, **p})),
+        "standard scaler | linear regression (SGD 0.01)"),
+    "hoeffding_tree_regressor": NamedEstimator(
+        ("regression", "forecast"),
+        lambda p: _scaled(tree.HoeffdingAdaptiveTreeRegressor(**_seeded(p))),
+        "standard scaler | Hoeffding adaptive tree regressor"),
+    "arf_regressor": NamedEstimator(
+        ("regression", "forecast"),
+        lambda p: _scaled(forest.ARFRegressor(**_seeded({"n_models": 5, **p}))),
+        "standard scaler | adaptive random forest regressor (5 trees)"),
+    "logistic_regression": NamedEstimator(
+        ("classification",),
+        lambda p: _scaled(linear_model.LogisticRegression(**p)),
+        "standard scaler | logistic regression"),
+    "hoeffding_tree_classifier": NamedEstimator(
+        ("classification",),
+        lambda p: tree.HoeffdingAdaptiveTreeClassifier(**_seeded(p)),
+        "Hoeffding adaptive tree classifier"),
+    "arf_classifier": NamedEstimator(
+        ("classification",),
+        lambda p: forest.ARFClassifier(**_seeded({"n_models": 5, **p})),
+        "adaptive random forest classifier (5 trees)"),
+    "half_space_trees": NamedEstimator(
+        ("anomaly",),
+        lambda p: preprocessing.MinMaxScaler() | anomaly.HalfSpaceTrees(**_seeded(p)),
+        "min-max scaler | half-space trees (scores in [0, 1], high = anomalous)"),
+}
+
+DEFAULT_ESTIMATOR = "linear_regression"
+
+ModelName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+
+
+class ModelSpec(BaseModel):
+    """One model that learns from the stream.
 
     Examples
     --------
-    >>> spec = SPECS["linear_regression"]
-    >>> model = spec.build()
-    >>> model.learn_one({"x": 1.0}, 2.0)
-    >>> isinstance(model.predict_one({"x": 1.0}), float)
-    True
+    >>> spec = ModelSpec(name="m", features=["temp*"])
+    >>> spec.task, spec.estimator, spec.metric_name
+    ('regression', 'linear_regression', 'MAE')
+    >>> spec.select({"temperature": 1.0, "temp_mean_5": 2.0, "humidity": 3.0})
+    {'temperature': 1.0, 'temp_mean_5': 2.0}
+    >>> ModelSpec(name="m", task="anomaly")
+    Traceback (most recent call last):
+    ...
+    pydantic_core._pydantic_core.ValidationError: 1 validation error for ModelSpec
+      Value error, model 'm': estimator 'linear_regression' is for regression, forecast, not anomaly...
     """
 
-    name: str
-    task: str
-    build: Callable[[], Any]
-    metric: Callable[[], Any]
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: ModelName
+    task: Task = "regression"
+    #: regression/classification: the reading (or the event's ``target``) to learn; forecast: the
+    #: sensor whose next value to predict; anomaly: where labels come from, if any. Empty: the
+    #: deployment's target (``DRIFTLINE_TARGET``).
+    target: str = ""
+    #: Feature names or shell patterns (``temperature*``); empty: every feature.
+    features: tuple[str, ...] = ()
+    #: A name from :data:`ESTIMATORS` or an import path (``river.linear_model.PARegressor``).
+    estimator: str = DEFAULT_ESTIMATOR
+    params: dict[str, Any] = Field(default_factory=dict)
+    #: The headline metric (default per task: MAE, Accuracy, ROCAUC).
+    metric: str | None = None
+    #: Events in the rolling metrics' window.
+    rolling_window: int = Field(1000, ge=1)
+    #: The class the binary metrics (precision, recall, F1, ROC AUC) treat as positive.
+    positive_label: bool | float | str = True
+    #: Events waiting for a label are dropped (and counted) once the stream's event time is this
+    #: far past them, or when more than ``max_pending`` wait.
+    label_ttl_seconds: float = Field(3600.0, gt=0)
+    max_pending: int = Field(10_000, ge=1)
+
+    @model_validator(mode="after")
+    def _buildable(self) -> ModelSpec:
+        from models.evaluation import metric_names  # noqa: PLC0415 - evaluation imports specs
+
+        if self.metric is not None and self.metric not in metric_names(self.task):
+            raise ValueError(f"model {self.name!r}: metric {self.metric!r} is not one of "
+                             f"{', '.join(metric_names(self.task))} for {self.task}")
+        if self.task == "forecast" and not self.target:
+            raise ValueError(f"model {self.name!r}: a forecast needs the sensor to forecast (target)")
+        self.build()  # raises ValueError with the reason
+        return self
+
+    @property
+    def metric_name(self) -> str:
+        return self.metric or DEFAULT_METRIC[self.task]
+
+    def build(self) -> Any:
+        """A fresh, untrained estimator for this spec."""
+        return build_estimator(self.name, self.task, self.estimator, self.params)
+
+    def select(self, features: Mapping[str, float]) -> dict[str, float]:
+        """The features this model uses, in the record's order (never its own target)."""
+        keep = _selection(self.features, self.target if self.task != "forecast" else "",
+                          tuple(features))
+        return {name: features[name] for name in keep}
+
+    def summary(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
 
 
-SPECS: dict[str, ModelSpec] = {
-    spec.name: spec
-    for spec in (
-        ModelSpec(
-            "linear_regression",
-            "regression",
-            lambda: preprocessing.StandardScaler()
-            | linear_model.LinearRegression(optimizer=optim.SGD(0.01), intercept_lr=0.01),
-            metrics.MAE,
-        ),
-        ModelSpec(
-            "hoeffding_tree_regressor",
-            "regression",
-            lambda: preprocessing.StandardScaler() | tree.HoeffdingAdaptiveTreeRegressor(seed=42),
-            metrics.MAE,
-        ),
-    )
-}
+@lru_cache(maxsize=256)
+def _selection(patterns: tuple[str, ...], target: str, names: tuple[str, ...]) -> tuple[str, ...]:
+    # Records of one stream share their feature names, so the match is computed once per shape.
+    return tuple(n for n in names if n != target
+                 and (not patterns or any(fnmatch.fnmatchcase(n, p) for p in patterns)))
 
-DEFAULT_SPEC = "linear_regression"
+
+def build_estimator(model: str, task: str, estimator: str, params: dict[str, Any]) -> Any:
+    """Build ``estimator`` for ``task``; ``ValueError`` saying what is wrong if it cannot be."""
+    named = ESTIMATORS.get(estimator)
+    if named is not None:
+        if task not in named.task:
+            raise ValueError(f"model {model!r}: estimator {estimator!r} is for "
+                             f"{', '.join(named.task)}, not {task}")
+        factory: Callable[..., Any] = named.build
+        try:
+            built = factory(dict(params))
+        except TypeError as exc:
+            raise ValueError(f"model {model!r}: bad params for {estimator!r}: {exc}") from exc
+    else:
+        built = _from_import_path(model, estimator, params)
+    kind = _TASK_KIND[task]
+    final = built[-1] if hasattr(built, "steps") else built  # a pipeline is judged by its last step
+    if not isinstance(final, kind):
+        raise ValueError(f"model {model!r}: {estimator} is a {type(final).__name__}, "
+                         f"not a {kind.__name__} as {task} needs")
+    return built
+
+
+def _from_import_path(model: str, path: str, params: dict[str, Any]) -> Any:
+    module_name, _, attr = path.rpartition(".")
+    if not module_name:
+        raise ValueError(f"model {model!r}: unknown estimator {path!r}: use one of "
+                         f"{', '.join(ESTIMATORS)} or an import path like river.linear_model.PARegressor")
+    try:
+        cls = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"model {model!r}: cannot import estimator {path!r}: {exc}") from exc
+    try:
+        built = cls(**params)
+    except TypeError as exc:
+        raise ValueError(f"model {model!r}: bad params for {path!r}: {exc}") from exc
+    if not isinstance(built, base.Estimator):
+        raise ValueError(f"model {model!r}: {path} is not a River estimator")
+    return built
+
+
+#: What runs when nothing is configured: the simulator's power, by scaled linear regression.
+DEFAULT_SPEC = ModelSpec(name="default")

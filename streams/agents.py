@@ -15,22 +15,25 @@ They only move messages and call the pure stages (:class:`~streams.ingest.Ingest
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from typing import Any
 
 from faust.types import EventT, Message
+from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from driftline.errors import ModelNotReady, SnapshotError
 from models.learner import OnlineLearner
 from models.registry import ModelRegistry
-from models.specs import DEFAULT_SPEC
-from streams.app import app, dlq_topic, events_topic, features_topic, settings
+from models.specs import ModelSpec
+from streams import records
+from streams.app import STAGES, app, dlq_topic, events_topic, features_topic, labels_topic, settings
 from streams.checkpoint import load_all_device_states, load_offsets, load_stats, save_checkpoint
 from streams.cleaning import Rejection, TimePolicy
-from streams.ingest import FeatureRecord, IngestStage
+from streams.ingest import IngestStage
+from streams.records import FeatureRecord, LabelRecord
+from streams.schema import LabelEvent
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +46,17 @@ class Runtime:
         # One lock per stage: a stage waiting on Kafka or Redis must not hold up the other.
         self.ingest_lock = asyncio.Lock()
         self.learn_lock = asyncio.Lock()
+        self.specs: dict[str, ModelSpec] = {spec.name: spec for spec in settings.model_specs()}
         self.ingest = IngestStage(
-            models=(settings.model_name,), target=settings.target,
+            models=tuple(self.specs.values()), target=settings.target,
             features=settings.features, max_message_bytes=settings.max_message_bytes,
             max_batch_events=settings.max_batch_events, catalog=settings.catalog(),
             time_policy=TimePolicy(settings.allowed_lateness_seconds, settings.max_future_seconds),
         )
         self.learners: dict[str, OnlineLearner] = {}
+        self.changed: set[str] = set()  # learners with news since their last snapshot
         self.unacked: list[Message] = []  # learned, not yet in a published snapshot
+        self.unpublished_events = 0  # records those messages carried
         self.last_snapshot = time.monotonic()
         self._redis: Redis | None = None
         self._registry: ModelRegistry | None = None
@@ -88,24 +94,31 @@ class Runtime:
 
     async def restore_learners(self) -> None:
         self.unacked.clear()
-        for name in (settings.model_name,):
+        self.unpublished_events = 0
+        self.changed.clear()
+        for name, spec in self.specs.items():
             try:
                 learner, meta = await self.registry.load(name)
                 log.info("learner %s restored from version %s (%d events)",
                          name, meta["version"], learner.events_learned)
+                if learner.spec != spec:
+                    # The operator changed the spec: a new model, in the same version line.
+                    log.warning("learner %s: spec changed since version %s; starting a new model",
+                                name, meta["version"])
+                    learner = OnlineLearner.create(spec)
             except ModelNotReady:
-                learner = OnlineLearner.create(name, DEFAULT_SPEC)
+                learner = OnlineLearner.create(spec)
             except SnapshotError as exc:
                 # Never build on a snapshot we cannot verify: start over and say so loudly.
                 log.error("learner %s: latest snapshot refused (%s); starting a new model", name, exc)
-                learner = OnlineLearner.create(name, DEFAULT_SPEC)
+                learner = OnlineLearner.create(spec)
             learner.align_topics(self.topic_ids)
             self.learners[name] = learner
 
-    def learner_for(self, name: str) -> OnlineLearner:
+    def learner_for(self, name: str) -> OnlineLearner | None:
         learner = self.learners.get(name)
-        if learner is None:
-            learner = self.learners[name] = OnlineLearner.create(name, DEFAULT_SPEC)
+        if learner is None and name in self.specs:
+            learner = self.learners[name] = OnlineLearner.create(self.specs[name])
             learner.align_topics(self.topic_ids)
         return learner
 
@@ -113,18 +126,21 @@ class Runtime:
     def snapshot_due(self) -> bool:
         if not self.unacked:
             return False
-        return (len(self.unacked) >= settings.snapshot_every_events
+        return (self.unpublished_events >= settings.snapshot_every_events
                 or time.monotonic() - self.last_snapshot >= settings.snapshot_every_seconds)
 
     async def publish_snapshots(self) -> None:
         """Publish every learner, then acknowledge the messages the snapshots now contain."""
-        for learner in self.learners.values():
+        for name in sorted(self.changed):
+            learner = self.learners[name]
             meta = await self.registry.publish(learner)
-            log.info("snapshot %s v%s: %d events learned, %s=%.4f", learner.name, meta["version"],
+            log.info("snapshot %s v%s: %d events learned, %s=%s", learner.name, meta["version"],
                      learner.events_learned, meta["metric"]["name"], meta["metric"]["value"])
+        self.changed.clear()
         for message in self.unacked:
             message.ack(app.consumer)
         self.unacked.clear()
+        self.unpublished_events = 0
         self.last_snapshot = time.monotonic()
 
 
@@ -148,7 +164,6 @@ async def restore_state(sender: Any, assigned: Any, **kwargs: Any) -> None:
             await runtime.restore_learners()
 
 
-STAGES = set(settings.worker_stages.split(","))
 
 
 async def clean_and_featurize(stream: Any) -> None:
@@ -169,19 +184,55 @@ async def clean_and_featurize(stream: Any) -> None:
 async def _route(event: EventT) -> None:
     message = event.message
     timestamp_ms = int(message.timestamp * 1000) if message.timestamp else None
+    per_model: dict[str, list[FeatureRecord]] = {}
     for outcome in runtime.ingest.handle(message.value, message.partition, message.offset,
                                          timestamp_ms):
         if isinstance(outcome, FeatureRecord):
-            # The transport producer, not topic.send: Faust's channel machinery costs more per
-            # event than all our cleaning; bytes in, bytes out needs none of it.
-            await app.producer.send(
-                settings.features_topic, outcome.model.encode(),
-                json.dumps(outcome.to_json(), separators=(",", ":")).encode(), None, None, None,
-            )
+            per_model.setdefault(outcome.model, []).append(outcome)
         elif isinstance(outcome, Rejection):
             await dlq_topic.send(key=message.key, **dead_letter(message, outcome))
             log.info("rejected %s:%s:%s: %s", message.topic, message.partition, message.offset,
                      outcome.message)
+    for model, batch in per_model.items():
+        await send_features(model, records.encode(model, batch))
+
+
+async def send_features(model: str, value: bytes) -> None:
+    # The transport producer, not topic.send: Faust's channel machinery costs more per message
+    # than all our cleaning; bytes in, bytes out needs none of it. One message per model per
+    # source message, keyed by model: a model's input stays in one partition, in order.
+    await app.producer.send(settings.features_topic, model.encode(), value, None, None, None)
+
+
+async def relay_labels(stream: Any) -> None:
+    """Validate labels and pass each to the models that learn from it, in their input order.
+
+    Stateless: after a crash a label may be relayed again, and the learner drops it by its
+    (labels partition, offset). Acked once flushed, so a label is never lost.
+    """
+    async for batch in stream.take_events(settings.batch_size, within=settings.batch_within):
+        for event in batch:
+            await _relay_label(event.message)
+        await app.producer.flush()
+
+
+async def _relay_label(message: Message) -> None:
+    try:
+        label = LabelEvent.model_validate_json(message.value or b"")
+    except ValidationError as exc:
+        reason = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'message'}: {e['msg']}"
+                           for e in exc.errors()[:5])
+        await dlq_topic.send(key=message.key, **dead_letter(message, Rejection("invalid_label", reason)))
+        return
+    models = [label.model] if label.model else [
+        name for name, spec in runtime.specs.items() if spec.task != "forecast"]
+    if label.model and label.model not in runtime.specs:
+        await dlq_topic.send(key=message.key, **dead_letter(
+            message, Rejection("unknown_model", f"no model named {label.model!r} learns here")))
+        return
+    for model in models:
+        record = LabelRecord(model, label.event_id, label.label, message.partition, message.offset)
+        await send_features(model, records.encode(model, [record]))
 
 
 def dead_letter(message: Message, rejection: Rejection) -> dict[str, Any]:
@@ -207,16 +258,23 @@ async def learn(stream: Any) -> None:
             for event in batch:
                 message = event.message
                 try:
-                    record = FeatureRecord.from_json(json.loads(message.value))
-                except (ValueError, KeyError, TypeError) as exc:
-                    # Only the ingest stage writes this topic; a foreign message must not stop us.
-                    log.error("unreadable feature record %s:%s:%s skipped: %r",
+                    items = records.decode(message.value)
+                except ValueError as exc:
+                    # Only driftline writes this topic; a foreign message must not stop us.
+                    log.error("unreadable features message %s:%s:%s skipped: %s",
                               message.topic, message.partition, message.offset, exc)
-                else:
-                    runtime.learner_for(record.model).learn(record, message.partition, message.offset)
+                    items = []
+                learner = runtime.learner_for(items[0].model) if items else None
+                if learner is not None:
+                    learner.learn_message(message.partition, message.offset, items)
+                    runtime.changed.add(learner.name)
+                elif items:
+                    log.warning("features for model %r, which this worker does not learn: skipped",
+                                items[0].model)
                 # Hold the ack (take_events acks at the end of the batch) until a snapshot has it.
                 message.incref()
                 runtime.unacked.append(message)
+                runtime.unpublished_events += max(len(items), 1)
             if runtime.snapshot_due():
                 await runtime.publish_snapshots()
 
@@ -232,6 +290,7 @@ async def publish_due_snapshots() -> None:
 # A worker runs the stages its settings name (both by default).
 if "ingest" in STAGES:
     app.agent(events_topic, name="clean_and_featurize")(clean_and_featurize)
+    app.agent(labels_topic, name="relay_labels")(relay_labels)
 if "learn" in STAGES:
     app.agent(features_topic, name="learn")(learn)
     app.timer(interval=0.5)(publish_due_snapshots)

@@ -7,14 +7,46 @@ Faust tables are not used: stage state lives in Redis with its offsets (see DESI
 
 from __future__ import annotations
 
+from typing import Any
+
 import faust
+from faust.transport.drivers import aiokafka as faust_kafka
 
 from driftline.settings import get_settings
 
 settings = get_settings()
 
+
+class _PromptFetchThread(faust_kafka.AIOKafkaConsumerThread):
+    """Faust asks aiokafka to let the broker hold a fetch for up to 1.5 s when nothing is new.
+
+    On the embedded broker we saw the learn agent stall for up to that long behind its own
+    ingest agent's output, the fetch held although records had arrived. A short wait costs an
+    idle worker a few more fetch requests per second, and removes the stalls.
+    """
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_wait_ms = settings.consumer_fetch_max_wait_ms  # read in start()
+        return consumer
+
+
+class _PromptFetchConsumer(faust_kafka.Consumer):
+    def _new_consumer_thread(self) -> faust_kafka.AIOKafkaConsumerThread:
+        return _PromptFetchThread(self, loop=self.loop, beacon=self.beacon)
+
+
+# Every Kafka transport this process creates fetches promptly.
+faust_kafka.Transport.Consumer = _PromptFetchConsumer
+
+
+#: One consumer group per stage set: a worker that runs only the learn stage joining or leaving
+#: never makes the ingest workers rebalance, and the other way round.
+STAGES = tuple(sorted(set(settings.worker_stages.split(","))))
+GROUP_ID = settings.worker_id if len(STAGES) == 2 else f"{settings.worker_id}-{STAGES[0]}"
+
 app = faust.App(
-    settings.worker_id,
+    GROUP_ID,
     broker=settings.faust_broker if settings.kafka_url else "kafka://127.0.0.1:9092",
     store="memory://",
     autodiscover=False,
@@ -42,3 +74,6 @@ features_topic = app.topic(settings.features_topic, key_type=bytes, value_type=b
                            key_serializer="raw", value_serializer="raw")
 dlq_topic = app.topic(settings.dlq_topic, key_type=bytes, value_type=bytes,
                       key_serializer="raw", value_serializer="raw")
+labels_topic = app.topic(settings.labels_topic, key_type=bytes, value_type=bytes,
+                         key_serializer="raw", value_serializer="raw")
+

@@ -32,6 +32,7 @@ import math
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -165,24 +166,48 @@ class DeviceState:
         return sum(values) / len(values) if values else None
 
 
-def _stats(values: list[float], wanted: tuple[Stat, ...]) -> dict[Stat, float]:
+def _put_stats(features: dict[str, float], names: tuple[str, ...], values: list[float],
+               wanted: tuple[Stat, ...]) -> None:
+    """``features[name] = stat(values)`` for each wanted stat and its feature name."""
     n = len(values)
     mean = sum(values) / n
-    out: dict[Stat, float] = {}
-    for stat in wanted:
+    for stat, name in zip(wanted, names, strict=True):
         if stat == "mean":
-            out[stat] = mean
+            features[name] = mean
         elif stat == "std":
-            out[stat] = math.sqrt(max(sum((x - mean) ** 2 for x in values) / n, 0.0))
+            features[name] = math.sqrt(max(sum([(x - mean) ** 2 for x in values]) / n, 0.0))
         elif stat == "min":
-            out[stat] = min(values)
+            features[name] = min(values)
         else:
-            out[stat] = max(values)
-    return out
+            features[name] = max(values)
 
 
 def _label(seconds: float) -> str:
     return f"{seconds:g}s"
+
+
+@dataclass(frozen=True)
+class _SensorNames:
+    """Every feature name one sensor gets under one spec, formatted once, not per event."""
+
+    count: tuple[tuple[int, tuple[str, ...]], ...]
+    timed: tuple[tuple[float, tuple[str, ...]], ...]
+    ewma: tuple[tuple[float, str, str], ...]
+    delta: str
+    rate: str
+    lags: tuple[tuple[int, str], ...]
+
+
+@lru_cache(maxsize=4096)
+def _names(sensor: str, spec: FeatureSpec) -> _SensorNames:
+    return _SensorNames(
+        count=tuple((n, tuple(f"{sensor}_{stat}_{n}" for stat in spec.stats)) for n in spec.windows),
+        timed=tuple((sec, tuple(f"{sensor}_{stat}_{_label(sec)}" for stat in spec.stats))
+                    for sec in spec.time_windows),
+        ewma=tuple((h, _label(h), f"{sensor}_ewma_{_label(h)}") for h in spec.ewma_half_lives),
+        delta=f"{sensor}_delta", rate=f"{sensor}_rate",
+        lags=tuple((k, f"{sensor}_lag_{k}") for k in spec.lags),
+    )
 
 
 def featurize(
@@ -203,48 +228,47 @@ def featurize(
     at = ts.timestamp()
     history = spec.history
     features: dict[str, float] = {}
+    stats = spec.stats
     for name, value in readings.items():
         features[name] = value
+        names = _names(name, spec)
         # rolling windows by count, and lags
         values = state.windows.get(name)
         if values is None or values.maxlen != history:
             values = state.windows[name] = deque(values or (), maxlen=history)
         values.append(value)
         recent = list(values)
-        for n in spec.windows:
-            for stat, result in _stats(recent[-n:], spec.stats).items():
-                features[f"{name}_{stat}_{n}"] = result
+        for n, window_names in names.count:
+            _put_stats(features, window_names, recent[-n:], stats)
         # rolling windows by event time; an out-of-order reading sees only what came before it
         if spec.time_windows:
             points = state.timed.setdefault(name, [])
             bisect.insort(points, [at, value])
-            horizon = max(p[0] for p in points[-1:]) - max(spec.time_windows)
+            horizon = points[-1][0] - max(spec.time_windows)
             while points and (points[0][0] <= horizon or len(points) > spec.max_time_window_points):
                 points.pop(0)
-            for seconds in spec.time_windows:
-                inside = [x for t, x in points if at - seconds < t <= at]
-                for stat, result in _stats(inside, spec.stats).items():
-                    features[f"{name}_{stat}_{_label(seconds)}"] = result
+            for seconds, window_names in names.timed:
+                since = at - seconds
+                _put_stats(features, window_names, [x for t, x in points if since < t <= at], stats)
         # exponentially weighted means, decaying with event time
-        for half_life in spec.ewma_half_lives:
+        for half_life, key, feature in names.ewma:
             slot = state.ewma.setdefault(name, {})
-            key = _label(half_life)
             if key not in slot:
                 slot[key] = [value, at]
             else:
                 mean, then = slot[key]
                 weight = 1 - 0.5 ** (max(at - then, 0.0) / half_life)
                 slot[key] = [mean + weight * (value - mean), max(at, then)]
-            features[f"{name}_ewma_{key}"] = slot[key][0]
+            features[feature] = slot[key][0]
         previous, previous_at = state.last.get(name), state.last_at.get(name)
         if previous is not None:
             if spec.delta:
-                features[f"{name}_delta"] = value - previous
+                features[names.delta] = value - previous
             if spec.rate and previous_at is not None and at > previous_at:
-                features[f"{name}_rate"] = (value - previous) / (at - previous_at)
-        for k in spec.lags:
+                features[names.rate] = (value - previous) / (at - previous_at)
+        for k, lag_name in names.lags:
             if len(recent) > k:
-                features[f"{name}_lag_{k}"] = recent[-1 - k]
+                features[lag_name] = recent[-1 - k]
         state.last[name] = value
         state.last_at[name] = at
     for pair in spec.pairs:

@@ -16,6 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from models.specs import ModelSpec
 from streams.catalog import DEFAULT_CATALOG, SensorSpec
 from streams.cleaning import (
     INTERNAL,
@@ -27,59 +28,8 @@ from streams.cleaning import (
     decode_message,
 )
 from streams.features import DeviceState, FeatureSpec, featurize
+from streams.records import FeatureRecord
 from streams.schema import SensorEvent
-
-
-@dataclass(frozen=True)
-class FeatureRecord:
-    """What the learn stage receives: one event's features, keyed by the model that learns it."""
-
-    model: str
-    device_id: str
-    event_id: str
-    ts: float
-    features: dict[str, float]
-    target: float | None
-    source_partition: int
-    source_offset: int
-    #: Position in a batched message (0 for a single event): (offset, index) orders events.
-    source_index: int = 0
-    imputed: tuple[str, ...] = ()
-    clipped: tuple[str, ...] = ()
-    #: Hash of the FeatureSpec that computed ``features``.
-    schema: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "device_id": self.device_id,
-            "event_id": self.event_id,
-            "ts": self.ts,
-            "features": self.features,
-            "target": self.target,
-            "src": [self.source_partition, self.source_offset, self.source_index],
-            "imputed": list(self.imputed),
-            "clipped": list(self.clipped),
-            "schema": self.schema,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> FeatureRecord:
-        partition, offset, *index = data["src"]
-        return cls(
-            model=data["model"],
-            device_id=data["device_id"],
-            event_id=data["event_id"],
-            ts=float(data["ts"]),
-            features=data["features"],
-            target=data.get("target"),
-            source_partition=int(partition),
-            source_offset=int(offset),
-            source_index=int(index[0]) if index else 0,
-            imputed=tuple(data.get("imputed", ())),
-            clipped=tuple(data.get("clipped", ())),
-            schema=str(data.get("schema", "")),
-        )
 
 
 @dataclass(frozen=True)
@@ -114,7 +64,9 @@ class IngestStage:
     {'received': 2, 'accepted': 1, 'deduplicated': 1}
     """
 
-    models: tuple[str, ...]
+    #: The models fed, by spec (or by name: a default spec with that name).
+    models: tuple[ModelSpec | str, ...]
+    #: The reading that is the ground truth, never a feature (``DRIFTLINE_TARGET``).
     target: str
     max_message_bytes: int
     features: FeatureSpec = field(default_factory=FeatureSpec)
@@ -127,6 +79,9 @@ class IngestStage:
     #: Source partition -> its counters (checkpointed with the offsets, so they survive a crash).
     stats: dict[int, Counter[str]] = field(default_factory=dict)
     dirty: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.models = tuple(ModelSpec(name=m) if isinstance(m, str) else m for m in self.models)
 
     def handle(
         self, raw: bytes | None, partition: int, offset: int, timestamp_ms: int | None = None
@@ -179,17 +134,30 @@ class IngestStage:
         for name, value in readings.items():
             if value is not None:
                 state.last_seen[name] = ts
-        target = event.target if event.target is not None else event.readings.get(self.target)
         features = featurize(state, cleaned.readings, event.ts, self.features)
         for counter in (counts, state.counts):
             counter["accepted"] += 1
             counter["imputed"] += len(cleaned.imputed)
             counter["clipped"] += len(cleaned.clipped)
         return [
-            FeatureRecord(model, event.device_id, event.event_id, ts, features, target,
-                          partition, offset, index, cleaned.imputed, cleaned.clipped, self.schema)
-            for model in self.models
+            FeatureRecord(spec.name, event.device_id, event.event_id, ts, spec.select(features),
+                          self._target(event, cleaned.readings, spec), partition, offset, index,
+                          cleaned.imputed, cleaned.clipped, self.schema)
+            for spec in self.models  # type: ignore[union-attr] # specs since __post_init__
         ]
+
+    def _target(self, event: SensorEvent, cleaned: dict[str, float], spec: ModelSpec) -> Any:
+        """The event's label for ``spec``: its ``target`` field, or the reading the spec names.
+
+        A forecast's label is what the device's *next* event says; its record carries this
+        event's (cleaned) value of the forecast sensor, which the learner pairs with the last one.
+        """
+        name = spec.target or self.target
+        if spec.task == "forecast":
+            return cleaned.get(name)
+        if name == self.target and event.target is not None:
+            return event.target
+        return event.readings.get(name)
 
     @staticmethod
     def _reject(counts: Counter[str], state: DeviceState | None, rejection: Rejection) -> Rejection:

@@ -6,15 +6,18 @@ A message is one JSON object::
      "readings": {"temperature": 21.5, "humidity": null}, "target": 3.2}
 
 ``ts`` is an ISO-8601 time with a zone or a number of seconds since the epoch; a reading may be
-null (missing). ``target`` is the ground truth a model learns, when the device knows it.
+null (missing). ``target`` is the ground truth a model learns, when the device knows it: a number,
+or a class (text or boolean) for classification and anomaly labels.
 """
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 SCHEMA_VERSION = 1
 MAX_READINGS = 64
@@ -23,6 +26,30 @@ MAX_NAME_LENGTH = 64
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 SensorName = Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH, pattern=r"^[A-Za-z0-9_.-]+$")]
 Identifier = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@/-]+$")]
+
+
+def _label(value: Any) -> float | bool | str:
+    """A target or label: a class stays a class (bool or text), anything numeric is a number."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            if not value or len(value) > 128:
+                raise PydanticCustomError("label_text", "a class label is 1 to 128 characters") from None
+            return value
+    else:
+        raise PydanticCustomError("label_type", "Input should be a number, a boolean or a class name")
+    if not math.isfinite(number):
+        raise PydanticCustomError("finite_number", "Input should be a finite number")
+    return number
+
+
+#: A number (regression), a class name or a boolean (classification, anomaly flags).
+Label = Annotated[float | bool | str, BeforeValidator(_label)]
 
 
 class SensorEvent(BaseModel):
@@ -43,7 +70,8 @@ class SensorEvent(BaseModel):
     device_id: Identifier
     ts: AwareDatetime
     readings: dict[SensorName, FiniteFloat | None] = Field(max_length=MAX_READINGS)
-    target: FiniteFloat | None = None
+    #: The ground truth: a number (regression), a class (classification) or an anomaly flag.
+    target: Label | None = None
     metadata: dict[SensorName, Annotated[str, Field(max_length=256)]] = Field(
         default_factory=dict, max_length=16
     )
@@ -60,6 +88,23 @@ class SensorEvent(BaseModel):
             except (OverflowError, OSError, ValueError) as exc:
                 raise ValueError(f"ts {value!r} is not a representable epoch time") from exc
         return value
+
+
+class LabelEvent(BaseModel):
+    """Ground truth for an event, sent after it to ``sensor-labels``.
+
+    Examples
+    --------
+    >>> LabelEvent.model_validate({"event_id": "e1", "label": True}).label
+    True
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    event_id: Identifier
+    label: Label
+    #: Only this model learns it; default: every model that learns from labels.
+    model: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] | None = None
 
 
 class Reading(BaseModel):

@@ -62,6 +62,7 @@ def make_settings(services: Services) -> SettingsFactory:
             "events_topic": f"sensor-events-{run}",
             "features_topic": f"sensor-features-{run}",
             "dlq_topic": f"sensor-dlq-{run}",
+            "labels_topic": f"sensor-labels-{run}",
             "secret_key": "test-secret-key-0123456789",
             "snapshot_every_events": 100,
             "snapshot_every_seconds": 1.0,

@@ -17,6 +17,7 @@ from driftline.settings import Settings
 from models.learner import OnlineLearner
 from models.registry import ModelRegistry
 from models.snapshot import seal_snapshot
+from models.specs import ModelSpec
 from streams.checkpoint import save_checkpoint
 from streams.features import DeviceState, featurize
 from streams.ingest import FeatureRecord
@@ -27,7 +28,7 @@ READING = {"device_id": "dev-1", "readings": {"temperature": 20.0, "vibration": 
 
 
 def trained_learner(name: str, n: int = 50) -> OnlineLearner:
-    learner = OnlineLearner.create(name, "linear_regression")
+    learner = OnlineLearner.create(ModelSpec(name=name))
     for i in range(n):
         x = {"temperature": 15.0 + i % 10, "vibration": 0.1 * (i % 5)}
         record = FeatureRecord(name, "dev-1", f"e{i}", float(i), x, 1.0 + 0.1 * x["temperature"], 0, i)
@@ -132,7 +133,7 @@ def test_a_tampered_snapshot_is_refused_and_the_last_good_model_keeps_serving(
         response = client.post("/predict", json=READING)
         assert response.status_code == 200
         assert response.json()["version"] == 1
-        expected = good.predict(response.json()["features"])
+        expected = good.predict(response.json()["features"]).value
         assert response.json()["prediction"] == pytest.approx(expected)
 
 

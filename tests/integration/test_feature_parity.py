@@ -22,7 +22,8 @@ from models.learner import OnlineLearner
 from models.registry import ModelRegistry
 from streams.checkpoint import save_checkpoint
 from streams.features import DeviceState
-from streams.ingest import FeatureRecord, IngestStage
+from streams.ingest import IngestStage
+from streams.records import FeatureRecord, decode
 
 pytestmark = pytest.mark.integration
 
@@ -61,11 +62,12 @@ def stream_features(settings: Settings, expected: int, wait_for: Any) -> dict[st
 
     def drain() -> bool:
         for message in consumer:
-            record = json.loads(message.value)
-            if record["event_id"] in seen:
-                replays.append((record["event_id"], record["features"]))
-            else:
-                seen[record["event_id"]] = record["features"]
+            for record in decode(message.value):
+                assert isinstance(record, FeatureRecord)
+                if record.event_id in seen:
+                    replays.append((record.event_id, record.features))
+                else:
+                    seen[record.event_id] = record.features
         return len(seen) >= expected
 
     try:
@@ -111,7 +113,7 @@ def test_stream_with_sigkill_and_serving_compute_identical_features(
     assert stream_features(settings, len(evs), wait_for) == expected
 
     # (c) reading by reading through POST /predict, each from the state the stream had before it
-    learner = OnlineLearner.create(settings.model_name, "linear_regression")
+    learner = OnlineLearner.create(settings.model_specs()[0])
     learner.feature_schema = settings.features.schema_hash()
 
     async def publish() -> None:

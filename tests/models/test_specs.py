@@ -1,143 +1,182 @@
-"""One generic check for every model spec: learns, predicts, survives a signed snapshot, tolerates
-missing and new features (STYLE item 6; after river's ``checks/common.py``)."""
+"""One generic check for every named estimator (and an import-path one): it learns, predicts,
+survives a signed snapshot with identical predictions, keeps learning exactly like the original,
+and tolerates missing and new features (after river's ``checks/common.py``)."""
 
 from __future__ import annotations
 
 import math
+import pickle
 import random
+from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
+from driftline.errors import SnapshotError, SnapshotSignatureError
 from models.learner import OnlineLearner
-from models.snapshot import open_snapshot, seal_snapshot
-from models.specs import DEFAULT_SPEC, SPECS, ModelSpec
-from streams.ingest import FeatureRecord
+from models.snapshot import MAGIC, open_snapshot, seal_snapshot
+from models.specs import DEFAULT_SPEC, ESTIMATORS, ModelSpec
+from streams.records import FeatureRecord
 
 SECRET = b"test-secret-key-0123456789"
 
-Row = tuple[dict[str, float], float]
+Row = tuple[dict[str, float], Any]
 
 
-def linear_rows(n: int, seed: int) -> list[Row]:
-    """``y = 3a - 2b + 1`` plus a little noise, for ``a`` and ``b`` in [-1, 1]."""
+def rows_for(task: str, n: int, seed: int) -> list[Row]:
+    """A learnable relation for the task: a linear target, its sign as a class, or rare outliers."""
     rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
+    rows: list[Row] = []
+    for i in range(n):
         x = {"a": rng.uniform(-1, 1), "b": rng.uniform(-1, 1)}
-        rows.append((x, 3 * x["a"] - 2 * x["b"] + 1 + rng.gauss(0, 0.05)))
+        y = 3 * x["a"] - 2 * x["b"] + 1 + rng.gauss(0, 0.05)
+        if task == "classification":
+            rows.append((x, y > 1))
+        elif task == "anomaly":
+            odd = i % 25 == 24
+            rows.append(({k: (4.0 if odd else v) for k, v in x.items()}, odd))
+        else:
+            rows.append((x, y))
     return rows
 
 
-def trained_learner(spec_name: str, rows: list[Row]) -> OnlineLearner:
-    learner = OnlineLearner.create("m", spec_name)
-    for offset, (x, y) in enumerate(rows):
-        record = FeatureRecord("m", "d", f"e{offset}", float(offset), x, y, source_partition=0,
+SPECS = [
+    ModelSpec(name=name, task=task, target="y" if task == "forecast" else "", estimator=name)
+    for name, named in ESTIMATORS.items() for task in named.task[:1]
+] + [
+    ModelSpec(name="pa", estimator="river.linear_model.PARegressor", params={"C": 0.1}),
+    ModelSpec(name="nb", task="classification", estimator="river.naive_bayes.GaussianNB"),
+]
+specs = pytest.mark.parametrize("spec", SPECS, ids=[s.name for s in SPECS])
+
+
+def trained(spec: ModelSpec, rows: list[Row], start: int = 0,
+            learner: OnlineLearner | None = None) -> OnlineLearner:
+    learner = learner or OnlineLearner.create(spec)
+    for offset, (x, y) in enumerate(rows, start=start):
+        record = FeatureRecord(spec.name, "d", f"e{offset}", float(offset), x, y, source_partition=0,
                                source_offset=offset)
-        assert learner.learn(record, input_partition=0, input_offset=offset)
+        learner.learn(record, input_partition=0, input_offset=offset)
     return learner
 
 
-specs = pytest.mark.parametrize("spec", list(SPECS.values()), ids=list(SPECS))
+def said(learner: OnlineLearner, x: dict[str, float]) -> tuple[Any, Any]:
+    prediction = learner.predict(x)
+    return prediction.value, prediction.proba
 
 
-def test_the_default_spec_exists() -> None:
-    assert DEFAULT_SPEC in SPECS
-
-
-def test_every_spec_is_registered_under_its_own_name() -> None:
-    assert all(name == spec.name for name, spec in SPECS.items())
-    assert {spec.task for spec in SPECS.values()} <= {"regression", "classification"}
+def test_every_task_has_a_named_estimator_and_the_default_spec_is_regression() -> None:
+    assert {task for named in ESTIMATORS.values() for task in named.task} == {
+        "regression", "classification", "anomaly", "forecast"}
+    assert DEFAULT_SPEC.task == "regression" and DEFAULT_SPEC.estimator in ESTIMATORS
 
 
 @specs
 def test_build_gives_a_fresh_estimator_each_time(spec: ModelSpec) -> None:
     first, second = spec.build(), spec.build()
     assert first is not second
-    first.learn_one({"a": 1.0}, 5.0)
-    assert second.predict_one({"a": 1.0}) == spec.build().predict_one({"a": 1.0})
+    for x, y in rows_for(spec.task, 30, seed=0):
+        first.learn_one(x) if spec.task == "anomaly" else first.learn_one(x, y)
+    assert pickle.dumps(second) == pickle.dumps(spec.build()) != pickle.dumps(first)
 
 
 @specs
-def test_spec_learns_a_linear_relation_and_predicts_floats(spec: ModelSpec) -> None:
-    model = spec.build()
-    untrained = model.predict_one({"a": 0.5, "b": -0.5})
-    assert isinstance(untrained, float)
-    for x, y in linear_rows(200, seed=1):
-        model.learn_one(x, y)
-    held_out = linear_rows(20, seed=2)
-    errors = []
-    for x, y in held_out:
-        prediction = model.predict_one(x)
-        assert isinstance(prediction, float) and math.isfinite(prediction)
-        errors.append(abs(prediction - y))
-    # 200 rows do not make a perfect fit, but the model must beat predicting nothing (|y| ~ 2)
-    baseline = sum(abs(y) for _, y in held_out) / len(held_out)
-    assert sum(errors) / len(errors) < baseline
-
-
-@specs
-def test_spec_metric_scores_predictions_with_a_fresh_metric_each_time(spec: ModelSpec) -> None:
-    metric = spec.metric()
-    metric.update(3.0, 1.0)
-    metric.update(1.0, 2.0)
-    assert isinstance(metric.get(), float) and math.isfinite(metric.get())
-    assert spec.metric().get() != metric.get()
+def test_spec_learns_and_beats_a_trivial_guess(spec: ModelSpec) -> None:
+    learner = trained(spec, rows_for(spec.task, 400, seed=1))
+    held_out = rows_for(spec.task, 100, seed=2)
+    if spec.task in ("regression", "forecast"):
+        errors = [abs(said(learner, x)[0] - y) for x, y in held_out]
+        assert all(math.isfinite(e) for e in errors)
+        assert sum(errors) / len(errors) < sum(abs(y) for _, y in held_out) / len(held_out)
+    elif spec.task == "classification":
+        right = sum(said(learner, x)[0] == y for x, y in held_out)
+        assert right / len(held_out) > max(sum(y for _, y in held_out), len(held_out) // 2) / len(held_out)
+    else:
+        scores = [(said(learner, x)[0], y) for x, y in held_out]
+        odd = [s for s, y in scores if y]
+        usual = [s for s, y in scores if not y]
+        assert sum(odd) / len(odd) > sum(usual) / len(usual)
 
 
 @specs
 def test_learner_survives_a_signed_snapshot_with_identical_predictions(spec: ModelSpec) -> None:
-    learner = trained_learner(spec.name, linear_rows(200, seed=3))
+    learner = trained(spec, rows_for(spec.task, 200, seed=3))
     blob = seal_snapshot(learner, learner.summary(), SECRET)
     restored, meta = open_snapshot(blob, SECRET)
-    assert isinstance(restored, OnlineLearner)
+    assert isinstance(restored, OnlineLearner) and restored.spec == spec
     assert meta == learner.summary()
-    held_out = [x for x, _ in linear_rows(20, seed=4)]
-    assert [restored.predict(x) for x in held_out] == [learner.predict(x) for x in held_out]
-    assert restored.metric.get() == learner.metric.get()
-    assert (restored.events_learned, restored.input_offsets, restored.source_offsets) == (
-        200, {0: 199}, {0: (199, 0)})
+    held_out = [x for x, _ in rows_for(spec.task, 30, seed=4)]
+    assert [said(restored, x) for x in held_out] == [said(learner, x) for x in held_out]
+    assert restored.evaluation.report() == learner.evaluation.report()
+    assert (restored.events_seen, restored.input_offsets, restored.positions) == (
+        200, {0: 199}, {"events/0": (199, 0)})
 
 
 @specs
 def test_a_restored_learner_keeps_learning_exactly_like_the_original(spec: ModelSpec) -> None:
-    rows = linear_rows(220, seed=5)
-    original = trained_learner(spec.name, rows[:200])
+    rows = rows_for(spec.task, 240, seed=5)
+    original = trained(spec, rows[:200])
     restored, _ = open_snapshot(seal_snapshot(original, {}, SECRET), SECRET)
-    for offset, (x, y) in enumerate(rows[200:], start=200):
-        record = FeatureRecord("m", "d", f"e{offset}", 0.0, x, y, source_partition=0, source_offset=offset)
-        assert original.learn(record, 0, offset) and restored.learn(record, 0, offset)
+    trained(spec, rows[200:], start=200, learner=original)
+    trained(spec, rows[200:], start=200, learner=restored)
     probe = {"a": 0.3, "b": -0.7}
-    assert restored.predict(probe) == original.predict(probe)
-    assert restored.metric.get() == original.metric.get()
+    assert said(restored, probe) == said(original, probe)
+    assert restored.evaluation.report() == original.evaluation.report()
 
 
 @specs
-def test_spec_tolerates_a_missing_feature(spec: ModelSpec) -> None:
-    model = spec.build()
-    for x, y in linear_rows(200, seed=6):
-        model.learn_one(x, y)
-    assert isinstance(model.predict_one({"a": 0.5}), float)
-    assert isinstance(model.predict_one({}), float)
-    model.learn_one({"b": 0.1}, 0.8)
-    assert isinstance(model.predict_one({"a": 0.5, "b": 0.1}), float)
+def test_a_tampered_or_unsigned_snapshot_is_refused(spec: ModelSpec) -> None:
+    learner = trained(spec, rows_for(spec.task, 50, seed=6))
+    blob = seal_snapshot(learner, learner.summary(), SECRET)
+    flipped = bytearray(blob)
+    flipped[-10] ^= 0x01
+    for bad in (bytes(flipped), pickle.dumps(learner), MAGIC + b"\0" * 40 + blob[len(MAGIC) + 32:]):
+        with pytest.raises(SnapshotSignatureError):
+            open_snapshot(bad, SECRET)
+    with pytest.raises(SnapshotSignatureError):
+        open_snapshot(blob, b"another-key-0123456789")
 
 
 @specs
-def test_spec_tolerates_a_new_feature(spec: ModelSpec) -> None:
-    model = spec.build()
-    for x, y in linear_rows(200, seed=7):
-        model.learn_one(x, y)
-    assert isinstance(model.predict_one({"a": 0.5, "b": 0.1, "never_seen": 7.0}), float)
-    model.learn_one({"a": 0.5, "b": 0.1, "never_seen": 7.0}, 2.3)
-    assert isinstance(model.predict_one({"a": 0.5, "b": 0.1, "never_seen": 7.0}), float)
+def test_spec_tolerates_missing_and_new_features(spec: ModelSpec) -> None:
+    learner = trained(spec, rows_for(spec.task, 100, seed=7))
+    y = rows_for(spec.task, 1, seed=8)[0][1]
+    for offset, x in enumerate([{"a": 0.2}, {"a": 0.2, "b": 0.4, "new": 9.0}, {"new": -1.0}, {}], start=100):
+        learner.learn(FeatureRecord(spec.name, "d", f"e{offset}", 0.0, x, y, 0, offset), 0, offset)
+        value, _ = said(learner, x)
+        assert value is None or isinstance(value, bool | float | int)
+    assert learner.events_seen == 104
 
 
-@specs
-def test_learner_tolerates_records_whose_features_change(spec: ModelSpec) -> None:
-    learner = trained_learner(spec.name, linear_rows(50, seed=8))
-    odd = [{"a": 0.2}, {"a": 0.2, "b": 0.4, "c": 9.0}, {"c": -1.0}, {}]
-    for offset, x in enumerate(odd, start=50):
-        record = FeatureRecord("m", "d", f"e{offset}", 0.0, x, 1.0, source_partition=0, source_offset=offset)
-        assert learner.learn(record, 0, offset)
-        assert isinstance(learner.predict(x), float)
-    assert learner.events_learned == 54
+def test_a_signed_blob_that_does_not_unpickle_is_a_snapshot_error() -> None:
+    blob = seal_snapshot({"x": 1}, {}, SECRET)
+    body = blob[len(MAGIC) + 32:-3] + b"bad"
+    import hashlib
+    import hmac
+    forged = MAGIC + hmac.new(SECRET, body, hashlib.sha256).digest() + body
+    with pytest.raises(SnapshotError, match="cannot be unpickled"):
+        open_snapshot(forged, SECRET)
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"estimator": "no_such_model"}, "unknown estimator 'no_such_model'"),
+    ({"estimator": "river.linear_model.NoSuch"}, "cannot import estimator"),
+    ({"estimator": "collections.OrderedDict"}, "is not a River estimator"),
+    ({"estimator": "linear_regression", "params": {"bogus": 1}}, "bad params for 'linear_regression'"),
+    ({"task": "classification", "estimator": "river.linear_model.PARegressor"}, "not a Classifier"),
+    ({"task": "anomaly"}, "is for regression, forecast, not anomaly"),
+    ({"task": "forecast"}, "a forecast needs the sensor to forecast"),
+    ({"metric": "Accuracy"}, "metric 'Accuracy' is not one of MAE, RMSE, R2"),
+    ({"name": "has space"}, "String should match pattern"),
+])
+def test_a_bad_spec_is_a_clear_configuration_error(fields: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        ModelSpec(**{"name": "m", **fields})
+
+
+def test_select_keeps_the_record_order_and_never_the_target() -> None:
+    spec = ModelSpec(name="m", target="power", features=("t*", "power", "h"))
+    assert list(spec.select({"h": 1.0, "power": 2.0, "temp": 3.0, "t_mean": 4.0, "v": 5.0})) == [
+        "h", "temp", "t_mean"]
+    forecast = ModelSpec(name="f", task="forecast", target="temp")
+    assert list(forecast.select({"temp": 1.0, "v": 2.0})) == ["temp", "v"]

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from streams.cleaning import Rejection
 from streams.features import FeatureSpec
-from streams.ingest import COUNTERS, Duplicate, FeatureRecord, IngestStage, Outcome
+from streams.ingest import COUNTERS, Duplicate, IngestStage, Outcome
+from streams.records import FeatureRecord, LabelRecord, decode, encode
 
 NOW_MS = 1_800_000_000_000  # the broker timestamp every message arrives with
 NOW = NOW_MS // 1000
@@ -233,26 +235,52 @@ def test_a_message_that_never_names_a_device_dirties_nothing() -> None:
 # --- FeatureRecord serialisation -----------------------------------------------------------------
 
 
-def test_feature_record_round_trips_through_json() -> None:
+def test_feature_record_round_trips_through_a_features_message() -> None:
     record = FeatureRecord("m", "d1", "e1", 1.8e9, {"t": 1.5, "t_delta": -0.25}, 3.0, source_partition=2,
                            source_offset=41, source_index=3, imputed=("h",), clipped=("t",), schema="abc")
-    assert FeatureRecord.from_json(json.loads(json.dumps(record.to_json()))) == record
+    assert decode(encode("m", [record])) == [record]
 
 
-def test_feature_record_without_a_target_round_trips() -> None:
-    record = FeatureRecord("m", "d1", "e1", 0.0, {}, None, source_partition=0, source_offset=0)
-    assert FeatureRecord.from_json(json.loads(json.dumps(record.to_json()))) == record
+def test_feature_records_keep_class_labels_and_missing_targets() -> None:
+    batch = [FeatureRecord("m", "d1", f"e{i}", 0.0, {}, target, source_partition=0, source_offset=9,
+                           source_index=i) for i, target in enumerate([None, True, "open", 2.5])]
+    assert decode(encode("m", batch)) == batch
 
 
-def test_an_older_record_without_a_batch_index_reads_as_index_zero() -> None:
-    data = {"model": "m", "device_id": "d", "event_id": "e", "ts": 1, "features": {}, "src": [1, 7]}
-    assert FeatureRecord.from_json(data) == FeatureRecord("m", "d", "e", 1.0, {}, None, 1, 7, 0)
+def test_labels_round_trip_through_a_features_message() -> None:
+    label = LabelRecord("m", "e1", False, source_partition=1, source_offset=70)
+    assert decode(encode("m", [label])) == [label]
 
 
-def test_records_from_the_stage_round_trip_through_json() -> None:
+@pytest.mark.parametrize("raw", [b"", b"[]", b'{"model": "m"}', b'{"model": "m", "src": ["x", 0, 0]}',
+                                 b'{"model": "m", "src": ["events", 0, 0], "records": [{}]}'])
+def test_a_message_that_is_not_a_features_message_is_a_value_error(raw: bytes) -> None:
+    with pytest.raises(ValueError, match="not a features message"):
+        decode(raw)
+
+
+def test_a_features_message_with_values_missing_or_left_over_is_refused() -> None:
+    raw = encode("m", [FeatureRecord("m", "d", "e", 0.0, {"x": 1.0, "y": 2.0}, None, 0, 0)])
+    for bad in (raw[:-8], raw + b"\0" * 8, raw[:-3]):
+        with pytest.raises(ValueError, match="not a features message"):
+            decode(bad)
+
+
+def test_records_of_different_shapes_share_one_message_exactly() -> None:
+    batch = [FeatureRecord("m", "d", f"e{i}", 0.0, x, 1.0, 0, 5, source_index=i)
+             for i, x in enumerate([{"a": 0.1}, {"a": 1 / 3, "b": -2.5e-300}, {"a": 7.0}, {}])]
+    assert decode(encode("m", batch)) == batch
+
+
+def test_records_from_the_stage_round_trip_through_one_message_per_model() -> None:
     stage = make_stage(models=("a", "b"))
-    for record in records(stage.handle(message(target=2.0), 0, 0, NOW_MS)):
-        assert FeatureRecord.from_json(json.loads(json.dumps(record.to_json()))) == record
+    events = [{"event_id": f"e{i}", "device_id": "d1", "ts": NOW - 10 + i,
+               "readings": {"temperature": 20.0 + i}, "target": 2.0} for i in range(3)]
+    out = records(stage.handle(json.dumps(events).encode(), 0, 0, NOW_MS))
+    for model in ("a", "b"):
+        mine = [r for r in out if r.model == model]
+        assert [r.source_index for r in mine] == [0, 1, 2]
+        assert decode(encode(model, mine)) == mine
 
 
 # --- never raises, never loses count ------------------------------------------------------------

@@ -1,0 +1,161 @@
+"""End-to-end learning throughput per worker next to River's own loop, and snapshot publish time
+against model size, in one run.
+
+    python -m bench.learning [--events 20000] [--repeats 3] [--batch 50]
+
+- River in-process: ``predict_one``, metric update, ``learn_one`` for the default model on the
+  very feature vectors the pipeline computes for these events (computed beforehand, not timed):
+  what a data scientist's notebook loop does, and the ceiling for one core;
+- pipeline: one worker (both agents) consuming the same events from the broker: validate, clean,
+  featurize, hop through ``sensor-features``, predict/score/learn with cumulative and rolling
+  metrics, checkpoint and publish signed snapshots. Timed from the ingest stage's first
+  checkpoint to the snapshot that has seen every event (``--batch`` events per message, and one
+  per message); and the same worker split in two processes, one per stage (two cores);
+- snapshot publish: seal (pickle + HMAC) and the Redis MULTI, for models of growing size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import sys
+import time
+from typing import Any
+
+import redis
+from redis.asyncio import Redis as AsyncRedis
+
+from bench.common import RESULTS, bench_settings, ingest_received, report, services, stream_bench_args, worker
+from bench.ingest import make_events, publish
+from driftline.kafka import ensure_topics
+from driftline.settings import Settings
+from models.learner import OnlineLearner
+from models.registry import ModelRegistry
+from models.specs import ModelSpec
+from streams.ingest import IngestStage
+from streams.records import FeatureRecord
+
+
+def feature_vectors(settings: Settings, events: list[dict[str, Any]]) -> list[FeatureRecord]:
+    stage = IngestStage(models=settings.model_specs(), target=settings.target,
+                        features=settings.features, max_message_bytes=settings.max_message_bytes,
+                        catalog=settings.catalog())
+    return [r for offset, e in enumerate(events) for r in stage.handle(json.dumps(e).encode(), 0, offset)
+            if isinstance(r, FeatureRecord)]
+
+
+def river_rate(spec: ModelSpec, records: list[FeatureRecord]) -> float:
+    from river import metrics
+
+    model, metric = spec.build(), metrics.MAE()
+    rows = [(r.features, r.target) for r in records if r.target is not None]
+    started = time.perf_counter()
+    for x, y in rows:
+        y_pred = model.predict_one(x)
+        metric.update(y, y_pred)
+        model.learn_one(x, y)
+    return len(rows) / (time.perf_counter() - started)
+
+
+def seen_in_latest_snapshot(client: redis.Redis, settings: Settings) -> int:
+    key = settings.redis_key("model", settings.default_model)
+    version = client.hget(f"{key}:aliases", "latest")
+    if version is None:
+        return 0
+    return int(json.loads(client.hget(f"{key}:meta", version) or b"{}").get("events_seen", 0))
+
+
+def end_to_end_rate(client: redis.Redis, settings: Settings, n: int, timeout: float = 300.0) -> float:
+    """Events per second from the ingest stage's first checkpoint to the snapshot that has seen
+    all ``n`` events: consumption, featurizing, the hop, learning and publishing, end to end."""
+    deadline = time.monotonic() + timeout
+    start: tuple[float, int] | None = None
+    while time.monotonic() < deadline:
+        if start is None and (received := ingest_received(client, settings)):
+            start = (time.monotonic(), received)
+        if start is not None and seen_in_latest_snapshot(client, settings) >= n:
+            return (n - start[1]) / (time.monotonic() - start[0])
+        time.sleep(0.01)
+    raise TimeoutError(f"the snapshot saw {seen_in_latest_snapshot(client, settings)} of {n} events")
+
+
+def pipeline_rate(kafka_url: str, redis_url: str, events: list[dict[str, Any]], batch: int,
+                  split: bool = False) -> float:
+    """One worker running both stages, or (``split``) one process per stage."""
+    # A snapshot every 1,000 events, and 0.25 s after the last one: the tail waits on the timer
+    # (5 s by default), which would otherwise dominate a run this short.
+    settings = bench_settings(kafka_url, redis_url, batch_size=max(1, 1000 // batch),
+                              snapshot_every_events=1000, snapshot_every_seconds=0.25)
+    ensure_topics(settings)
+    publish(settings, events, batch)  # all waiting before the worker starts: we time consumption
+    client = redis.Redis.from_url(redis_url)
+    if not split:
+        with worker(settings):
+            return end_to_end_rate(client, settings, len(events))
+    ingest = settings.model_copy(update={"worker_stages": "ingest"})
+    learn = settings.model_copy(update={"worker_stages": "learn", "batch_size": 1000})
+    with worker(ingest), worker(learn):
+        return end_to_end_rate(client, settings, len(events))
+
+
+SNAPSHOT_MODELS = [
+    ("linear regression", ModelSpec(name="lin")),
+    ("Hoeffding tree", ModelSpec(name="ht", estimator="hoeffding_tree_regressor")),
+    ("adaptive random forest, 5 trees", ModelSpec(name="arf5", estimator="arf_regressor")),
+    ("adaptive random forest, 20 trees", ModelSpec(name="arf20", estimator="arf_regressor",
+                                                   params={"n_models": 20})),
+]
+
+
+async def snapshot_times(redis_url: str, records: list[FeatureRecord], repeats: int) -> list[dict[str, Any]]:
+    redis_client = AsyncRedis.from_url(redis_url)
+    registry = ModelRegistry(redis_client, f"bench-snap-{time.time_ns()}", b"bench-secret-key-0123456789",
+                             keep_versions=2)
+    rows = []
+    try:
+        for label, spec in SNAPSHOT_MODELS:
+            learner = OnlineLearner.create(spec)
+            learner.learn_message(0, 0, [FeatureRecord(spec.name, r.device_id, r.event_id, r.ts, r.features,
+                                                       r.target, r.source_partition, r.source_offset)
+                                         for r in records])
+            times, size = [], 0
+            for _ in range(repeats):
+                started = time.perf_counter()
+                meta = await registry.publish(learner)
+                times.append(1000 * (time.perf_counter() - started))
+                size = meta["size_bytes"]
+            rows.append({"model": label, "size_kib": size / 1024, "publish_ms": statistics.median(times),
+                         "seal_ms": meta["seal_ms"]})
+            print(f"  {label:<34} {size / 1024:>9,.1f} KiB   publish {statistics.median(times):>8.2f} ms"
+                  f"   (seal {meta['seal_ms']:.2f} ms; runs: {', '.join(f'{t:.1f}' for t in times)})")
+    finally:
+        await redis_client.aclose()
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = stream_bench_args(__doc__, argv)
+    events = make_events(args.events)
+    batched = f"pipeline, 1 process, {args.batch} events/message"
+    split = f"pipeline, 2 processes (ingest | learn), {args.batch} events/message"
+    single = "pipeline, 1 process, 1 event/message"
+    rows: dict[str, list[float]] = {"River in-process loop (default model)": [], batched: [],
+                                    split: [], single: []}
+    with services() as (kafka_url, redis_url):
+        records = feature_vectors(bench_settings(kafka_url, redis_url), events)
+        spec = bench_settings(kafka_url, redis_url).model_specs()[0]
+        for repeat in range(args.repeats):
+            print(f"run {repeat + 1}/{args.repeats} ...", file=sys.stderr, flush=True)
+            rows["River in-process loop (default model)"].append(river_rate(spec, records))
+            rows[batched].append(pipeline_rate(kafka_url, redis_url, events, args.batch))
+            rows[split].append(pipeline_rate(kafka_url, redis_url, events, args.batch, split=True))
+            rows[single].append(pipeline_rate(kafka_url, redis_url, events, 1))
+        report("learning", rows, baseline="River in-process loop (default model)")
+        print(f"\nsnapshot publish time vs model size (median of 5, after {len(records)} events):")
+        snapshots = asyncio.run(snapshot_times(redis_url, records, 5))
+    (RESULTS / "snapshots.json").write_text(json.dumps(snapshots, indent=2))
+
+
+if __name__ == "__main__":
+    main()

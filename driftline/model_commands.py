@@ -1,0 +1,121 @@
+"""``driftline models list|show|promote|rollback``: the registry from a terminal.
+
+The same registry the worker publishes to and the API serves from; every promote and rollback
+goes to its audit log with the user's name and the reason given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from driftline.errors import RegistryError, ServiceUnavailable
+from driftline.settings import Settings
+from models.registry import CHAMPION, LATEST, ModelRegistry
+
+T = TypeVar("T")
+
+
+def _with_registry(settings: Settings, action: Callable[[ModelRegistry], Awaitable[T]]) -> T:
+    async def run() -> T:
+        redis = Redis.from_url(settings.redis_url, socket_connect_timeout=5)
+        try:
+            registry = ModelRegistry(redis, settings.namespace,
+                                     settings.secret_key.get_secret_value().encode(),
+                                     settings.keep_versions)
+            return await action(registry)
+        except (RedisError, OSError) as exc:
+            raise ServiceUnavailable("Redis", settings.redis_url, str(exc)) from exc
+        finally:
+            await redis.aclose()
+
+    return asyncio.run(run())
+
+
+def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """Rows as an aligned text table.
+
+    >>> print(format_table([{"a": 1, "b": "xy"}, {"a": 10, "b": None}], ["a", "b"]))
+    a   b
+    1   xy
+    10  -
+    """
+    cells = [[("-" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    return "\n".join(lines)
+
+
+def _metric(meta: dict[str, Any]) -> str | None:
+    metric = meta.get("metric") or {}
+    value = metric.get("value")
+    return None if value is None else f"{metric.get('name')}={value:.4g}"
+
+
+async def _list(registry: ModelRegistry) -> list[dict[str, Any]]:
+    rows = []
+    for name in await registry.model_names():
+        aliases = await registry.aliases(name)
+        latest = aliases.get(LATEST)
+        meta = await registry.version_meta(name, latest) if latest is not None else {}
+        rows.append({
+            "model": name, "task": meta.get("task"), "estimator": meta.get("estimator"),
+            "latest": latest,
+            "champion": f"{aliases[CHAMPION]} (pinned)" if CHAMPION in aliases else latest,
+            "challenger": aliases.get("challenger"), "events": meta.get("events_learned"),
+            "metric": _metric(meta), "versions": len(await registry.versions(name)),
+        })
+    return rows
+
+
+def models_list(settings: Settings) -> str:
+    rows = _with_registry(settings, _list)
+    if not rows:
+        return "no models in the registry yet (the worker publishes its first snapshot after learning)"
+    return format_table(rows, ["model", "task", "estimator", "latest", "champion", "challenger",
+                               "events", "metric", "versions"])
+
+
+def models_show(settings: Settings, name: str, as_json: bool = False) -> str:
+    async def show(registry: ModelRegistry) -> dict[str, Any]:
+        if name not in await registry.model_names():
+            raise RegistryError(f"no model named {name!r}")
+        return {"model": name, "aliases": await registry.aliases(name),
+                "versions": await registry.versions(name), "audit": await registry.audit(name, 20)}
+
+    found = _with_registry(settings, show)
+    if as_json:
+        return json.dumps(found, indent=2, default=str)
+    versions = [{"version": m["version"], "created_at": m.get("created_at"),
+                 "events": m.get("events_learned"), "metric": _metric(m),
+                 "size": m.get("size_bytes"), "schema": (m.get("feature_schema") or "")[:12],
+                 "aliases": ",".join(a for a, v in found["aliases"].items() if v == m["version"])}
+                for m in found["versions"]]
+    audit = [{"at": e.get("at"), "action": e.get("action"), "version": e.get("version"),
+              "alias": e.get("alias"), "by": e.get("by"), "reason": e.get("reason")}
+             for e in found["audit"]]
+    champion = found["aliases"].get(CHAMPION)
+    head = (f"model {name}: champion "
+            + (f"v{champion} (pinned)" if champion is not None else "follows latest"))
+    return "\n\n".join([head, format_table(versions, list(versions[0]) if versions else ["version"]),
+                        "audit (newest first)", format_table(audit, ["at", "action", "version",
+                                                                     "alias", "by", "reason"])])
+
+
+def models_promote(settings: Settings, name: str, version: int | None, alias: str, reason: str) -> str:
+    promoted = _with_registry(
+        settings, lambda registry: registry.promote(name, version, alias=alias, reason=reason))
+    return f"model {name}: {alias} is now v{promoted}"
+
+
+def models_rollback(settings: Settings, name: str, reason: str) -> str:
+    target = _with_registry(settings, lambda registry: registry.rollback(name, reason=reason))
+    if target is None:
+        return f"model {name}: champion follows latest again"
+    return f"model {name}: champion rolled back to v{target}"

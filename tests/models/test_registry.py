@@ -1,0 +1,164 @@
+"""The model registry against the real Redis: versions, aliases, promote and rollback, the audit
+log, retention; and the API and the CLI reading the same registry."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import pytest
+from fastapi.testclient import TestClient
+from redis.asyncio import Redis
+
+from api.main import create_app
+from driftline.cli import main as cli
+from driftline.errors import RegistryError
+from driftline.settings import Settings
+from models.learner import OnlineLearner
+from models.registry import CHALLENGER, CHAMPION, LATEST, ModelRegistry
+from models.specs import ModelSpec
+from streams.records import FeatureRecord
+
+pytestmark = pytest.mark.integration
+
+T = TypeVar("T")
+READING = {"device_id": "dev-1", "readings": {"temperature": 20.0}}
+
+
+def on_registry(settings: Settings, action: Callable[[ModelRegistry], Awaitable[T]]) -> T:
+    async def go() -> T:
+        redis = Redis.from_url(settings.redis_url)
+        try:
+            return await action(ModelRegistry(redis, settings.namespace,
+                                              settings.secret_key.get_secret_value().encode(),
+                                              settings.keep_versions))
+        finally:
+            await redis.aclose()
+
+    return asyncio.run(go())
+
+
+def learner_after(n: int, name: str = "default") -> OnlineLearner:
+    learner = OnlineLearner.create(ModelSpec(name=name))
+    for i in range(n):
+        x = {"temperature": 15.0 + i % 10}
+        learner.learn(FeatureRecord(name, "dev-1", f"e{i}", float(i), x, 0.5 * x["temperature"], 0, i), 0, i)
+    return learner
+
+
+def publish_versions(settings: Settings, count: int, name: str = "default") -> list[dict[str, Any]]:
+    return [on_registry(settings, lambda r, n=n: r.publish(learner_after(10 * n, name)))
+            for n in range(1, count + 1)]
+
+
+def test_a_snapshot_carries_what_an_operator_needs_to_know(make_settings: Any) -> None:
+    settings = make_settings()
+    meta = publish_versions(settings, 1)[0]
+    assert meta["version"] == 1 and meta["model"] == "default" and meta["task"] == "regression"
+    assert meta["spec"]["estimator"] == "linear_regression" and meta["river_version"]
+    assert meta["events_learned"] == 10 and meta["metric"]["name"] == "MAE"
+    assert set(meta["metrics"]["cumulative"]) == {"MAE", "RMSE", "R2"}
+    assert meta["input_offsets"] == {"0": 9} and meta["source_positions"] == {"events/0": [9, 0]}
+    assert meta["size_bytes"] > 1000 and meta["learn_us_per_event"] > 0 and meta["created_at"]
+    learner, signed_meta = on_registry(settings, lambda r: r.load("default"))
+    assert learner.events_learned == 10 and signed_meta["version"] == 1
+
+
+def test_promote_pins_the_champion_and_rollback_walks_back(make_settings: Any) -> None:
+    settings = make_settings()
+    publish_versions(settings, 4)
+    assert on_registry(settings, lambda r: r.alias_version("default", CHAMPION)) == 4  # follows latest
+    assert on_registry(settings, lambda r: r.promote("default", 2, reason="v2 is better")) == 2
+    assert on_registry(settings, lambda r: r.promote("default", 3)) == 3
+    publish_versions(settings, 1)  # a new latest does not move a pinned champion
+    assert on_registry(settings, lambda r: r.aliases("default")) == {LATEST: 5, CHAMPION: 3}
+    assert on_registry(settings, lambda r: r.rollback("default")) == 2
+    assert on_registry(settings, lambda r: r.alias_version("default", CHAMPION)) == 2
+    assert on_registry(settings, lambda r: r.rollback("default")) is None  # follows latest again
+    assert on_registry(settings, lambda r: r.alias_version("default", CHAMPION)) == 5
+    assert on_registry(settings, lambda r: r.rollback("default")) == 4  # from latest: the one before
+    audit = on_registry(settings, lambda r: r.audit("default"))
+    assert [e["action"] for e in audit] == ["rollback"] * 3 + ["publish", "promote", "promote"] + [
+        "publish"] * 4
+    assert audit[-5]["reason"] == "v2 is better" and audit[-5]["alias"] == CHAMPION and audit[-5]["by"]
+
+
+def test_challenger_and_errors(make_settings: Any) -> None:
+    settings = make_settings()
+    publish_versions(settings, 2)
+    assert on_registry(settings, lambda r: r.promote("default", 1, alias=CHALLENGER)) == 1
+    assert on_registry(settings, lambda r: r.aliases("default")) == {LATEST: 2, CHALLENGER: 1}
+    with pytest.raises(RegistryError, match="no version 9"):
+        on_registry(settings, lambda r: r.promote("default", 9))
+    with pytest.raises(RegistryError, match="only promote to"):
+        on_registry(settings, lambda r: r.promote("default", 1, alias=LATEST))
+    with pytest.raises(RegistryError, match="has no versions"):
+        on_registry(settings, lambda r: r.promote("nobody"))
+
+
+def test_retention_keeps_the_newest_and_every_aliased_or_rollback_version(make_settings: Any) -> None:
+    settings = make_settings(keep_versions=3)
+    publish_versions(settings, 2)
+    on_registry(settings, lambda r: r.promote("default", 1))
+    on_registry(settings, lambda r: r.promote("default", 2))
+    on_registry(settings, lambda r: r.promote("default", 2, alias=CHALLENGER))
+    publish_versions(settings, 6)
+    kept = [m["version"] for m in on_registry(settings, lambda r: r.versions("default"))]
+    assert kept == [1, 2, 6, 7, 8]  # 1: a rollback target; 2: champion and challenger
+    assert on_registry(settings, lambda r: r.rollback("default")) == 1
+    with pytest.raises(RegistryError, match="removed by retention"):
+        on_registry(settings, lambda r: r.promote("default", 4))
+
+
+def test_the_api_serves_the_champion_and_follows_promote_and_rollback(make_settings: Any) -> None:
+    settings = make_settings()
+    publish_versions(settings, 3)
+    with TestClient(create_app(settings)) as client:
+        assert client.post("/predict", json=READING).json()["version"] == 3
+        on_registry(settings, lambda r: r.promote("default", 1))
+        assert wait_for(lambda: client.post("/predict", json=READING).json()["version"] == 1)
+        on_registry(settings, lambda r: r.rollback("default"))
+        assert wait_for(lambda: client.post("/predict", json=READING).json()["version"] == 3)
+        model = client.get("/models/default").json()
+        assert model["aliases"] == {LATEST: 3, CHAMPION: 3} and model["champion_pinned"] is False
+        assert [e["action"] for e in model["audit"]][:2] == ["rollback", "promote"]
+        assert [v["version"] for v in model["versions"]] == [1, 2, 3]
+
+
+def test_the_cli_lists_shows_promotes_and_rolls_back(make_settings: Any, monkeypatch: Any,
+                                                      capsys: Any) -> None:
+    settings = make_settings()
+    publish_versions(settings, 2)
+    for name, value in settings.as_env().items():
+        monkeypatch.setenv(name, value)
+    from driftline.settings import get_settings
+    get_settings.cache_clear()
+    try:
+        assert cli(["models", "list"]) == 0
+        listing = capsys.readouterr().out.splitlines()
+        assert listing[0].split() == ["model", "task", "estimator", "latest", "champion", "challenger",
+                                      "events", "metric", "versions"]
+        assert listing[1].split()[:5] == ["default", "regression", "linear_regression", "2", "2"]
+        assert cli(["models", "promote", "default", "1", "--reason", "canary"]) == 0
+        assert "champion is now v1" in capsys.readouterr().out
+        assert cli(["models", "show", "default"]) == 0
+        shown = capsys.readouterr().out
+        assert "champion v1 (pinned)" in shown and "canary" in shown
+        assert cli(["models", "rollback", "default"]) == 0
+        assert "follows latest again" in capsys.readouterr().out
+        assert cli(["models", "promote", "default", "7"]) == 2
+        assert "no version 7" in capsys.readouterr().err
+    finally:
+        get_settings.cache_clear()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return False
