@@ -27,6 +27,10 @@ from models.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
+# How often the API checks the registry even without an announcement (pub/sub drops messages
+# while disconnected); also the longest a shutdown waits for the follower.
+FOLLOW_POLL_SECONDS = 5.0
+
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the API; the lifespan opens Redis, loads the newest snapshots and follows new ones."""
@@ -47,13 +51,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await store.refresh_all()
         except RedisError as exc:  # start anyway: /health says degraded, follow() retries
             log.warning("Redis unavailable at start (%s); models load when it answers", exc)
-        follower = asyncio.create_task(store.follow(), name="snapshot-follower")
+        stop_following = asyncio.Event()
+        follower = asyncio.create_task(store.follow(stop_following, FOLLOW_POLL_SECONDS),
+                                       name="snapshot-follower")
         try:
             yield
         finally:
+            stop_following.set()
             follower.cancel()
-            # Bounded: a pub/sub connection cut mid-read must not hold up shutdown.
-            await asyncio.wait({follower}, timeout=3)
+            # Bounded: even if the cancellation is swallowed mid-read, the follower sees the
+            # stop flag within one poll.
+            _, pending = await asyncio.wait({follower}, timeout=FOLLOW_POLL_SECONDS + 3)
+            if pending:
+                log.warning("snapshot follower did not stop within %.0fs", FOLLOW_POLL_SECONDS + 3)
             await app.state.publisher.close()
             await redis.aclose()
 

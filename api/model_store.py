@@ -85,17 +85,23 @@ class ModelStore:
         for name in await self.registry.model_names():
             await self.refresh(name)
 
-    async def follow(self, poll_seconds: float = 5.0) -> None:
+    async def follow(self, stop: asyncio.Event, poll_seconds: float = 5.0) -> None:
         """Swap in announced snapshots as they come; poll too, since pub/sub drops messages
-        while disconnected. Runs until cancelled; Redis outages are waited out."""
+        while disconnected. Redis outages are waited out.
+
+        Runs until ``stop`` is set. Cancelling is not enough on its own: the Redis client may turn
+        a cancellation that lands mid-read into a connection error, which this loop would wait
+        out like any other outage, so shutdown sets ``stop`` and the loop checks it at least
+        every ``poll_seconds``.
+        """
         backoff = 0.5
-        while True:
+        while not stop.is_set():
             pubsub = self.registry.redis.pubsub()
             try:
                 await pubsub.subscribe(self.registry.channel)
                 await self.refresh_all()
                 backoff = 0.5
-                while True:
+                while not stop.is_set():
                     message = await pubsub.get_message(ignore_subscribe_messages=True,
                                                        timeout=poll_seconds)
                     if message is None:
@@ -107,8 +113,11 @@ class ModelStore:
                     except (ValueError, KeyError, TypeError) as exc:
                         log.warning("ignoring malformed announcement %r: %s", message["data"], exc)
             except (RedisError, OSError) as exc:
+                if stop.is_set():
+                    return
                 log.warning("snapshot subscription lost (%s); retrying in %.1fs", exc, backoff)
-                await asyncio.sleep(backoff)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=backoff)
                 backoff = min(backoff * 2, 10.0)
             finally:
                 with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError):

@@ -11,7 +11,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -112,7 +112,7 @@ def report(name: str, rows: dict[str, list[float]], baseline: str, unit: str = "
     print(f"\n{name}: median of {len(rows[baseline])} runs ({unit}); ratio to {baseline}")
     for label, values in rows.items():
         median = statistics.median(values)
-        print(f"  {label:<40} {median:>12,.0f}   x{median / base:.3f}   "
+        print(f"  {label:<66} {median:>9,.0f}   x{median / base:.3f}   "
               f"(runs: {', '.join(f'{v:,.0f}' for v in values)})")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(
@@ -120,10 +120,14 @@ def report(name: str, rows: dict[str, list[float]], baseline: str, unit: str = "
          "medians": {k: statistics.median(v) for k, v in rows.items()}, "runs": rows}, indent=2))
 
 
-def stream_bench_args(doc: str | None, argv: list[str] | None) -> argparse.Namespace:
-    """The options every streaming benchmark takes: events, repeats, events per batched message."""
+def stream_bench_args(doc: str | None, argv: list[str] | None,
+                      more: Callable[[argparse.ArgumentParser], object] | None = None) -> argparse.Namespace:
+    """The options every streaming benchmark takes: events, repeats, events per batched message;
+    ``more`` adds a benchmark's own."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, default=50, help="events per message in batched mode")
+    if more is not None:
+        more(parser)
     return parser.parse_args(argv)

@@ -118,7 +118,7 @@ class OnlineLearner:
             else:
                 self._label(record)
             self.learn_seconds += time.perf_counter() - started
-            self._expire()
+        self._expire()
         return self.events_learned - before
 
     def learn(self, record: Record, input_partition: int, input_offset: int) -> bool:

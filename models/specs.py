@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import fnmatch
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Annotated, Any, Literal
@@ -157,10 +157,16 @@ class ModelSpec(BaseModel):
         """A fresh, untrained estimator for this spec."""
         return build_estimator(self.name, self.task, self.estimator, self.params)
 
-    def select(self, features: Mapping[str, float]) -> dict[str, float]:
-        """The features this model uses, in the record's order (never its own target)."""
-        keep = _selection(self.features, self.target if self.task != "forecast" else "",
-                          tuple(features))
+    def select(self, features: dict[str, float]) -> dict[str, float]:
+        """The features this model uses, in the record's order (never its own target).
+
+        When the model uses every feature, ``features`` itself comes back, not a copy: this runs
+        for every event of every model, and the vectors are never modified once made.
+        """
+        names = tuple(features)
+        keep = _selection(self.features, self.target if self.task != "forecast" else "", names)
+        if len(keep) == len(names):
+            return features
         return {name: features[name] for name in keep}
 
     def summary(self) -> dict[str, Any]:

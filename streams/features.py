@@ -30,9 +30,9 @@ import bisect
 import hashlib
 import math
 from collections import Counter, deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from functools import lru_cache
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -93,6 +93,52 @@ class FeatureSpec(BaseModel):
         return max((*self.windows, *(k + 1 for k in self.lags), 1))
 
 
+class RecentIds:
+    """The newest ``maxlen`` event ids of a device, oldest first, with O(1) membership.
+
+    Checked for every event (deduplication): a bare ``deque`` made that a scan of a thousand ids.
+
+    Examples
+    --------
+    >>> ids = RecentIds(["a", "b"], maxlen=2)
+    >>> ids.append("c")
+    >>> "a" in ids, list(ids)
+    (False, ['b', 'c'])
+    """
+
+    def __init__(self, ids: Iterable[str] = (), maxlen: int = RECENT_IDS) -> None:
+        self._order: deque[str] = deque(maxlen=maxlen)
+        self._members: set[str] = set()
+        for event_id in ids:
+            self.append(event_id)
+
+    def append(self, event_id: str) -> None:
+        if event_id in self._members:
+            return
+        if len(self._order) == self._order.maxlen:
+            self._members.discard(self._order[0])  # about to fall off the deque
+        self._order.append(event_id)
+        self._members.add(event_id)
+
+    def __contains__(self, event_id: object) -> bool:
+        return event_id in self._members
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._order)
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def __getitem__(self, index: int) -> str:
+        return self._order[index]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RecentIds) and self._order == other._order
+
+    def __repr__(self) -> str:
+        return f"RecentIds({list(self._order)!r}, maxlen={self._order.maxlen})"
+
+
 @dataclass
 class DeviceState:
     """What one device's cleaning and features depend on, kept between its events.
@@ -118,7 +164,7 @@ class DeviceState:
     ewma: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     #: Event time (epoch s) of each sensor's last real reading: imputation bridges gaps from it.
     last_seen: dict[str, float] = field(default_factory=dict)
-    recent_ids: deque[str] = field(default_factory=lambda: deque(maxlen=RECENT_IDS))
+    recent_ids: RecentIds = field(default_factory=RecentIds)
     #: Highest event time accepted; events older than it minus the allowed lateness are late.
     watermark: float | None = None
     last_ts: float | None = None
@@ -154,7 +200,7 @@ class DeviceState:
             ewma={k: {h: [float(e), float(t)] for h, (e, t) in v.items()}
                   for k, v in data.get("ewma", {}).items()},
             last_seen={k: float(v) for k, v in data.get("last_seen", {}).items()},
-            recent_ids=deque(data.get("recent_ids", []), maxlen=RECENT_IDS),
+            recent_ids=RecentIds(data.get("recent_ids", [])),
             watermark=data.get("watermark"),
             last_ts=data.get("last_ts"),
             counts=Counter(data.get("counts", {})),
@@ -166,11 +212,20 @@ class DeviceState:
         return sum(values) / len(values) if values else None
 
 
+ALL_STATS: tuple[Stat, ...] = ("mean", "std", "min", "max")
+
+
 def _put_stats(features: dict[str, float], names: tuple[str, ...], values: list[float],
                wanted: tuple[Stat, ...]) -> None:
     """``features[name] = stat(values)`` for each wanted stat and its feature name."""
     n = len(values)
     mean = sum(values) / n
+    if wanted == ALL_STATS:  # the default, spelled out: this runs per sensor per window per event
+        features[names[0]] = mean
+        features[names[1]] = math.sqrt(max(sum([(x - mean) ** 2 for x in values]) / n, 0.0))
+        features[names[2]] = min(values)
+        features[names[3]] = max(values)
+        return
     for stat, name in zip(wanted, names, strict=True):
         if stat == "mean":
             features[name] = mean
@@ -180,6 +235,15 @@ def _put_stats(features: dict[str, float], names: tuple[str, ...], values: list[
             features[name] = min(values)
         else:
             features[name] = max(values)
+
+
+def _first_after(points: list[list[float]], since: float) -> int:
+    """Index of the first ``[ts, value]`` with ``ts > since`` in time-sorted ``points``."""
+    return bisect.bisect_right(points, since, key=_ts)
+
+
+def _ts(point: list[float]) -> float:
+    return point[0]
 
 
 def _label(seconds: float) -> str:
@@ -198,7 +262,30 @@ class _SensorNames:
     lags: tuple[tuple[int, str], ...]
 
 
-@lru_cache(maxsize=4096)
+@dataclass
+class _Plan:
+    """What :func:`featurize` derives from a spec, worked out once per spec, not per event."""
+
+    history: int
+    longest_window: float
+    #: sensor -> its feature names, filled as sensors appear
+    names: dict[str, _SensorNames] = field(default_factory=dict)
+
+
+#: Per spec, by identity (hashing a pydantic model per event was a visible cost): the spec
+#: itself, kept so that its id is not reused, and its plan.
+_PLANS: dict[int, tuple[FeatureSpec, _Plan]] = {}
+
+
+def _plan_for(spec: FeatureSpec) -> _Plan:
+    found = _PLANS.get(id(spec))
+    if found is None or found[0] is not spec:
+        if len(_PLANS) >= 64:  # specs are few and long-lived; this only bounds a pathological caller
+            _PLANS.clear()
+        found = _PLANS[id(spec)] = (spec, _Plan(spec.history, max(spec.time_windows, default=0.0)))
+    return found[1]
+
+
 def _names(sensor: str, spec: FeatureSpec) -> _SensorNames:
     return _SensorNames(
         count=tuple((n, tuple(f"{sensor}_{stat}_{n}" for stat in spec.stats)) for n in spec.windows),
@@ -226,12 +313,18 @@ def featurize(
     {'t': 12.0, 't_mean_2': 11.0, 't_delta': 2.0, 't_rate': 0.5, 't_lag_1': 10.0}
     """
     at = ts.timestamp()
-    history = spec.history
+    plan = _plan_for(spec)
+    history, longest_window, sensor_names = plan.history, plan.longest_window, plan.names
     features: dict[str, float] = {}
     stats = spec.stats
+    max_points = spec.max_time_window_points
     for name, value in readings.items():
         features[name] = value
-        names = _names(name, spec)
+        names = sensor_names.get(name)
+        if names is None:
+            if len(sensor_names) >= 4096:  # bounded even if devices invent sensor names
+                sensor_names.clear()
+            names = sensor_names[name] = _names(name, spec)
         # rolling windows by count, and lags
         values = state.windows.get(name)
         if values is None or values.maxlen != history:
@@ -239,17 +332,29 @@ def featurize(
         values.append(value)
         recent = list(values)
         for n, window_names in names.count:
-            _put_stats(features, window_names, recent[-n:], stats)
+            _put_stats(features, window_names, recent if n >= len(recent) else recent[-n:], stats)
         # rolling windows by event time; an out-of-order reading sees only what came before it
         if spec.time_windows:
-            points = state.timed.setdefault(name, [])
-            bisect.insort(points, [at, value])
-            horizon = points[-1][0] - max(spec.time_windows)
-            while points and (points[0][0] <= horizon or len(points) > spec.max_time_window_points):
+            points = state.timed.get(name)
+            if points is None:
+                points = state.timed[name] = []
+            in_order = not points or at > points[-1][0]
+            if in_order:
+                points.append([at, value])
+            else:
+                bisect.insort(points, [at, value])
+            horizon = points[-1][0] - longest_window
+            while points and (points[0][0] <= horizon or len(points) > max_points):
                 points.pop(0)
             for seconds, window_names in names.timed:
                 since = at - seconds
-                _put_stats(features, window_names, [x for t, x in points if since < t <= at], stats)
+                if in_order:  # every point is at or before this one: the window is a tail
+                    window = [x for _, x in points[_first_after(points, since):]]
+                else:
+                    window = [x for t, x in points if since < t <= at]
+                # A reading as late as the longest window is evicted at once; it still belongs
+                # to its own window.
+                _put_stats(features, window_names, window or [value], stats)
         # exponentially weighted means, decaying with event time
         for half_life, key, feature in names.ewma:
             slot = state.ewma.setdefault(name, {})
@@ -279,14 +384,20 @@ def featurize(
             elif b != 0:
                 features[pair.name] = a / b
     if spec.time_of_day or spec.day_of_week:
-        # UTC: the same moment gives the same features whatever zone the device wrote it in
-        ts = ts.astimezone(UTC) if ts.tzinfo else ts
-        hour = ts.hour + ts.minute / 60 + ts.second / 3600
+        # UTC: the same moment gives the same features whatever zone the device wrote it in.
+        # From the epoch seconds when the zone is known: converting the datetime costs more.
+        if ts.tzinfo is not None:
+            days, second = divmod(int(at // 1), 86400)
+            weekday = (days + 3) % 7  # 1970-01-01 was a Thursday
+            hour = second // 3600 + second % 3600 // 60 / 60 + second % 60 / 3600
+        else:
+            weekday = ts.weekday()
+            hour = ts.hour + ts.minute / 60 + ts.second / 3600
         if spec.time_of_day:
             features["tod_sin"] = math.sin(2 * math.pi * hour / 24)
             features["tod_cos"] = math.cos(2 * math.pi * hour / 24)
         if spec.day_of_week:
-            day = ts.weekday() + hour / 24
+            day = weekday + hour / 24
             features["dow_sin"] = math.sin(2 * math.pi * day / 7)
             features["dow_cos"] = math.cos(2 * math.pi * day / 7)
     state.events += 1

@@ -11,6 +11,7 @@ The agent around it moves bytes, and checkpoints :meth:`IngestStage.take_dirty` 
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -176,8 +177,9 @@ class IngestStage:
             total.update(counts)
         return total
 
-    @property
+    @functools.cached_property
     def schema(self) -> str:
+        # Hashing the spec costs a JSON dump: once per stage, not once per event.
         return self.features.schema_hash()
 
     def take_dirty(self) -> dict[str, DeviceState]:

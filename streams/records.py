@@ -34,7 +34,9 @@ LABELS = "labels"
 Label = float | bool | str
 
 
-@dataclass(frozen=True)
+# Not frozen: a frozen dataclass's __init__ sets each field through object.__setattr__, and
+# records are made and decoded for every event of every model. Treat them as immutable all the same.
+@dataclass(slots=True)
 class FeatureRecord:
     """One event's features, for one model."""
 
@@ -56,7 +58,7 @@ class FeatureRecord:
     source: str = EVENTS
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class LabelRecord:
     """The ground truth for an event learned before it was known."""
 
@@ -132,18 +134,19 @@ def decode(raw: bytes | None) -> list[Record]:
             values = struct.unpack(f"<{len(payload) // 8}d", payload)
             shapes = [tuple(names) for names in body["shapes"]]
             schema = str(body.get("schema", ""))
+            partition, offset = int(partition), int(offset)
             out: list[Record] = []
             at = 0
             for r in body["records"]:
                 names = shapes[r["shape"]]
-                features = dict(zip(names, values[at:at + len(names)], strict=True))
-                at += len(names)
+                end = at + len(names)
+                if end > len(values):  # checked here, so the zip below needs no strict check
+                    raise ValueError("fewer feature values than names")
                 out.append(FeatureRecord(
-                    model=model, device_id=str(r["device_id"]), event_id=str(r["event_id"]),
-                    ts=float(r["ts"]), features=features, target=r.get("target"),
-                    source_partition=int(partition), source_offset=int(offset),
-                    source_index=int(r["i"]), imputed=tuple(r.get("imputed", ())),
-                    clipped=tuple(r.get("clipped", ())), schema=schema))
+                    model, str(r["device_id"]), str(r["event_id"]), float(r["ts"]),
+                    dict(zip(names, values[at:end], strict=False)), r.get("target"), partition, offset,
+                    int(r["i"]), tuple(r.get("imputed", ())), tuple(r.get("clipped", ())), schema))
+                at = end
             if at != len(values):
                 raise ValueError(f"{len(values) - at} feature values left over")
             return out

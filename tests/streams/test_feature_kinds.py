@@ -7,6 +7,8 @@ import math
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streams.features import DeviceState, FeatureSpec, SensorPair, featurize
 
@@ -92,3 +94,32 @@ def test_time_features_do_not_depend_on_the_zone_the_device_wrote() -> None:
     utc = featurize(DeviceState(), {"t": 1.0}, datetime(2026, 1, 5, 10, tzinfo=UTC), spec)
     plus2 = datetime.fromisoformat("2026-01-05T12:00:00+02:00")
     assert featurize(DeviceState(), {"t": 1.0}, plus2, spec) == utc
+
+
+@settings(max_examples=300, deadline=None)
+@given(moment=st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2200, 1, 1),
+                           timezones=st.timezones()))
+def test_time_features_from_epoch_seconds_equal_the_calendar_s(moment: datetime) -> None:
+    # featurize derives time of day and weekday from epoch seconds (cheaper than converting the
+    # datetime); the calendar in UTC, to the second, is the definition.
+    spec = FeatureSpec(windows=(), time_windows=(), ewma_half_lives=(), pairs=())
+    features = featurize(DeviceState(), {"t": 1.0}, moment, spec)
+    utc = moment.astimezone(UTC)
+    hour = utc.hour + utc.minute / 60 + utc.second / 3600
+    day = utc.weekday() + hour / 24
+    assert features["tod_sin"] == math.sin(2 * math.pi * hour / 24)
+    assert features["tod_cos"] == math.cos(2 * math.pi * hour / 24)
+    assert features["dow_sin"] == math.sin(2 * math.pi * day / 7)
+    assert features["dow_cos"] == math.cos(2 * math.pi * day / 7)
+
+
+def test_a_reading_as_late_as_the_longest_time_window_still_has_its_own_window() -> None:
+    # Allowed lateness may equal (or exceed) the longest window: such a reading is evicted from
+    # the window state at once, yet its own window is itself, never an empty one.
+    spec = FeatureSpec(windows=(), time_windows=(25.0,), ewma_half_lives=(), pairs=(), lags=(),
+                       time_of_day=False, day_of_week=False, delta=False, rate=False)
+    state = DeviceState()
+    featurize(state, {"t": 5.0}, T0 + timedelta(seconds=100), spec)
+    late = featurize(state, {"t": 1.0}, T0 + timedelta(seconds=75), spec)
+    assert late == {"t": 1.0, "t_mean_25s": 1.0, "t_std_25s": 0.0, "t_min_25s": 1.0, "t_max_25s": 1.0}
+    assert state.timed["t"] == [[(T0 + timedelta(seconds=100)).timestamp(), 5.0]]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections import deque
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -221,7 +220,8 @@ def test_recent_ids_keep_only_the_newest_thousand() -> None:
 
 def test_recent_ids_stay_bounded_when_restored_from_a_longer_list() -> None:
     restored = DeviceState.from_json({"recent_ids": [f"e{i}" for i in range(1500)]})
-    assert restored.recent_ids == deque((f"e{i}" for i in range(500, 1500)), maxlen=1000)
+    assert list(restored.recent_ids) == [f"e{i}" for i in range(500, 1500)]
+    assert "e499" not in restored.recent_ids and "e500" in restored.recent_ids
     restored.recent_ids.append("next")
     assert len(restored.recent_ids) == 1000
     assert restored.recent_ids[0] == "e501"
