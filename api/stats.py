@@ -27,7 +27,8 @@ async def ingest_totals(redis: Redis, settings: Settings) -> dict[str, Any]:
     """Counters of the current events topic, added up over partitions, with the identity checked."""
     topic_id = await redis.hget(topics_key(settings), settings.events_topic)
     per_partition = (
-        await load_stats(redis, settings.namespace, settings.events_topic, topic_id.decode())
+        await load_stats(redis, settings.namespace, settings.events_topic,
+                         topic_id.decode() if isinstance(topic_id, bytes) else topic_id)
         if topic_id else {}
     )
     return summarize(per_partition)
@@ -111,5 +112,5 @@ class _Snapshot:
 
 def prometheus_text(ingest: dict[str, Any], models: list[dict[str, Any]]) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Snapshot(ingest, models))  # type: ignore[arg-type]
+    registry.register(_Snapshot(ingest, models))
     return generate_latest(registry)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
 from driftline.errors import ServiceUnavailable
 
@@ -86,7 +87,7 @@ class EmbeddedProcess:
     def start(self, timeout: float = 20.0) -> EmbeddedProcess:
         if port_open(self.host, self.port):
             raise ServiceUnavailable(self.name, self.address, "the port is already taken")
-        log = subprocess.DEVNULL
+        log: int | IO[bytes] = subprocess.DEVNULL
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             log = open(self.log_dir / f"{self.name}.log", "ab")  # noqa: SIM115 - child owns it

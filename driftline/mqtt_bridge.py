@@ -95,6 +95,7 @@ def run_bridge(
     ``ready`` is set once the broker has acknowledged the subscriptions.
     """
     import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
 
     from driftline.kafka import SensorProducer
 
@@ -122,7 +123,7 @@ def run_bridge(
             producer.send_raw(key, value)
             stats.forwarded += 1
 
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"driftline-bridge-{port}",
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"driftline-bridge-{port}",
                          clean_session=True)
     if user:
         client.username_pw_set(user, password)

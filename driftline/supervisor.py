@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import redis
 
@@ -153,7 +154,7 @@ class ChildExited(Exception):
         super().__init__(f"{child.name} exited with code {child.process.returncode}")
 
 
-def _env_overrides(env: dict[str, str]) -> dict[str, str]:
+def _env_overrides(env: dict[str, str]) -> dict[str, Any]:
     return {k.removeprefix("DRIFTLINE_").lower(): v for k, v in env.items()
             if k.startswith("DRIFTLINE_")}
 

@@ -135,17 +135,18 @@ class OnlineLearner:
             self._forecast(record, x)
             return
         prediction = self._predict(x)
+        to_learn: dict[str, float] | None = x
         if task == "anomaly":
             # Unsupervised: learn every event now; a label, if any, only scores the detector.
             self.evaluation.observe_score(prediction.value)
             self.model.learn_one(x)
             self.events_learned += 1
-            x = None  # nothing to keep for later learning
+            to_learn = None
         label = record.target if record.target is not None else self._orphan(record.event_id)
         if label is not None:
-            self._score_and_learn(x, label, prediction)
+            self._score_and_learn(to_learn, label, prediction)
         else:
-            self.pending[record.event_id] = Pending(record.ts, x, prediction)
+            self.pending[record.event_id] = Pending(record.ts, to_learn, prediction)
 
     def _forecast(self, record: FeatureRecord, x: dict[str, float]) -> None:
         previous = self.last_by_device.pop(record.device_id, None)

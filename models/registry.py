@@ -171,8 +171,8 @@ class ModelRegistry:
         if not old:
             return
         kept = {str(v) for v in (await self.aliases(name)).values()}
-        kept |= {v.decode() for v in await self.redis.lrange(self._model_key(name, "champions"), 0, -1)}
-        doomed = [v.decode() for v in old if v.decode() not in kept]
+        kept |= {_text(v) for v in await self.redis.lrange(self._model_key(name, "champions"), 0, -1)}
+        doomed = [_text(v) for v in old if _text(v) not in kept]
         if doomed:
             async with self.redis.pipeline(transaction=True) as tx:
                 tx.zrem(versions_key, *doomed)
@@ -182,12 +182,12 @@ class ModelRegistry:
 
     # --- reading ------------------------------------------------------------------------------
     async def model_names(self) -> list[str]:
-        return sorted(n.decode() for n in await self.redis.smembers(self._key("models")))
+        return sorted(_text(n) for n in await self.redis.smembers(self._key("models")))
 
     async def aliases(self, name: str) -> dict[str, int]:
         """The aliases set for ``name`` (``champion`` absent: it follows ``latest``)."""
         raw = await self.redis.hgetall(self._model_key(name, "aliases"))
-        return {k.decode(): int(v) for k, v in raw.items()}
+        return {_text(k): int(v) for k, v in raw.items()}
 
     async def alias_version(self, name: str, alias: str = LATEST) -> int | None:
         """The version an alias points at; the champion defaults to the latest."""
@@ -197,7 +197,7 @@ class ModelRegistry:
         return aliases.get(alias)
 
     async def _stored_versions(self, name: str) -> list[int]:
-        return [int(v) for v in await self.redis.zrange(self._model_key(name, "versions"), 0, -1)]
+        return [int(_text(v)) for v in await self.redis.zrange(self._model_key(name, "versions"), 0, -1)]
 
     async def _require_version(self, name: str, version: int) -> None:
         if await self.redis.zscore(self._model_key(name, "versions"), str(version)) is None:
@@ -212,7 +212,7 @@ class ModelRegistry:
             if version is None:
                 raise ModelNotReady(name)
         blob = await self.redis.get(self._model_key(name, "blob", str(version)))
-        if blob is None:
+        if not isinstance(blob, bytes):
             raise SnapshotError(f"model {name!r} version {version} is not in the registry")
         learner, meta = open_snapshot(blob, self.secret)
         if not isinstance(learner, OnlineLearner) or meta.get("version") != version:
@@ -234,8 +234,13 @@ class ModelRegistry:
         """The newest audit entries (of one model, or all), newest first."""
         entries = await self.redis.xrevrange(self.audit_key, count=count if name is None else 10 * count)
         out = []
-        for entry_id, fields in entries:
-            entry = {k.decode(): v.decode() for k, v in fields.items()}
+        for entry_id, fields in entries or []:
+            entry = {_text(k): _text(v) for k, v in (fields or {}).items()}
             if name is None or entry.get("model") == name:
-                out.append({"id": entry_id.decode(), **entry})
+                out.append({"id": _text(entry_id), **entry})
         return out[:count]
+
+
+def _text(value: bytes | str | Any) -> str:
+    """A Redis reply as text (the client returns bytes: snapshots are binary)."""
+    return value.decode() if isinstance(value, bytes) else str(value)

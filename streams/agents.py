@@ -147,7 +147,7 @@ class Runtime:
 runtime = Runtime()
 
 
-@app.on_partitions_assigned.connect
+@app.on_partitions_assigned.connect  # type: ignore[arg-type]  # faust's stub wants signal= named
 async def restore_state(sender: Any, assigned: Any, **kwargs: Any) -> None:
     """Load each stage's checkpoint for the partitions this worker now owns.
 
@@ -157,7 +157,8 @@ async def restore_state(sender: Any, assigned: Any, **kwargs: Any) -> None:
     async with runtime.ingest_lock, runtime.learn_lock:
         # Tell readers (the API's /stats) which topic incarnation the checkpoints refer to.
         if runtime.topic_ids:
-            await runtime.redis.hset(settings.redis_key("topics"), mapping=runtime.topic_ids)
+            topic_ids: dict[Any, str] = dict(runtime.topic_ids)  # redis-py's key type is a wide union
+            await runtime.redis.hset(settings.redis_key("topics"), mapping=topic_ids)
         events = sorted(tp.partition for tp in assigned if tp.topic == settings.events_topic)
         await runtime.restore_ingest(events)
         if any(tp.topic == settings.features_topic for tp in assigned):
@@ -181,7 +182,7 @@ async def clean_and_featurize(stream: Any) -> None:
             )
 
 
-async def _route(event: EventT) -> None:
+async def _route(event: EventT[bytes]) -> None:
     message = event.message
     timestamp_ms = int(message.timestamp * 1000) if message.timestamp else None
     per_model: dict[str, list[FeatureRecord]] = {}

@@ -80,9 +80,11 @@ class IngestStage:
     #: Source partition -> its counters (checkpointed with the offsets, so they survive a crash).
     stats: dict[int, Counter[str]] = field(default_factory=dict)
     dirty: set[str] = field(default_factory=set)
+    #: :attr:`models` as specs.
+    specs: tuple[ModelSpec, ...] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.models = tuple(ModelSpec(name=m) if isinstance(m, str) else m for m in self.models)
+        self.specs = tuple(ModelSpec(name=m) if isinstance(m, str) else m for m in self.models)
 
     def handle(
         self, raw: bytes | None, partition: int, offset: int, timestamp_ms: int | None = None
@@ -144,7 +146,7 @@ class IngestStage:
             FeatureRecord(spec.name, event.device_id, event.event_id, ts, spec.select(features),
                           self._target(event, cleaned.readings, spec), partition, offset, index,
                           cleaned.imputed, cleaned.clipped, self.schema)
-            for spec in self.models  # type: ignore[union-attr] # specs since __post_init__
+            for spec in self.specs
         ]
 
     def _target(self, event: SensorEvent, cleaned: dict[str, float], spec: ModelSpec) -> Any:

@@ -114,7 +114,9 @@ def encode(model: str, records: list[FeatureRecord] | list[LabelRecord]) -> byte
                           "clipped": list(record.clipped)})
         header |= {"schema": first.schema, "shapes": [list(n) for n in shapes], "records": items}
     else:
-        header["labels"] = [r.item() for r in records]
+        header["labels"] = [r.item() for r in records if isinstance(r, LabelRecord)]
+        if len(header["labels"]) != len(records):
+            raise TypeError("one features message holds records of one kind")
     head = json.dumps(header, separators=(",", ":")).encode()
     return MAGIC + _HEADER_LEN.pack(len(head)) + head + struct.pack(f"<{len(values)}d", *values)
 
