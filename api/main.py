@@ -19,6 +19,7 @@ from driftline.errors import (
     DriftlineError,
     FeatureSchemaMismatch,
     ModelNotReady,
+    RegistryError,
     ServiceUnavailable,
     SnapshotError,
 )
@@ -83,6 +84,8 @@ async def _driftline_error(request: Request, exc: Exception) -> JSONResponse:
     code = status.HTTP_400_BAD_REQUEST
     if isinstance(exc, FeatureSchemaMismatch):
         code = status.HTTP_409_CONFLICT
+    if isinstance(exc, RegistryError):
+        code = status.HTTP_404_NOT_FOUND
     if isinstance(exc, ModelNotReady | SnapshotError | ServiceUnavailable):
         code = status.HTTP_503_SERVICE_UNAVAILABLE
     return JSONResponse({"detail": str(exc)}, status_code=code)

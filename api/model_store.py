@@ -11,12 +11,13 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 from redis.exceptions import RedisError
 
-from driftline.errors import ModelNotReady, SnapshotError
+from driftline.errors import ModelNotReady, RegistryError, SnapshotError
 from models.learner import OnlineLearner
 from models.registry import CHAMPION, ModelRegistry
 
@@ -40,6 +41,10 @@ class Refusals:
     last_version: int | None = None
 
 
+#: Versions other than the champions kept loaded (a challenger being compared, say).
+OTHER_VERSIONS_KEPT = 8
+
+
 @dataclass
 class ModelStore:
     """Per model name, the snapshot being served."""
@@ -47,12 +52,43 @@ class ModelStore:
     registry: ModelRegistry
     served: dict[str, ServedModel] = field(default_factory=dict)
     refusals: dict[str, Refusals] = field(default_factory=dict)
+    #: (name, version) -> a verified snapshot asked for by alias or version, newest use last.
+    others: OrderedDict[tuple[str, int], ServedModel] = field(default_factory=OrderedDict)
 
     def get(self, name: str) -> ServedModel:
         served = self.served.get(name)
         if served is None:
             raise ModelNotReady(name)
         return served
+
+    async def pick(self, name: str, alias: str | None = None, version: int | None = None) -> ServedModel:
+        """The champion being served, or the version an alias points at, or a stored version.
+
+        Versions never change once published, so one loaded (and verified) stays valid: a few
+        are kept. Raises :class:`RegistryError` for an alias not set or a version not stored.
+        """
+        if version is None and alias in (None, CHAMPION):
+            return self.get(name)
+        if version is None:
+            version = await self.registry.alias_version(name, str(alias))
+            if version is None:
+                if name not in await self.registry.model_names():
+                    raise ModelNotReady(name)
+                raise RegistryError(f"model {name!r} has no {alias} (set one with "
+                                    f"`driftline models promote {name} VERSION --to {alias}`)")
+        champion = self.served.get(name)
+        if champion is not None and champion.version == version:
+            return champion
+        key = (name, version)
+        if key in self.others:
+            self.others.move_to_end(key)
+            return self.others[key]
+        await self.registry.version_meta(name, version)  # RegistryError if not stored
+        learner, meta = await self.registry.load(name, version)
+        self.others[key] = ServedModel(learner, meta)
+        while len(self.others) > OTHER_VERSIONS_KEPT:
+            self.others.popitem(last=False)
+        return self.others[key]
 
     async def refresh(self, name: str) -> bool:
         """Serve the model's champion if it is not served yet; ``True`` if swapped.

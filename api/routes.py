@@ -34,14 +34,18 @@ class Prediction(BaseModel):
     device_id: str
     features: dict[str, float]
     events_learned: int
+    #: the alias asked for, if any (the version says which one answered)
+    alias: str | None = None
 
 
-@router.post("/predict", response_model=Prediction, responses={503: {"description": "no model yet"}})
+@router.post("/predict", response_model=Prediction, responses={
+    503: {"description": "no model yet"},
+    404: {"description": "the alias asked for is not set, or the version is not stored"}})
 async def predict(reading: Reading, settings: SettingsDep, redis: RedisDep,
                   store: ModelStoreDep) -> Prediction:
     """Predict from one raw reading, featurized with the device's live state (as the stream does)."""
     name = reading.model or settings.default_model
-    served = store.get(name)
+    served = await store.pick(name, reading.alias, reading.version)
     check_feature_schema(served.meta, settings)
     states = await load_device_states(redis, settings.namespace, [reading.device_id])
     # A copy of the stream's state: serving reads it and never writes it back. Cleaning and
@@ -66,6 +70,7 @@ async def predict(reading: Reading, settings: SettingsDep, redis: RedisDep,
         device_id=reading.device_id,
         features=features,
         events_learned=int(served.meta.get("events_learned", 0)),
+        alias=reading.alias,
     )
 
 

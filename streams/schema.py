@@ -16,7 +16,15 @@ import math
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 SCHEMA_VERSION: Final = 1
@@ -118,3 +126,13 @@ class Reading(BaseModel):
     model: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] | None = Field(
         None, description="model name; default: the configured model"
     )
+    alias: Literal["champion", "challenger", "latest"] | None = Field(
+        None, description="which of the model's versions answers; default: the champion"
+    )
+    version: int | None = Field(None, ge=1, description="a stored version, instead of an alias")
+
+    @model_validator(mode="after")
+    def _one_way_to_pick_a_version(self) -> Reading:
+        if self.alias is not None and self.version is not None:
+            raise ValueError("give alias or version, not both")
+        return self

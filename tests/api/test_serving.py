@@ -226,3 +226,30 @@ def test_a_reading_out_of_range_is_refused_like_the_stream_does(make_settings: A
     assert response.json()["detail"].startswith("out_of_range: vibration=99")
     assert clipped.status_code == 200 and clipped.json()["features"]["temperature"] == 125.0
     assert unknown.status_code == 404
+
+
+def test_predict_answers_from_the_challenger_or_a_stored_version_when_asked(make_settings: Any) -> None:
+    settings = make_settings()
+    for n in (30, 60, 90):
+        publish(settings, trained_learner("default", n))
+    with TestClient(create_app(settings)) as client:
+        no_challenger = client.post("/predict", json={**READING, "alias": "challenger"})
+        run(settings, lambda registry, redis: registry.promote("default", 1, alias="challenger",
+                                                                by="test", reason="compare"))
+        champion = client.post("/predict", json=READING).json()
+        challenger = client.post("/predict", json={**READING, "alias": "challenger"}).json()
+        second = client.post("/predict", json={**READING, "version": 2}).json()
+        latest = client.post("/predict", json={**READING, "alias": "latest"}).json()
+        missing = client.post("/predict", json={**READING, "version": 99})
+        both = client.post("/predict", json={**READING, "alias": "latest", "version": 2})
+    assert no_challenger.status_code == 404
+    assert "has no challenger" in no_challenger.json()["detail"]
+    assert (champion["version"], champion["events_learned"], champion["alias"]) == (3, 90, None)
+    assert (challenger["version"], challenger["events_learned"], challenger["alias"]) == (1, 30, "challenger")
+    assert (second["version"], second["events_learned"]) == (2, 60)
+    assert latest["version"] == 3
+    # each answer is that version's own model on the same features
+    for body, n in ((challenger, 30), (second, 60), (champion, 90)):
+        assert body["prediction"] == trained_learner("default", n).predict(body["features"]).value
+    assert missing.status_code == 404 and "no version 99" in missing.json()["detail"]
+    assert both.status_code == 422
