@@ -171,8 +171,14 @@ async def clean_and_featurize(stream: Any) -> None:
     """Validate, dedupe and featurize readings; feature records out, rejects to the DLQ."""
     async for batch in stream.take_events(settings.batch_size, within=settings.batch_within):
         async with runtime.ingest_lock:
+            # One features message per model and source partition for the whole batch.
+            out: dict[tuple[str, int], list[FeatureRecord]] = {}
             for event in batch:
-                await _route(event)
+                for record in await _route(event):
+                    out.setdefault((record.model, record.source_partition), []).append(record)
+            for (model, _), feature_records in out.items():
+                for piece in records.chunks(feature_records):
+                    await send_features(model, records.encode(model, piece))
             # Output first, then the checkpoint: a crash in between re-emits, never loses.
             await app.producer.flush()
             await save_checkpoint(
@@ -182,26 +188,26 @@ async def clean_and_featurize(stream: Any) -> None:
             )
 
 
-async def _route(event: EventT[bytes]) -> None:
+async def _route(event: EventT[bytes]) -> list[FeatureRecord]:
+    """One events message through the ingest stage: its rejects to the DLQ, its records back."""
     message = event.message
     timestamp_ms = int(message.timestamp * 1000) if message.timestamp else None
-    per_model: dict[str, list[FeatureRecord]] = {}
+    out: list[FeatureRecord] = []
     for outcome in runtime.ingest.handle(message.value, message.partition, message.offset,
                                          timestamp_ms):
         if isinstance(outcome, FeatureRecord):
-            per_model.setdefault(outcome.model, []).append(outcome)
+            out.append(outcome)
         elif isinstance(outcome, Rejection):
             await dlq_topic.send(key=message.key, **dead_letter(message, outcome))
             log.info("rejected %s:%s:%s: %s", message.topic, message.partition, message.offset,
                      outcome.message)
-    for model, batch in per_model.items():
-        await send_features(model, records.encode(model, batch))
+    return out
 
 
 async def send_features(model: str, value: bytes) -> None:
     # The transport producer, not topic.send: Faust's channel machinery costs more per message
-    # than all our cleaning; bytes in, bytes out needs none of it. One message per model per
-    # source message, keyed by model: a model's input stays in one partition, in order.
+    # than all our cleaning; bytes in, bytes out needs none of it. Keyed by model: a model's
+    # input stays in one partition, in order.
     await app.producer.send(settings.features_topic, model.encode(), value, None, None, None)
 
 

@@ -1,28 +1,31 @@
 """What travels on ``sensor-features``: feature records and labels, batched per source message.
 
-One message on ``sensor-features`` carries, for one model, everything one source message produced:
-the feature records of a (batched) events message, or the labels of a labels message. Its key is
-the model's name, so all of a model's input sits in one partition, in order::
+One message on ``sensor-features`` carries, for one model, what a batch of source messages from
+one source partition produced: feature records of events messages (one event each or batched),
+or labels. Its key is the model's name, so all of a model's input sits in one partition, in
+order. One message per batch, not per source message: with one event per source message the
+per-message costs (send, fetch, Faust's dispatch) would otherwise be paid for every event::
 
-    b"DLF1" | header length (4 bytes, little endian) | header JSON | feature values (doubles)
+    b"DLF2" | header length (4 bytes, little endian) | header JSON | feature values (doubles)
 
-    {"model": "default", "src": ["events", 3, 1207], "schema": "9f2c...",
+    {"model": "default", "src": ["events", 3], "schema": "9f2c...",
      "shapes": [["temperature", "temperature_mean_10", ...]],
-     "records": [{"i": 0, "device_id": "d1", "event_id": "e1", "ts": 1.7e9, "target": 3.2,
-                  "shape": 0, "imputed": [], "clipped": []}, ...]}
-    {"model": "default", "src": ["labels", 0, 88], "labels": [{"i": 0, "event_id": "e1", "label": 3.4}]}
+     "records": [{"o": 1207, "i": 0, "device_id": "d1", "event_id": "e1", "ts": 1.7e9,
+                  "target": 3.2, "shape": 0, "imputed": [], "clipped": []}, ...]}
+    {"model": "default", "src": ["labels", 0], "labels": [{"o": 88, "i": 0, "event_id": "e1", "label": 3.4}]}
 
 A record's features are its shape's names zipped with its slice of the values.
 
-``src`` (source topic, partition, offset) and ``i`` (position in the source message) identify
-each item for good: the learner drops any item at or before the last position it learned from,
-which is how events re-emitted after an ingest crash are learned once.
+``src`` (source topic and partition), ``o`` (source offset) and ``i`` (position in the source
+message) identify each item for good: the learner drops any item at or before the last position
+it learned from, which is how events re-emitted after an ingest crash are learned once.
 """
 
 from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,19 +75,21 @@ class LabelRecord:
     source: str = LABELS
 
     def item(self) -> dict[str, Any]:
-        return {"i": self.source_index, "event_id": self.event_id, "label": self.label}
+        return {"o": self.source_offset, "i": self.source_index, "event_id": self.event_id,
+                "label": self.label}
 
 
 Record = FeatureRecord | LabelRecord
 
 
 #: Magic of a features message: a JSON header, then every feature value as a little-endian double.
-MAGIC = b"DLF1"
+MAGIC = b"DLF2"
 _HEADER_LEN = struct.Struct("<I")
 
 
 def encode(model: str, records: list[FeatureRecord] | list[LabelRecord]) -> bytes:
-    """One ``sensor-features`` message for ``records`` (all from one source message).
+    """One ``sensor-features`` message for ``records``: of one kind, from one source partition,
+    in their source order.
 
     Feature values travel as raw doubles, not JSON text: exact, and formatting floats as text
     was the single largest cost of the hop. Feature names are listed once per distinct set.
@@ -97,7 +102,7 @@ def encode(model: str, records: list[FeatureRecord] | list[LabelRecord]) -> byte
     """
     first = records[0]
     header: dict[str, Any] = {"model": model,
-                              "src": [first.source, first.source_partition, first.source_offset]}
+                              "src": [first.source, first.source_partition]}
     values: list[float] = []
     if isinstance(first, FeatureRecord):
         shapes: dict[tuple[str, ...], int] = {}
@@ -105,10 +110,12 @@ def encode(model: str, records: list[FeatureRecord] | list[LabelRecord]) -> byte
         for record in records:
             if not isinstance(record, FeatureRecord):
                 raise TypeError("one features message holds records of one kind")
+            if record.source_partition != first.source_partition:
+                raise ValueError("one features message holds records of one source partition")
             names = tuple(record.features)
             shape = shapes.setdefault(names, len(shapes))
             values.extend(record.features.values())
-            items.append({"i": record.source_index, "device_id": record.device_id,
+            items.append({"o": record.source_offset, "i": record.source_index, "device_id": record.device_id,
                           "event_id": record.event_id, "ts": record.ts, "target": record.target,
                           "shape": shape, "imputed": list(record.imputed),
                           "clipped": list(record.clipped)})
@@ -117,8 +124,38 @@ def encode(model: str, records: list[FeatureRecord] | list[LabelRecord]) -> byte
         header["labels"] = [r.item() for r in records if isinstance(r, LabelRecord)]
         if len(header["labels"]) != len(records):
             raise TypeError("one features message holds records of one kind")
+        if any(r.source_partition != first.source_partition for r in records):
+            raise ValueError("one features message holds records of one source partition")
     head = json.dumps(header, separators=(",", ":")).encode()
     return MAGIC + _HEADER_LEN.pack(len(head)) + head + struct.pack(f"<{len(values)}d", *values)
+
+
+#: Bounds on one features message: Kafka refuses messages over 1 MiB by default, and a batch of
+#: batched events messages can hold many thousand records.
+MAX_RECORDS_PER_MESSAGE = 1000
+MAX_VALUES_PER_MESSAGE = 40_000  # 320 KiB of doubles, plus the header
+
+
+def chunks(records: list[FeatureRecord]) -> Iterator[list[FeatureRecord]]:
+    """``records`` cut, in order, into pieces that each make a features message of bounded size.
+
+    Examples
+    --------
+    >>> recs = [FeatureRecord("m", "d", f"e{i}", 0.0, {"x": 1.0}, None, 0, i) for i in range(2500)]
+    >>> [len(c) for c in chunks(recs)]
+    [1000, 1000, 500]
+    """
+    piece: list[FeatureRecord] = []
+    values = 0
+    for record in records:
+        if piece and (len(piece) == MAX_RECORDS_PER_MESSAGE
+                      or values + len(record.features) > MAX_VALUES_PER_MESSAGE):
+            yield piece
+            piece, values = [], 0
+        piece.append(record)
+        values += len(record.features)
+    if piece:
+        yield piece
 
 
 def decode(raw: bytes | None) -> list[Record]:
@@ -130,13 +167,13 @@ def decode(raw: bytes | None) -> list[Record]:
         start = len(MAGIC) + _HEADER_LEN.size
         body = json.loads(raw[start:start + head_len])
         model = str(body["model"])
-        source, partition, offset = body["src"]
+        source, partition = body["src"]
         if source == EVENTS:
             payload = raw[start + head_len:]
             values = struct.unpack(f"<{len(payload) // 8}d", payload)
             shapes = [tuple(names) for names in body["shapes"]]
             schema = str(body.get("schema", ""))
-            partition, offset = int(partition), int(offset)
+            partition = int(partition)
             out: list[Record] = []
             at = 0
             for r in body["records"]:
@@ -146,14 +183,14 @@ def decode(raw: bytes | None) -> list[Record]:
                     raise ValueError("fewer feature values than names")
                 out.append(FeatureRecord(
                     model, str(r["device_id"]), str(r["event_id"]), float(r["ts"]),
-                    dict(zip(names, values[at:end], strict=False)), r.get("target"), partition, offset,
+                    dict(zip(names, values[at:end], strict=False)), r.get("target"), partition, int(r["o"]),
                     int(r["i"]), tuple(r.get("imputed", ())), tuple(r.get("clipped", ())), schema))
                 at = end
             if at != len(values):
                 raise ValueError(f"{len(values) - at} feature values left over")
             return out
         if source == LABELS:
-            return [LabelRecord(model, str(r["event_id"]), r["label"], int(partition), int(offset),
+            return [LabelRecord(model, str(r["event_id"]), r["label"], int(partition), int(r["o"]),
                                 int(r["i"])) for r in body["labels"]]
     except (KeyError, TypeError, ValueError, IndexError, struct.error) as exc:
         raise ValueError(f"not a features message: {exc!r}") from exc

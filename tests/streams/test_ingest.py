@@ -12,7 +12,15 @@ from hypothesis import strategies as st
 from streams.cleaning import Rejection
 from streams.features import FeatureSpec
 from streams.ingest import COUNTERS, Duplicate, IngestStage, Outcome
-from streams.records import FeatureRecord, LabelRecord, decode, encode
+from streams.records import (
+    MAX_RECORDS_PER_MESSAGE,
+    MAX_VALUES_PER_MESSAGE,
+    FeatureRecord,
+    LabelRecord,
+    chunks,
+    decode,
+    encode,
+)
 
 NOW_MS = 1_800_000_000_000  # the broker timestamp every message arrives with
 NOW = NOW_MS // 1000
@@ -270,6 +278,33 @@ def test_records_of_different_shapes_share_one_message_exactly() -> None:
     batch = [FeatureRecord("m", "d", f"e{i}", 0.0, x, 1.0, 0, 5, source_index=i)
              for i, x in enumerate([{"a": 0.1}, {"a": 1 / 3, "b": -2.5e-300}, {"a": 7.0}, {}])]
     assert decode(encode("m", batch)) == batch
+
+
+def test_records_of_many_source_messages_of_one_partition_share_one_message() -> None:
+    # One features message per batch of source messages: each record keeps its own offset.
+    batch = [FeatureRecord("m", "d", f"e{i}", float(i), {"a": float(i)}, 1.0, 4, 100 + i // 2,
+                           source_index=i % 2) for i in range(6)]
+    labels = [LabelRecord("m", f"e{i}", 1.0, source_partition=2, source_offset=7 + i) for i in range(3)]
+    assert decode(encode("m", batch)) == batch
+    assert decode(encode("m", labels)) == labels
+
+
+def test_a_features_message_never_mixes_source_partitions() -> None:
+    mixed = [FeatureRecord("m", "d", "e1", 0.0, {}, None, 0, 1),
+             FeatureRecord("m", "d", "e2", 0.0, {}, None, 1, 1)]
+    with pytest.raises(ValueError, match="one source partition"):
+        encode("m", mixed)
+
+
+def test_chunks_bound_records_and_values_per_message_and_keep_the_order() -> None:
+    wide = {f"f{k}": float(k) for k in range(MAX_VALUES_PER_MESSAGE // 3 + 1)}
+    batch = [FeatureRecord("m", "d", f"e{i}", 0.0, wide if i < 4 else {"x": 1.0}, None, 0, i)
+             for i in range(4 + MAX_RECORDS_PER_MESSAGE + 1)]
+    pieces = list(chunks(batch))
+    assert [len(p) for p in pieces] == [2, MAX_RECORDS_PER_MESSAGE, 3]  # 2 wide; 2 wide + 998; 3
+    assert [r for p in pieces for r in p] == batch
+    assert all(sum(len(r.features) for r in p) <= MAX_VALUES_PER_MESSAGE for p in pieces)
+    assert list(chunks([])) == []
 
 
 def test_records_from_the_stage_round_trip_through_one_message_per_model() -> None:
