@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import pickle
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -36,7 +37,7 @@ from redis.asyncio import Redis
 
 from driftline.errors import ModelNotReady, RegistryError, SnapshotError
 from models.learner import OnlineLearner
-from models.snapshot import open_snapshot, seal_snapshot
+from models.snapshot import open_snapshot, seal_pickled
 
 LATEST = "latest"
 CHAMPION = "champion"
@@ -97,7 +98,9 @@ class ModelRegistry:
             "river_version": river.__version__,  # type: ignore[attr-defined]
             "created_at": datetime.now(UTC).isoformat(),
         }
-        blob = seal_snapshot(learner, meta, self.secret)
+        payload = pickle.dumps(learner, protocol=5)
+        meta["model_bytes"] = len(payload)  # inside the signed metadata, unlike the blob's size
+        blob = seal_pickled(payload, meta, self.secret)
         listing = {**meta, "size_bytes": len(blob)}
         async with self.redis.pipeline(transaction=True) as tx:
             tx.set(self._model_key(name, "blob", str(version)), blob)

@@ -38,8 +38,13 @@ def seal_snapshot(obj: Any, meta: dict[str, Any], secret: bytes) -> bytes:
     ...
     driftline.errors.SnapshotSignatureError: snapshot signature does not match: refused
     """
+    return seal_pickled(pickle.dumps(obj, protocol=5), meta, secret)
+
+
+def seal_pickled(payload: bytes, meta: dict[str, Any], secret: bytes) -> bytes:
+    """:func:`seal_snapshot` for an object already pickled (so ``meta`` can tell its size)."""
     meta_bytes = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
-    body = _LEN.pack(len(meta_bytes)) + meta_bytes + pickle.dumps(obj, protocol=5)
+    body = _LEN.pack(len(meta_bytes)) + meta_bytes + payload
     return MAGIC + hmac.new(secret, body, hashlib.sha256).digest() + body
 
 

@@ -4,6 +4,7 @@ log, retention; and the API and the CLI reading the same registry."""
 from __future__ import annotations
 
 import asyncio
+import pickle
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -63,6 +64,11 @@ def test_a_snapshot_carries_what_an_operator_needs_to_know(make_settings: Any) -
     assert meta["size_bytes"] > 1000 and meta["learn_us_per_event"] > 0 and meta["created_at"]
     learner, signed_meta = on_registry(settings, lambda r: r.load("default"))
     assert learner.events_learned == 10 and signed_meta["version"] == 1
+    # the model's size is signed with it; the whole blob is a little larger
+    blob = on_registry(settings, lambda r: r.redis.get(r._model_key("default", "blob", "1")))
+    size = signed_meta["model_bytes"]
+    assert size == meta["model_bytes"] and len(blob) == meta["size_bytes"] > size
+    assert pickle.loads(blob[-size:]).events_learned == 10  # exactly the pickle's bytes
 
 
 def test_promote_pins_the_champion_and_rollback_walks_back(make_settings: Any) -> None:
