@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import secrets
 from datetime import UTC, datetime
+from functools import cache
+from importlib.resources import files
 from typing import Any
 
-from fastapi import APIRouter, Body, Header, HTTPException, Request, Response, status
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Body, Header, HTTPException, Query, Request, Response, status
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from pydantic import BaseModel
 
 from api.deps import ModelStoreDep, RedisDep, RegistryDep, SettingsDep
@@ -111,6 +113,31 @@ async def show_model(name: str, store: ModelStoreDep, registry: RegistryDep) -> 
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no model named {name!r}")
     return {**await _describe(name, store, registry), "versions": await registry.versions(name),
             "audit": await registry.audit(name, count=50)}
+
+
+@router.get("/models/{name}/history")
+async def model_history(name: str, registry: RegistryDep,
+                        points: int = Query(500, ge=1, le=5000)) -> dict[str, Any]:
+    """The model's headline metric, cumulative and rolling, at each of its last publishes."""
+    if name not in await registry.model_names():
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no model named {name!r}")
+    return {"model": name, "points": await registry.history(name, points)}
+
+
+@cache
+def _dashboard_page() -> str:
+    return files("api").joinpath("static", "dashboard.html").read_text(encoding="utf-8")
+
+
+@router.get("/dashboard", response_class=HTMLResponse)
+async def dashboard() -> HTMLResponse:
+    """A live page: every model's metrics over its snapshots, what is served, labels waiting."""
+    return HTMLResponse(_dashboard_page())
+
+
+@router.get("/", include_in_schema=False)
+async def home() -> RedirectResponse:
+    return RedirectResponse("dashboard")
 
 
 @router.get("/health")

@@ -128,6 +128,7 @@ def run_up(settings: Settings, data_dir: Path = Path(".driftline"), simulate: bo
             stack.children.append(spawn("simulator", ["simulate"], env, logs))
         base = f"http://{settings.api_host}:{api_port}"
         _say(f"API:        {base}   (docs: {base}/docs, health: {base}/health)")
+        _say(f"dashboard:  {base}/dashboard   (every model's metrics over time, live)")
         _say(f"predict:    curl -s -XPOST {base}/predict -H 'content-type: application/json' "
              """-d '{"device_id": "sensor-001", "readings": {"temperature": 21.5, "humidity": 40, """
              """"vibration": 0.3, "voltage": 230}}'""")

@@ -29,6 +29,7 @@ import getpass
 import json
 import pickle
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -45,6 +46,8 @@ CHALLENGER = "challenger"
 ALIASES = (LATEST, CHAMPION, CHALLENGER)
 #: Champions remembered for rollback.
 CHAMPION_HISTORY = 20
+#: Audit entries read per Redis call when walking the log back.
+AUDIT_PAGE = 500
 
 
 def _who() -> str:
@@ -235,13 +238,41 @@ class ModelRegistry:
 
     async def audit(self, name: str | None = None, count: int = 100) -> list[dict[str, Any]]:
         """The newest audit entries (of one model, or all), newest first."""
-        entries = await self.redis.xrevrange(self.audit_key, count=count if name is None else 10 * count)
-        out = []
-        for entry_id, fields in entries or []:
-            entry = {_text(k): _text(v) for k, v in (fields or {}).items()}
-            if name is None or entry.get("model") == name:
-                out.append({"id": _text(entry_id), **entry})
-        return out[:count]
+        out: list[dict[str, Any]] = []
+        async for entry in self._audit_entries(name):
+            out.append(entry)
+            if len(out) == count:
+                break
+        return out
+
+    async def history(self, name: str, points: int = 500) -> list[dict[str, Any]]:
+        """The model's headline metric at each of its last ``points`` publishes, oldest first:
+        the audit log keeps it for every version, retention or not (up to its 10,000 entries)."""
+        out: list[dict[str, Any]] = []
+        async for entry in self._audit_entries(name):
+            if entry.get("action") != "publish":
+                continue
+            metric = json.loads(entry.get("metric") or "{}")
+            out.append({"version": int(entry["version"]), "at": entry["at"],
+                        "events_learned": int(entry.get("events_learned") or 0),
+                        "metric": metric.get("name"), "value": metric.get("value"),
+                        "rolling": metric.get("rolling")})
+            if len(out) == points:
+                break
+        return out[::-1]
+
+    async def _audit_entries(self, name: str | None) -> AsyncIterator[dict[str, Any]]:
+        """Audit entries (of one model, or all), newest first, read a page at a time."""
+        newest = "+"
+        while True:
+            page = await self.redis.xrevrange(self.audit_key, max=newest, count=AUDIT_PAGE)
+            for entry_id, fields in page or []:
+                entry = {_text(k): _text(v) for k, v in (fields or {}).items()}
+                if name is None or entry.get("model") == name:
+                    yield {"id": _text(entry_id), **entry}
+            if not page or len(page) < AUDIT_PAGE:
+                return
+            newest = f"({_text(page[-1][0])}"  # exclusive: continue below the last one read
 
 
 def _text(value: bytes | str | Any) -> str:

@@ -117,6 +117,40 @@ def test_retention_keeps_the_newest_and_every_aliased_or_rollback_version(make_s
         on_registry(settings, lambda r: r.promote("default", 4))
 
 
+def test_history_keeps_every_publish_even_past_retention(make_settings: Any, monkeypatch: Any) -> None:
+    monkeypatch.setattr("models.registry.AUDIT_PAGE", 2)  # so the log is walked back over pages
+    settings = make_settings(keep_versions=2)
+    publish_versions(settings, 4)
+    on_registry(settings, lambda r: r.promote("default", 4))  # not a point: only publishes are
+    history = on_registry(settings, lambda r: r.history("default"))
+    assert [p["version"] for p in history] == [1, 2, 3, 4]
+    assert [p["events_learned"] for p in history] == [10, 20, 30, 40]
+    for point, n in zip(history, (10, 20, 30, 40), strict=True):
+        learner = learner_after(n)
+        assert point["metric"] == "MAE"
+        assert point["value"] == learner.metric
+        assert point["rolling"] == learner.evaluation.report()["rolling"]["MAE"]
+    assert [p["version"] for p in on_registry(settings, lambda r: r.history("default", points=2))] == [3, 4]
+    audit = on_registry(settings, lambda r: r.audit("default", count=10))
+    assert [e["action"] for e in audit] == ["promote"] + ["publish"] * 4
+    assert [e["id"] for e in audit] == sorted((e["id"] for e in audit), reverse=True)
+
+
+def test_the_dashboard_draws_from_models_and_history(make_settings: Any) -> None:
+    settings = make_settings()
+    publish_versions(settings, 2)
+    with TestClient(create_app(settings)) as client:
+        page = client.get("/dashboard")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert 'fetch("models")' in page.text and "/history" in page.text  # what the page reads
+        assert client.get("/", follow_redirects=False).headers["location"] == "dashboard"
+        body = client.get("/models/default/history").json()
+        assert body["model"] == "default" and [p["version"] for p in body["points"]] == [1, 2]
+        assert client.get("/models/nope/history").status_code == 404
+        bad = client.get("/models/default/history", params={"points": 0})
+        assert bad.status_code == 422 and "points" in bad.text
+
+
 def test_the_api_serves_the_champion_and_follows_promote_and_rollback(make_settings: Any) -> None:
     settings = make_settings()
     publish_versions(settings, 3)
