@@ -2,6 +2,11 @@
 against model size, in one run.
 
     python -m bench.learning [--events 20000] [--repeats 3] [--batch 50] [--no-snapshots]
+                             [--estimator NAME]
+
+- ``--estimator``: time another named estimator (``hoeffding_tree_regressor``, ...) in place of
+  the default model's, to see how the pipeline's fixed cost per event weighs against a costlier
+  model;
 
 - River in-process: ``predict_one``, metric update, ``learn_one`` for the default model on the
   very feature vectors the pipeline computes for these events (computed beforehand, not timed):
@@ -34,7 +39,7 @@ from driftline.kafka import ensure_topics
 from driftline.settings import Settings
 from models.learner import OnlineLearner
 from models.registry import ModelRegistry
-from models.specs import ModelSpec
+from models.specs import ESTIMATORS, ModelSpec
 from streams.ingest import IngestStage
 from streams.records import FeatureRecord
 
@@ -93,7 +98,7 @@ def wait_until_seen(client: redis.Redis, settings: Settings, n: int, timeout: fl
 
 
 def pipeline_rate(kafka_url: str, redis_url: str, events: list[dict[str, Any]], batch: int,
-                  split: bool = False) -> float:
+                  split: bool = False, **overrides: Any) -> float:
     """Events per second through one worker running both stages, or (``split``) one process per
     stage: from publishing the timed events to the snapshot that has seen every one of them.
 
@@ -104,7 +109,7 @@ def pipeline_rate(kafka_url: str, redis_url: str, events: list[dict[str, Any]], 
     # A snapshot every 1,000 events, and 0.25 s after the last one: the tail waits on the timer
     # (5 s by default), which would otherwise dominate a run this short.
     settings = bench_settings(kafka_url, redis_url, batch_size=max(1, 1000 // batch),
-                              snapshot_every_events=1000, snapshot_every_seconds=0.25)
+                              snapshot_every_events=1000, snapshot_every_seconds=0.25, **overrides)
     ensure_topics(settings)
     client = redis.Redis.from_url(redis_url)
     stages = [settings]
@@ -122,6 +127,9 @@ def pipeline_rate(kafka_url: str, redis_url: str, events: list[dict[str, Any]], 
         wait_until_seen(client, settings, len(events))
         return len(timed) / (time.monotonic() - started)
 
+
+#: The bench's events carry a numeric target: the named estimators that learn one.
+REGRESSORS = sorted(name for name, named in ESTIMATORS.items() if "regression" in named.task)
 
 SNAPSHOT_MODELS = [
     ("linear regression", ModelSpec(name="lin")),
@@ -159,26 +167,35 @@ async def snapshot_times(redis_url: str, records: list[FeatureRecord], repeats: 
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = stream_bench_args(__doc__, argv, lambda parser: parser.add_argument(
-        "--no-snapshots", action="store_true", help="skip timing snapshot publish against model size"))
+    def options(parser: Any) -> None:
+        parser.add_argument("--no-snapshots", action="store_true",
+                            help="skip timing snapshot publish against model size")
+        parser.add_argument("--estimator", choices=REGRESSORS,
+                            help="a named regressor in place of the default model's")
+
+    args = stream_bench_args(__doc__, argv, options)
     events = make_events(args.events)
+    models: dict[str, Any] = {}
+    if args.estimator is not None:
+        models["models"] = (ModelSpec(name="default", estimator=args.estimator),)
+    river = f"River in-process loop ({args.estimator or 'default model'})"
     batched = f"pipeline, 1 process, {args.batch} events/message"
     split = f"pipeline, 2 processes (ingest | learn), {args.batch} events/message"
     single = "pipeline, 1 process, 1 event/message"
     stages = f"driftline stages in-process (no broker), {args.batch} events/message"
-    rows: dict[str, list[float]] = {"River in-process loop (default model)": [], stages: [],
-                                    batched: [], split: [], single: []}
+    rows: dict[str, list[float]] = {river: [], stages: [], batched: [], split: [], single: []}
     with services() as (kafka_url, redis_url):
-        records = feature_vectors(bench_settings(kafka_url, redis_url), events)
-        spec = bench_settings(kafka_url, redis_url).model_specs()[0]
+        records = feature_vectors(bench_settings(kafka_url, redis_url, **models), events)
+        spec = bench_settings(kafka_url, redis_url, **models).model_specs()[0]
         for repeat in range(args.repeats):
             print(f"run {repeat + 1}/{args.repeats} ...", file=sys.stderr, flush=True)
-            rows["River in-process loop (default model)"].append(river_rate(spec, records))
-            rows[stages].append(stages_rate(bench_settings(kafka_url, redis_url), events, args.batch))
-            rows[batched].append(pipeline_rate(kafka_url, redis_url, events, args.batch))
-            rows[split].append(pipeline_rate(kafka_url, redis_url, events, args.batch, split=True))
-            rows[single].append(pipeline_rate(kafka_url, redis_url, events, 1))
-        report("learning", rows, baseline="River in-process loop (default model)")
+            rows[river].append(river_rate(spec, records))
+            settings = bench_settings(kafka_url, redis_url, **models)
+            rows[stages].append(stages_rate(settings, events, args.batch))
+            rows[batched].append(pipeline_rate(kafka_url, redis_url, events, args.batch, **models))
+            rows[split].append(pipeline_rate(kafka_url, redis_url, events, args.batch, split=True, **models))
+            rows[single].append(pipeline_rate(kafka_url, redis_url, events, 1, **models))
+        report("learning" if args.estimator is None else f"learning-{args.estimator}", rows, baseline=river)
         if args.no_snapshots:
             return
         print(f"\nsnapshot publish time vs model size (median of 5, after {len(records)} events):")
