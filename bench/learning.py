@@ -185,13 +185,13 @@ def main(argv: list[str] | None = None) -> None:
     stages = f"driftline stages in-process (no broker), {args.batch} events/message"
     rows: dict[str, list[float]] = {river: [], stages: [], batched: [], split: [], single: []}
     with services() as (kafka_url, redis_url):
-        records = feature_vectors(bench_settings(kafka_url, redis_url, **models), events)
-        spec = bench_settings(kafka_url, redis_url, **models).model_specs()[0]
+        in_process = bench_settings(kafka_url, redis_url, **models)  # the pipeline runs get their own
+        records = feature_vectors(in_process, events)
+        spec = in_process.model_specs()[0]
         for repeat in range(args.repeats):
             print(f"run {repeat + 1}/{args.repeats} ...", file=sys.stderr, flush=True)
             rows[river].append(river_rate(spec, records))
-            settings = bench_settings(kafka_url, redis_url, **models)
-            rows[stages].append(stages_rate(settings, events, args.batch))
+            rows[stages].append(stages_rate(in_process, events, args.batch))
             rows[batched].append(pipeline_rate(kafka_url, redis_url, events, args.batch, **models))
             rows[split].append(pipeline_rate(kafka_url, redis_url, events, args.batch, split=True, **models))
             rows[single].append(pipeline_rate(kafka_url, redis_url, events, 1, **models))

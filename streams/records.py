@@ -1,4 +1,4 @@
-"""What travels on ``sensor-features``: feature records and labels, batched per source message.
+"""What travels on ``sensor-features``: feature records and labels, batched per model and source partition.
 
 One message on ``sensor-features`` carries, for one model, what a batch of source messages from
 one source partition produced: feature records of events messages (one event each or batched),
