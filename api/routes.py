@@ -20,6 +20,7 @@ from models.registry import CHAMPION, LATEST
 from streams.checkpoint import device_key, load_device_states
 from streams.cleaning import Rejection, clean_readings
 from streams.features import DeviceState, featurize
+from streams.ingest import label_readings
 from streams.schema import Reading, SensorEvent
 
 router = APIRouter()
@@ -53,7 +54,8 @@ async def predict(reading: Reading, settings: SettingsDep, redis: RedisDep,
     # A copy of the stream's state: serving reads it and never writes it back. Cleaning and
     # featurizing are the stream's own functions, so serving sees what training saw.
     state = states.get(reading.device_id) or DeviceState()
-    readings = {k: v for k, v in reading.readings.items() if k != settings.target}
+    labels = label_readings(settings.model_specs(), settings.target)
+    readings = {k: v for k, v in reading.readings.items() if k not in labels}
     ts = reading.ts or datetime.now(UTC)
     cleaned = clean_readings(readings, ts.timestamp(), state, settings.catalog())
     if isinstance(cleaned, Rejection):
@@ -205,9 +207,17 @@ async def _device_state(device_id: str, settings: SettingsDep, redis: RedisDep) 
 
 
 @router.get("/stats")
-async def stats(settings: SettingsDep, redis: RedisDep) -> dict[str, Any]:
-    """What became of every event: received = accepted + deduplicated + rejected + late."""
-    return await ingest_totals(redis, settings)
+async def stats(settings: SettingsDep, redis: RedisDep, registry: RegistryDep) -> dict[str, Any]:
+    """What became of every event: received = accepted + deduplicated + rejected + late; and per
+    model, events seen and learned, with warnings (a model that sees events but learns none)."""
+    models: dict[str, Any] = {}
+    for name in await registry.model_names():
+        version = await registry.alias_version(name, LATEST)
+        meta = await registry.version_meta(name, version) if version is not None else {}
+        models[name] = {"version": version, "events_seen": meta.get("events_seen"),
+                        "events_learned": meta.get("events_learned"), "warnings": meta.get("warnings", [])}
+    return {**await ingest_totals(redis, settings), "models": models,
+            "warnings": [w for model in models.values() for w in model["warnings"]]}
 
 
 @router.get("/devices/{device_id}/stats")

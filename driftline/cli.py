@@ -3,12 +3,14 @@
 ::
 
     driftline up         the whole system: broker, Redis, worker, API and simulated sensors
+    driftline reset      delete everything this deployment keeps in Redis (start clean)
     driftline worker     the stream worker (ingest + learn agents)
     driftline api        the HTTP API (predictions, models, health)
     driftline simulate   publish simulated sensor readings
     driftline replay     publish a CSV / JSON-lines file or a River dataset as events
     driftline mqtt-bridge  forward MQTT sensor topics into Kafka
     driftline models     the model registry: list | show | promote | rollback
+    driftline config     what the settings make the worker do (models, features, catalog)
 
 Every command reads its settings from ``DRIFTLINE_*`` variables and ``.env``; flags override them.
 """
@@ -21,14 +23,34 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from pydantic import ValidationError
+
 from driftline.errors import DriftlineError
+from driftline.running import STACK_FILE, running_stack
 from driftline.settings import Settings, get_settings
 
 
-def _settings(**overrides: Any) -> Settings:
+def _settings(beside_stack: bool = True, **overrides: Any) -> Settings:
+    """The settings, with the command's flags over them; beside a running ``driftline up``, its
+    broker and Redis unless the environment names others."""
     values = {k: v for k, v in overrides.items() if v is not None}
     base = get_settings()
+    if beside_stack:
+        values = {**_running_stack_addresses(base), **values}
     return Settings(**{**base.model_dump(), **values}) if values else base
+
+
+def _running_stack_addresses(base: Settings) -> dict[str, str]:
+    unset = {"kafka_url", "redis_url"} - base.model_fields_set
+    stack = running_stack(base.data_dir) if unset else None
+    if stack is None:
+        return {}
+    found = {name: str(stack[name]) for name in sorted(unset) if stack.get(name)}
+    if found:
+        logging.getLogger("driftline").info(
+            "using the running 'driftline up' (%s): %s", base.data_dir / STACK_FILE,
+            ", ".join(found.values()))
+    return found
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -36,7 +58,44 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     from driftline.supervisor import run_up
 
-    return run_up(_settings(api_port=args.port), Path(args.data_dir), simulate=not args.no_simulator)
+    settings = _settings(beside_stack=False, api_port=args.port, data_dir=args.data_dir)
+    return run_up(settings, Path(settings.data_dir), simulate=not args.no_simulator)
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    import redis
+
+    from driftline.errors import ServiceUnavailable
+    from driftline.state import read_state, reset_state, safe_url, state_contents, where
+
+    settings = _settings()
+    place = where(settings)
+    stack = running_stack(settings.data_dir)
+    if stack is not None:
+        raise DriftlineError(f"'driftline up' (pid {stack.get('pid')}) is running from "
+                             f"{settings.data_dir}: stop it first, then reset")
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=30)
+    try:
+        state = read_state(client, settings.namespace)
+        if not state["keys"]:
+            print(f"reset: nothing to remove in {place}")
+            return 0
+        print(f"{place} holds: {state_contents(state)}", file=sys.stderr)
+        if not args.yes:
+            if not sys.stdin.isatty():
+                raise DriftlineError(f"not deleting the state in {place} without confirmation: "
+                                     "pass --yes (stdin is not a terminal)")
+            answer = input(f"delete every key of {place}? [y/N] ")
+            if answer.strip().lower() not in {"y", "yes"}:
+                print("reset: nothing deleted", file=sys.stderr)
+                return 1
+        removed = reset_state(client, settings.namespace)
+    except redis.RedisError as exc:
+        raise ServiceUnavailable("Redis", safe_url(settings.redis_url), str(exc)) from exc
+    finally:
+        client.close()
+    print(f"reset: removed {removed} key{'' if removed == 1 else 's'} of {place}")
+    return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -70,14 +129,25 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_replay(args: argparse.Namespace) -> int:
-    from driftline.replay import ColumnMapping, replay
+def replay_mapping(args: argparse.Namespace) -> Any:
+    """The :class:`~driftline.replay.ColumnMapping` that ``driftline replay``'s flags describe."""
+    from driftline.replay import ColumnMapping
 
+    target = args.target_column or ("y" if args.source.startswith("river:") else None)
+    return ColumnMapping(args.source, device_column=args.device_column, device=args.device,
+                         time_column=args.time_column, target_column=target, id_column=args.id_column,
+                         start=args.start, step=args.step)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from driftline.replay import replay
+
+    if args.time_column and args.start is not None:
+        raise DriftlineError("--start sets the times of a file without a time column; "
+                             "with --time-column the file's own times are used")
     settings = _settings()
     _require_kafka(settings)
-    target = args.target_column or ("y" if args.source.startswith("river:") else None)
-    mapping = ColumnMapping(args.source, device_column=args.device_column, device=args.device,
-                            time_column=args.time_column, target_column=target, id_column=args.id_column)
+    mapping = replay_mapping(args)
     sent = replay(settings, args.source, mapping, rate=args.rate, limit=args.limit, batch=args.batch)
     print(f"replay: {sent} events published to {settings.events_topic}", file=sys.stderr)
     return 0
@@ -89,6 +159,12 @@ def cmd_mqtt_bridge(args: argparse.Namespace) -> int:
     settings = _settings(mqtt_url=args.mqtt_url)
     _require_kafka(settings)
     run_bridge(settings, settings.mqtt_url, topics=tuple(args.topic or ["sensors/#"]), qos=args.qos)
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """Print what a worker would do with these settings (the lines it logs at startup)."""
+    print("\n".join(_settings().describe()))
     return 0
 
 
@@ -105,6 +181,25 @@ def cmd_models(args: argparse.Namespace) -> int:
     else:
         print(model_commands.models_rollback(settings, args.name, args.reason))
     return 0
+
+
+def _replay_time(text: str) -> Any:
+    from driftline.replay import parse_time
+
+    try:
+        return parse_time(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO-8601 time or epoch seconds: {text!r}") from None
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"a number of seconds above 0, not {text!r}")
+    return value
 
 
 def _require_kafka(settings: Settings) -> None:
@@ -124,9 +219,15 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="run the whole system on this machine (embedded broker and Redis "
                         "when none answers); Ctrl-C stops everything")
     up.add_argument("--port", type=int, help="API port (default: DRIFTLINE_API_PORT or 8000)")
-    up.add_argument("--data-dir", default=".driftline", help="where logs go (default: .driftline)")
+    up.add_argument("--data-dir", help="where logs and runtime files go "
+                    "(default: DRIFTLINE_DATA_DIR or .driftline)")
     up.add_argument("--no-simulator", action="store_true", help="do not publish simulated readings")
     up.set_defaults(func=cmd_up)
+
+    reset = sub.add_parser("reset", help="delete every Redis key of DRIFTLINE_NAMESPACE (models, device "
+                           "states, offsets, counters): the next run starts clean; stop the stack first")
+    reset.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    reset.set_defaults(func=cmd_reset)
 
     worker = sub.add_parser("worker", help="run the stream worker: validate, featurize, learn, "
                             "snapshot (needs DRIFTLINE_KAFKA_URL and Redis)")
@@ -153,7 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--rate", type=float, help="events per second (default: as fast as possible)")
     rep.add_argument("--device-column", help="column holding the device id")
     rep.add_argument("--device", default="replay", help="device id when there is no device column")
-    rep.add_argument("--time-column", help="column holding the event time (ISO or epoch seconds)")
+    rep.add_argument("--time-column", help="column holding the event time (ISO or epoch seconds), "
+                     "kept as it is (default: rows --step seconds apart, the last one now)")
+    rep.add_argument("--start", type=_replay_time, metavar="TIME",
+                     help="time of the first row when there is no time column (ISO-8601 or epoch "
+                     "seconds; default: so that the last row is now)")
+    rep.add_argument("--step", type=_positive_seconds, default=1.0, metavar="SECONDS",
+                     help="seconds between rows when there is no time column (default: 1)")
     rep.add_argument("--target-column", help="column holding the target (river datasets: y)")
     rep.add_argument("--id-column", help="column holding the event id (default: source + row number)")
     rep.add_argument("--limit", type=int, help="publish at most this many rows")
@@ -166,6 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
     bridge.add_argument("--topic", action="append", help="topic filter, repeatable (default: sensors/#)")
     bridge.add_argument("--qos", type=int, default=1, choices=[0, 1, 2])
     bridge.set_defaults(func=cmd_mqtt_bridge)
+
+    config = sub.add_parser("config", help="say what the settings make the worker do: each model's "
+                            "task, target, estimator and features, the features preset, the catalog")
+    config.set_defaults(func=cmd_config)
 
     models = sub.add_parser("models", help="the model registry: list, show, promote, rollback")
     actions = models.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -194,6 +305,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DriftlineError as exc:
         print(f"driftline: error: {exc}", file=sys.stderr)
         return 2
+    except ValidationError as exc:  # settings that cannot be read: say which and why, no traceback
+        print(f"driftline: configuration error: {settings_errors(exc)}", file=sys.stderr)
+        return 2
+
+
+def settings_errors(exc: ValidationError) -> str:
+    """A settings validation error as ``DRIFTLINE_X: reason`` lines."""
+    lines = []
+    for error in exc.errors():
+        where = "DRIFTLINE_" + str(error["loc"][0]).upper() if error["loc"] else "settings"
+        lines.append(f"\n  {where}: {error['msg'].removeprefix('Value error, ')}")
+    return "".join(lines)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 
 from driftline.errors import RegistryError, ServiceUnavailable
 from driftline.settings import Settings
+from driftline.worker import configured_models_key
 from models.registry import CHAMPION, LATEST, ModelRegistry
 
 T = TypeVar("T")
@@ -53,45 +54,81 @@ def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 
 def _metric(meta: dict[str, Any]) -> str | None:
+    """The headline metric as ``MAE=0.1234``; "no data yet" while nothing has been scored.
+
+    >>> _metric({"metric": {"name": "MAE", "value": None}})
+    'MAE: no data yet'
+    >>> _metric({"metric": {"name": "MAE", "value": 0.5}})
+    'MAE=0.5'
+    """
     metric = meta.get("metric") or {}
+    if not metric:
+        return None
     value = metric.get("value")
-    return None if value is None else f"{metric.get('name')}={value:.4g}"
+    return f"{metric.get('name')}: no data yet" if value is None else f"{metric.get('name')}={value:.4g}"
 
 
-async def _list(registry: ModelRegistry) -> list[dict[str, Any]]:
-    rows = []
-    for name in await registry.model_names():
+async def _configured(registry: ModelRegistry, settings: Settings) -> dict[str, dict[str, Any]]:
+    """Models a worker said it learns (name -> spec), and those these settings name."""
+    announced = await registry.redis.hgetall(configured_models_key(settings))
+    specs = {spec.name: spec.summary() for spec in settings.models}
+    specs.update({(k.decode() if isinstance(k, bytes) else k): json.loads(v) for k, v in announced.items()})
+    return specs
+
+
+async def _list(registry: ModelRegistry, settings: Settings) -> tuple[list[dict[str, Any]], list[str]]:
+    rows, warnings = [], []
+    names = await registry.model_names()
+    for name in names:
         aliases = await registry.aliases(name)
         latest = aliases.get(LATEST)
         meta = await registry.version_meta(name, latest) if latest is not None else {}
+        warnings += meta.get("warnings", [])
         rows.append({
             "model": name, "task": meta.get("task"), "estimator": meta.get("estimator"),
             "latest": latest,
             "champion": f"{aliases[CHAMPION]} (pinned)" if CHAMPION in aliases else latest,
-            "challenger": aliases.get("challenger"), "events": meta.get("events_learned"),
+            "challenger": aliases.get("challenger"),
+            "events": f"{meta.get('events_learned')}/{meta.get('events_seen')}",
             "metric": _metric(meta), "versions": len(await registry.versions(name)),
+            "status": "WARNING" if meta.get("warnings") else "ok",
         })
-    return rows
+    for name, spec in sorted((await _configured(registry, settings)).items()):
+        if name not in names:
+            rows.append({"model": name, "task": spec.get("task"), "estimator": spec.get("estimator"),
+                         "status": "no snapshot yet"})
+    return rows, warnings
 
 
 def models_list(settings: Settings) -> str:
-    rows = _with_registry(settings, _list)
+    rows, warnings = _with_registry(settings, lambda registry: _list(registry, settings))
     if not rows:
         return "no models in the registry yet (the worker publishes its first snapshot after learning)"
-    return format_table(rows, ["model", "task", "estimator", "latest", "champion", "challenger",
-                               "events", "metric", "versions"])
+    table = format_table(rows, ["model", "task", "estimator", "latest", "champion", "challenger",
+                                "events", "metric", "versions", "status"])
+    return "\n".join([table, "(events: learned/seen)", *(f"warning: {w}" for w in warnings)])
 
 
 def models_show(settings: Settings, name: str, as_json: bool = False) -> str:
     async def show(registry: ModelRegistry) -> dict[str, Any]:
         if name not in await registry.model_names():
-            raise RegistryError(f"no model named {name!r}")
+            configured = await _configured(registry, settings)
+            if name in configured:
+                return {"model": name, "spec": configured[name], "versions": []}
+            known = sorted({*await registry.model_names(), *configured})
+            raise RegistryError(f"no model named {name!r}: " + (
+                f"known models are {', '.join(known)}" if known else "no model is known yet"))
         return {"model": name, "aliases": await registry.aliases(name),
                 "versions": await registry.versions(name), "audit": await registry.audit(name, 20)}
 
     found = _with_registry(settings, show)
     if as_json:
         return json.dumps(found, indent=2, default=str)
+    if not found["versions"]:
+        return (f"model {name}: configured ({found['spec'].get('task')}, estimator "
+                f"{found['spec'].get('estimator')}), no snapshot yet: the worker publishes its first "
+                f"after it has learned from events (every {settings.snapshot_every_events} events or "
+                f"{settings.snapshot_every_seconds:g} s)")
     versions = [{"version": m["version"], "created_at": m.get("created_at"),
                  "events": m.get("events_learned"), "metric": _metric(m),
                  "size": m.get("size_bytes"), "schema": (m.get("feature_schema") or "")[:12],
@@ -103,6 +140,11 @@ def models_show(settings: Settings, name: str, as_json: bool = False) -> str:
     champion = found["aliases"].get(CHAMPION)
     head = (f"model {name}: champion "
             + (f"v{champion} (pinned)" if champion is not None else "follows latest"))
+    newest = found["versions"][-1] if found["versions"] else {}
+    if newest:
+        head += (f"; newest v{newest['version']}: {newest.get('events_learned')} events learned "
+                 f"(of {newest.get('events_seen')} seen), {_metric(newest)}")
+    head += "".join(f"\nwarning: {w}" for w in newest.get("warnings", []))
     return "\n\n".join([head, format_table(versions, list(versions[0]) if versions else ["version"]),
                         "audit (newest first)", format_table(audit, ["at", "action", "version",
                                                                      "alias", "by", "reason"])])

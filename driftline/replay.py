@@ -1,9 +1,15 @@
 """``driftline replay``: publish a CSV / JSON-lines file, or a dataset shipped with River, as events.
 
 How users backfill history and how benchmarks feed real data. Columns map to the event contract:
-a device column (or one constant device), a time column (ISO or epoch seconds; synthesized one
-second apart when absent), a target column; every other numeric column becomes a reading.
-Event ids are derived from the source and row number, so replaying a file twice is deduplicated.
+a device column (or one constant device), a time column (ISO or epoch seconds), a target column;
+every other numeric column becomes a reading. Event ids are derived from the source and row
+number, so replaying a file twice is deduplicated.
+
+Times: a time column's values are kept as they are. Without one, rows get times ``step`` seconds
+apart (one by default) *ending now*: the last row gets the moment the replay starts, so no row is
+refused as from the future (more than ``DRIFTLINE_MAX_FUTURE_SECONDS`` ahead of its broker
+timestamp) and, the rows being in order, none is late. ``start`` sets the first row's time
+instead. When the number of rows is not known in advance, each row gets the time it is read.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import json
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,8 +38,10 @@ class ColumnMapping:
     time_column: str | None = None
     target_column: str | None = None
     id_column: str | None = None
-    #: Time given to row 0 when there is no time column (rows follow one second apart).
-    start: datetime = datetime(2026, 1, 1, tzinfo=UTC)
+    #: Time of row 0 when there is no time column; None: see :func:`with_times`.
+    start: datetime | None = None
+    #: Seconds between consecutive rows when there is no time column.
+    step: float = 1.0
 
 
 def _number(value: Any) -> float | None:
@@ -50,17 +58,50 @@ def _number(value: Any) -> float | None:
     return None
 
 
-def _time(value: Any) -> str:
+def parse_time(value: Any) -> datetime:
+    """A time column's value (or ``--start``) as an aware datetime: ISO-8601 or epoch seconds;
+    a time without a zone is UTC.
+
+    >>> parse_time("2026-03-01T12:00:00Z"), parse_time("0").isoformat()
+    (datetime.datetime(2026, 3, 1, 12, 0, tzinfo=datetime.timezone.utc), '1970-01-01T00:00:00+00:00')
+    """
     if isinstance(value, datetime):
-        return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
     if isinstance(value, date):
-        return datetime(value.year, value.month, value.day, tzinfo=UTC).isoformat()
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
     number = _number(value)
     if number is not None:
-        return datetime.fromtimestamp(number, tz=UTC).isoformat()
-    text = str(value)
+        return datetime.fromtimestamp(number, tz=UTC)
+    text = str(value).strip()
     parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).isoformat()
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _time(value: Any) -> str:
+    return parse_time(value).isoformat()
+
+
+def with_times(mapping: ColumnMapping, total: int | None, now: datetime | None = None) -> ColumnMapping:
+    """The mapping a replay of ``total`` rows uses: without a time column or a start, rows end now.
+
+    The first row gets ``now - step * (total - 1)`` (``now`` to the whole second below), so the
+    last one gets ``now``. Kept as it is when the source has its own times, a start was given, or
+    the count is unknown (then each row gets the time it is read: never in the future either).
+
+    >>> at = datetime(2026, 5, 1, 12, 0, 0, 700_000, tzinfo=UTC)
+    >>> with_times(ColumnMapping("x.csv"), 3, now=at).start.isoformat()
+    '2026-05-01T11:59:58+00:00'
+    """
+    if mapping.time_column or mapping.start is not None or total is None:
+        return mapping
+    end = (now or datetime.now(UTC)).replace(microsecond=0)
+    return replace(mapping, start=end - timedelta(seconds=mapping.step * max(total - 1, 0)))
+
+
+def _row_time(index: int, mapping: ColumnMapping) -> str:
+    if mapping.start is None:
+        return datetime.now(UTC).isoformat()
+    return (mapping.start + timedelta(seconds=mapping.step * index)).isoformat()
 
 
 def row_to_event(row: dict[str, Any], index: int, mapping: ColumnMapping) -> dict[str, Any]:
@@ -81,8 +122,7 @@ def row_to_event(row: dict[str, Any], index: int, mapping: ColumnMapping) -> dic
         "event_id": (str(row[mapping.id_column]) if mapping.id_column
                      else f"{Path(mapping.source).stem.replace(':', '-')}-{index:08d}"),
         "device_id": str(row[mapping.device_column]) if mapping.device_column else mapping.device,
-        "ts": (_time(row[mapping.time_column]) if mapping.time_column
-               else (mapping.start + timedelta(seconds=index)).isoformat()),
+        "ts": _time(row[mapping.time_column]) if mapping.time_column else _row_time(index, mapping),
         "readings": readings,
     }
     if mapping.target_column:
@@ -164,12 +204,15 @@ def replay(
 
     ``batch`` > 1 sends consecutive rows of one device as one message (a JSON array), as a
     gateway would: far cheaper for the broker and the stream, and the order is kept.
+    Without a time column, rows end now unless ``mapping.start`` says otherwise (:func:`with_times`).
     """
     from driftline.kafka import SensorProducer
 
     rows, total = read_rows(source)
     if limit is not None:
         total = min(total, limit) if total is not None else limit
+    mapping = with_times(mapping, total)
+    _warn_if_ahead(mapping, total, settings.max_future_seconds)
     bar = Progress(total) if progress else None
     sent = 0
     started = time.monotonic()
@@ -196,6 +239,19 @@ def replay(
     if bar:
         bar.update(sent, force=True)
     return sent
+
+
+def _warn_if_ahead(mapping: ColumnMapping, total: int | None, max_future_seconds: float) -> None:
+    """Say so when a given start puts rows further ahead of now than the stream accepts."""
+    if mapping.time_column or mapping.start is None or not total:
+        return
+    last = mapping.start + timedelta(seconds=mapping.step * (total - 1))
+    limit = datetime.now(UTC) + timedelta(seconds=max_future_seconds)
+    if last > limit:
+        print(f"replay: warning: the last row's time ({last.isoformat()}) is more than "
+              f"DRIFTLINE_MAX_FUTURE_SECONDS ({max_future_seconds:g} s) ahead of now; rows published "
+              "that far ahead of their broker timestamp are refused as 'future'",
+              file=sys.stderr, flush=True)
 
 
 def _limited(rows: Iterable[dict[str, Any]], limit: int | None) -> Iterator[dict[str, Any]]:

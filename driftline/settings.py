@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from models.specs import ModelSpec
-from streams.catalog import SensorSpec, load_catalog
+from streams.catalog import SensorSpec, describe_catalog, load_catalog
 from streams.features import FeatureSpec
 
 #: The development secret. Fine on a laptop; refused when ``DRIFTLINE_ENV=prod``.
@@ -78,18 +78,25 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(1_000_000, ge=1024)
     #: Longest message copied whole to the DLQ; beyond it the copy is cut (header dl-truncated).
     dlq_max_bytes: int = Field(4 * 1024 * 1024, ge=1024)
-    #: What to featurize, as JSON (``{"windows": [5, 20], "lags": [1, 2]}``): see streams/features.py.
-    features: FeatureSpec = FeatureSpec()
+    #: What to featurize: a preset's name (``default``, ``raw`` = the readings only), or JSON
+    #: (``{"windows": [5, 20], "lags": [1, 2]}``, or ``{"preset": "raw", "lags": [1]}``): see
+    #: streams/features.py.
+    features: Annotated[FeatureSpec, NoDecode] = FeatureSpec()
     #: Silent devices' feature state expires from Redis after this long (seconds).
     device_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
-    #: Sensor catalog as JSON (``{"temperature": {"unit": "°C", "min": -40, "max": 125}}``) or a
-    #: JSON/YAML file; empty: the simulator's sensors (see streams/catalog.py).
-    sensor_catalog: str = ""
+    #: Sensor catalog: ``simulator`` (the simulator's four sensors), ``none`` (or empty: no
+    #: catalog, every reading passes unchecked), or JSON
+    #: (``{"temperature": {"unit": "°C", "min": -40, "max": 125}}``); see streams/catalog.py.
+    sensor_catalog: str = "simulator"
+    #: A JSON/YAML catalog file; when set, it is the catalog.
     sensor_catalog_file: Path | None = None
     #: Events older than their device's newest minus this are late: counted, routed, not learned.
     allowed_lateness_seconds: float = Field(300.0, ge=0)
     #: Events whose time is further ahead of their arrival than this are refused (bad clocks).
     max_future_seconds: float = Field(60.0, ge=0)
+
+    #: Where runtime files go (logs, the worker's local files): one folder, never the checkout.
+    data_dir: Path = Path(".driftline")
 
     # --- Learning ----------------------------------------------------------------------------
     #: The models that learn side by side, as JSON (see models/specs.py). Empty: one regression
@@ -125,6 +132,20 @@ class Settings(BaseSettings):
     )
     sim_seed: int = 7
 
+    @field_validator("features", mode="before")
+    @classmethod
+    def _features_from_text(cls, value: Any) -> Any:
+        # From the environment: a preset's name or JSON (NoDecode above leaves both to us).
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("{"):
+                try:
+                    return json.loads(text)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"DRIFTLINE_FEATURES is not valid JSON: {exc}") from exc
+            return {"preset": text or "default"}
+        return value
+
     @field_validator("kafka_url")
     @classmethod
     def _strip_scheme_free(cls, value: str) -> str:
@@ -138,6 +159,11 @@ class Settings(BaseSettings):
             raise ValueError("DRIFTLINE_API_KEYS must not contain the development key when env=prod")
         if len(self.secret_key.get_secret_value()) < 16:
             raise ValueError("DRIFTLINE_SECRET_KEY must be at least 16 characters")
+        try:
+            self.catalog()
+        except (OSError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+            raise ValueError(f"DRIFTLINE_SENSOR_CATALOG{'_FILE' if self.sensor_catalog_file else ''} "
+                             f"cannot be read: {exc}") from exc
         names = [spec.name for spec in self.models]
         if len(set(names)) != len(names):
             raise ValueError(f"DRIFTLINE_MODELS names a model twice: {names}")
@@ -171,6 +197,38 @@ class Settings(BaseSettings):
         """The sensor catalog these settings name (read once per settings object)."""
         return _catalog(self.sensor_catalog, self.sensor_catalog_file)
 
+    def describe_model(self, spec: ModelSpec) -> str:
+        """One model's configuration in a line: what it learns, from what, with what.
+
+        >>> Settings(_env_file=None).describe_model(ModelSpec(name="m", target="y", features=["t*"]))
+        ... # doctest: +NORMALIZE_WHITESPACE
+        "model 'm': regression of 'y' (its reading, else the event's target field),
+         estimator linear_regression, features matching t* of the default preset, metric MAE"
+        """
+        target = spec.target or self.target
+        if spec.task == "forecast":
+            learns = f"forecast of sensor {target!r} (its next reading)"
+        elif target == self.target:
+            learns = f"{spec.task} of {target!r} (the event's target field, else its reading)"
+        else:
+            learns = f"{spec.task} of {target!r} (its reading, else the event's target field)"
+        preset = self.features.describe().split(" (")[0]
+        used = f"matching {', '.join(spec.features)} of" if spec.features else "all of"
+        return (f"model {spec.name!r}: {learns}, estimator {spec.estimator}"
+                f"{' ' + json.dumps(spec.params) if spec.params else ''}, "
+                f"features {used} the {preset} preset, metric {spec.metric_name}")
+
+    def describe(self) -> list[str]:
+        """What a worker will do with these settings, a line per fact, for its startup log."""
+        return [
+            *(self.describe_model(spec) for spec in self.model_specs()),
+            f"features: {self.features.describe()}, {self.features.schema_hash()}",
+            "sensor catalog: "
+            + describe_catalog(self.catalog(), self.sensor_catalog, self.sensor_catalog_file),
+            f"kafka: {self.kafka_bootstrap or '(not set)'}; redis: {self.redis_url}, "
+            f"namespace {self.namespace!r}; data dir: {self.data_dir.resolve()}",
+        ]
+
     def as_env(self) -> dict[str, str]:
         """``DRIFTLINE_*`` variables that make another process read exactly these settings."""
         env: dict[str, str] = {}
@@ -190,7 +248,7 @@ class Settings(BaseSettings):
 
 @lru_cache(maxsize=8)
 def _catalog(text: str, path: Path | None) -> dict[str, SensorSpec]:
-    return load_catalog(text or None, path)
+    return load_catalog(text, path)
 
 
 @lru_cache(maxsize=1)

@@ -4,12 +4,17 @@ Each device has its own baseline; temperature follows a daily cycle, humidity mo
 vibration is noisy and positive, voltage hovers around the mains value. The target, ``power``
 (kW), depends on the readings; after ``drift_after`` events that dependence changes — the kind of
 change an online model must notice and adapt to.
+
+Event ids carry a run id (``sensor-001-<run>-00000001``), random unless given: the readings of a
+seed are the same in every run, but the ids of two runs never collide, so a second run against
+a Redis that remembers the first run's ids is learned, not counted as duplicates.
 """
 
 from __future__ import annotations
 
 import math
 import random
+import secrets
 import sys
 import time
 from collections.abc import Iterator
@@ -30,14 +35,24 @@ def power_after_drift(r: dict[str, float]) -> float:
     return 3.0 - 0.04 * r["temperature"] + 4.0 * r["vibration"] + 0.02 * r["humidity"]
 
 
+def new_run_id() -> str:
+    """A short id for one simulator run: 8 random hex digits (independent of the seed).
+
+    >>> len(new_run_id()), new_run_id() != new_run_id()
+    (8, True)
+    """
+    return secrets.token_hex(4)
+
+
 class SensorSimulator:
     """Deterministic readings from ``devices`` devices, taking turns.
 
     Examples
     --------
-    >>> sim = SensorSimulator(devices=2, seed=1, start=datetime(2026, 1, 1, tzinfo=UTC))
-    >>> [e["device_id"] for e in sim.events(3)]
-    ['sensor-001', 'sensor-002', 'sensor-001']
+    >>> sim = SensorSimulator(devices=2, seed=1, start=datetime(2026, 1, 1, tzinfo=UTC), run_id="r1")
+    >>> [(e["device_id"], e["event_id"]) for e in sim.events(3)]  # doctest: +NORMALIZE_WHITESPACE
+    [('sensor-001', 'sensor-001-r1-00000001'), ('sensor-002', 'sensor-002-r1-00000001'),
+     ('sensor-001', 'sensor-001-r1-00000002')]
     >>> sorted(sim.next_event()["readings"])
     ['humidity', 'temperature', 'vibration', 'voltage']
     """
@@ -50,8 +65,11 @@ class SensorSimulator:
         missing_rate: float = 0.02,
         start: datetime | None = None,
         step_seconds: float = 1.0,
+        run_id: str | None = None,
     ) -> None:
         self.rng = random.Random(seed)
+        #: Part of every event id, so that no two runs' ids collide; it draws nothing from ``rng``.
+        self.run_id = run_id if run_id is not None else new_run_id()
         self.device_ids = [f"sensor-{i + 1:03d}" for i in range(devices)]
         self.baselines = {d: self.rng.uniform(-3, 3) for d in self.device_ids}
         self.drift_after = drift_after
@@ -89,7 +107,7 @@ class SensorSimulator:
         self.sequence[device] += 1
         self.sent += 1
         return {
-            "event_id": f"{device}-{self.sequence[device]:08d}",
+            "event_id": f"{device}-{self.run_id}-{self.sequence[device]:08d}",
             "device_id": device,
             "ts": ts.isoformat().replace("+00:00", "Z"),
             "readings": readings,
@@ -102,16 +120,23 @@ class SensorSimulator:
 
 
 def run_simulator(
-    settings: Settings, count: int | None = None, rate: float | None = None, progress: bool = True
+    settings: Settings, count: int | None = None, rate: float | None = None, progress: bool = True,
+    run_id: str | None = None,
 ) -> int:
-    """Publish simulated events at ``rate`` per second (``count`` of them, or until interrupted)."""
+    """Publish simulated events at ``rate`` per second (``count`` of them, or until interrupted).
+
+    ``run_id`` goes into every event id (default: a new random one, so runs never collide).
+    """
     from driftline.kafka import SensorProducer
 
     rate = rate or settings.sim_rate
     # Live: event time advances with the wall clock, one event every 1/rate seconds.
     sim = SensorSimulator(settings.sim_devices, seed=settings.sim_seed,
                           drift_after=settings.sim_drift_after, start=datetime.now(UTC),
-                          step_seconds=1 / rate)
+                          step_seconds=1 / rate, run_id=run_id)
+    if progress:
+        print(f"simulate: run {sim.run_id}: event ids {sim.device_ids[0]}-{sim.run_id}-00000001, ...",
+              file=sys.stderr, flush=True)
     producer = SensorProducer(settings)
     started = time.monotonic()
     next_report = started + 5

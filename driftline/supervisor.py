@@ -32,6 +32,7 @@ from driftline.embedded import (
     redis_answers,
 )
 from driftline.kafka import ensure_topics
+from driftline.running import remove_stack_file, write_stack_file
 from driftline.settings import Settings
 
 
@@ -116,8 +117,15 @@ def run_up(settings: Settings, data_dir: Path = Path(".driftline"), simulate: bo
     stack = Stack()
     previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        env = {**os.environ, **resolve_services(settings, stack, data_dir)}
-        effective = Settings(**_env_overrides(env))
+        services = resolve_services(settings, stack, data_dir)
+        env = {**os.environ, **services,
+               # The children keep their runtime files in the same folder, wherever they run.
+               "DRIFTLINE_DATA_DIR": str(data_dir.resolve())}
+        # What the children will read: these settings with the services' addresses. (Not
+        # Settings(**env): init values are not JSON-decoded as environment values are, so a
+        # DRIFTLINE_MODELS list given as text would be refused.)
+        effective = settings.model_copy(update={**_env_overrides(services), "data_dir": data_dir.resolve()})
+        _say(_state_report(effective))
         ensure_topics(effective)
         api_port = settings.api_port if not port_open("127.0.0.1", settings.api_port) else free_port()
         env["DRIFTLINE_API_PORT"] = str(api_port)
@@ -133,6 +141,10 @@ def run_up(settings: Settings, data_dir: Path = Path(".driftline"), simulate: bo
              """-d '{"device_id": "sensor-001", "readings": {"temperature": 21.5, "humidity": 40, """
              """"vibration": 0.3, "voltage": 230}}'""")
         _say(f"logs:       {logs.resolve()}/{{worker,api,simulator}}.log")
+        # Commands run from the same folder (replay, models, simulate) find the stack here.
+        write_stack_file(data_dir, kafka_url=effective.kafka_url, redis_url=effective.redis_url,
+                         api_url=base)
+        _say("other shells: driftline replay | models | simulate, run from this folder, use this stack")
         _say("Ctrl-C stops everything.")
         _watch(effective, stack)
         return 0
@@ -143,6 +155,7 @@ def run_up(settings: Settings, data_dir: Path = Path(".driftline"), simulate: bo
         _say(f"{exited}; stopping the rest (see {exited.child.log_path})")
         return 1
     finally:
+        remove_stack_file(data_dir)
         stack.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -182,11 +195,25 @@ def _flow_report(client: redis.Redis, settings: Settings) -> str:
             return f"model {settings.default_model!r}: no snapshot yet (the worker is joining)"
         meta = json.loads(client.hget(f"{key}:meta", version) or b"{}")
         metric = meta.get("metric", {})
-        return (f"model {settings.default_model!r} v{int(version)}: {meta.get('events_learned', 0)} "
-                f"events learned, {metric.get('name', 'metric')} {_figure(metric.get('value'))}")
+        report = (f"model {settings.default_model!r} v{int(version)}: {meta.get('events_learned', 0)} "
+                  f"events learned, {metric.get('name', 'metric')} {_figure(metric.get('value'))}")
+        return "\n".join([report, *(f"WARNING: {w}" for w in meta.get("warnings", []))])
     except redis.RedisError as exc:
         return f"Redis unreachable: {exc}"
 
 
+def _state_report(settings: Settings) -> str:
+    """Whether this run continues an earlier one's state in Redis (see :mod:`driftline.state`)."""
+    from driftline.state import describe_state
+
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+    try:
+        return describe_state(client, settings)
+    except redis.RedisError as exc:
+        return f"could not read the earlier state in namespace {settings.namespace!r}: {exc}"
+    finally:
+        client.close()
+
+
 def _figure(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
+    return "no data yet" if value is None else f"{value:.3f}"

@@ -106,16 +106,27 @@ class Evaluation:
         for stat in self.scores.values():
             stat.update(score)
 
-    def get(self, name: str) -> float:
+    def get(self, name: str) -> float | None:
+        """The cumulative metric, or ``None`` while nothing has been scored.
+
+        River's metrics read 0 before their first update: a perfect MAE for a model that has
+        scored nothing. "No data yet" must never look like a result.
+
+        >>> Evaluation.create("regression").get("MAE") is None
+        True
+        """
+        if not self.labelled:
+            return None
         return float(self.cumulative[name].get())
 
     def report(self) -> dict[str, Any]:
         """Plain numbers for snapshots, the API and Prometheus (``None`` where not yet defined)."""
+        scored = self.labelled > 0  # before the first label every metric is "no data yet"
         out: dict[str, Any] = {
             "labelled": self.labelled,
             "window": self.window,
-            "cumulative": {n: _number(m.get()) for n, m in self.cumulative.items()},
-            "rolling": {n: _number(m.get()) for n, m in self.rolling.items()},
+            "cumulative": {n: _number(m.get()) if scored else None for n, m in self.cumulative.items()},
+            "rolling": {n: _number(m.get()) if scored else None for n, m in self.rolling.items()},
         }
         if self.scores:
             values = {n: s.get() for n, s in self.scores.items()}

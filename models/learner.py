@@ -24,6 +24,9 @@ from models.evaluation import Evaluation, Prediction
 from models.specs import ModelSpec
 from streams.records import FeatureRecord, Label, LabelRecord, Record
 
+#: Events a model may see without learning from any before it is reported as not learning.
+NOT_LEARNING_AFTER = 100
+
 
 @dataclass
 class Pending:
@@ -198,9 +201,28 @@ class OnlineLearner:
         self.topic_ids = dict(topic_ids)
 
     @property
-    def metric(self) -> float:
-        """The spec's headline metric, cumulative."""
+    def metric(self) -> float | None:
+        """The spec's headline metric, cumulative (``None`` until an event is scored)."""
         return self.evaluation.get(self.spec.metric_name)
+
+    def warnings(self) -> list[str]:
+        """What an operator must hear about this model, in words (empty when all is well).
+
+        A model that sees events but never gets their labels learns nothing, and its metric
+        stays "no data yet" for good: almost always a target that names nothing the events carry.
+
+        >>> learner = OnlineLearner.create(ModelSpec(name="m", target="y"))
+        >>> learner.events_seen = 500
+        >>> print(learner.warnings()[0])  # doctest: +ELLIPSIS
+        model 'm' has seen 500 events and learned from none: ...Check its target 'y'...
+        """
+        if self.events_seen < NOT_LEARNING_AFTER or self.events_learned > 0:
+            return []
+        target = repr(self.spec.target) if self.spec.target else "(DRIFTLINE_TARGET)"
+        return [f"model {self.name!r} has seen {self.events_seen} events and learned from none: "
+                f"{len(self.pending) + len(self.last_by_device)} wait for a label, "
+                f"{self.labels_expired} expired without one. Check its target {target}: each event "
+                f"needs a reading of that name or a 'target' field, or labels on the labels topic."]
 
     def summary(self) -> dict[str, Any]:
         """Metadata for a snapshot: what a person or the API wants to know without unpickling."""
@@ -223,4 +245,5 @@ class OnlineLearner:
             "topic_ids": self.topic_ids,
             "feature_schema": self.feature_schema,
             "learn_us_per_event": 1e6 * self.learn_seconds / max(self.events_seen, 1),
+            "warnings": self.warnings(),
         }

@@ -58,6 +58,7 @@ class Runtime:
         self.unacked: list[Message] = []  # learned, not yet in a published snapshot
         self.unpublished_events = 0  # records those messages carried
         self.last_snapshot = time.monotonic()
+        self.warned: set[str] = set()  # model warnings already logged
         self._redis: Redis | None = None
         self._registry: ModelRegistry | None = None
 
@@ -135,7 +136,15 @@ class Runtime:
             learner = self.learners[name]
             meta = await self.registry.publish(learner)
             log.info("snapshot %s v%s: %d events learned, %s=%s", learner.name, meta["version"],
-                     learner.events_learned, meta["metric"]["name"], meta["metric"]["value"])
+                     learner.events_learned, meta["metric"]["name"],
+                     "no data yet" if meta["metric"]["value"] is None else meta["metric"]["value"])
+            # Said once when it starts (and again if it comes back), not at every snapshot.
+            if not meta["warnings"]:
+                self.warned.discard(name)
+            elif name not in self.warned:
+                self.warned.add(name)
+                for warning in meta["warnings"]:
+                    log.warning("%s", warning)
         self.changed.clear()
         for message in self.unacked:
             message.ack(app.consumer)

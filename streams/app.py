@@ -49,6 +49,9 @@ app = faust.App(
     GROUP_ID,
     broker=settings.faust_broker if settings.kafka_url else "kafka://127.0.0.1:9092",
     store="memory://",
+    # Faust keeps a few local files (its "datadir", by default in the current directory): under
+    # driftline's one data directory, never in a checkout.
+    datadir=str((settings.data_dir / "worker").resolve()),
     autodiscover=False,
     topic_allow_declare=False,
     # Faust's leader-election topic is only needed by tables and would be auto-created.

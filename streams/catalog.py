@@ -64,8 +64,26 @@ DEFAULT_CATALOG: dict[str, SensorSpec] = {
 }
 
 
-def load_catalog(text: str | None = None, path: Path | None = None) -> dict[str, SensorSpec]:
-    """Read a catalog from JSON text or a JSON/YAML file; the default catalog when neither is given."""
+#: Catalogs by name (``DRIFTLINE_SENSOR_CATALOG=simulator``). ``none``, like an empty value or
+#: ``{}``, means no catalog at all: readings pass unchecked, a missing one takes its last value.
+NAMED_CATALOGS: dict[str, dict[str, SensorSpec]] = {"simulator": DEFAULT_CATALOG, "none": {}}
+
+
+def load_catalog(text: str | None = "simulator", path: Path | None = None) -> dict[str, SensorSpec]:
+    """Read a catalog: a file (JSON/YAML) when given, else a name from :data:`NAMED_CATALOGS` or JSON.
+
+    Examples
+    --------
+    >>> sorted(load_catalog("simulator"))
+    ['humidity', 'temperature', 'vibration', 'voltage']
+    >>> load_catalog(""), load_catalog("none"), load_catalog("{}")
+    ({}, {}, {})
+    >>> load_catalog('{"t": {"min": 0}}')["t"].min
+    0.0
+    """
+    name = (text or "").strip() or "none"
+    if path is None and name in NAMED_CATALOGS:
+        return dict(NAMED_CATALOGS[name])
     if path is not None:
         raw = path.read_text()
         if path.suffix in {".yaml", ".yml"}:
@@ -74,8 +92,29 @@ def load_catalog(text: str | None = None, path: Path | None = None) -> dict[str,
             data = yaml.safe_load(raw)
         else:
             data = json.loads(raw)
-    elif text:
-        data = json.loads(text)
     else:
-        return dict(DEFAULT_CATALOG)
-    return {name: SensorSpec.model_validate(spec) for name, spec in data.items()}
+        try:
+            data = json.loads(name)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not a catalog name ({', '.join(NAMED_CATALOGS)}) nor JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError("a sensor catalog is a JSON object: {sensor: {unit, min, max, ...}}")
+    return {sensor: SensorSpec.model_validate(spec) for sensor, spec in data.items()}
+
+
+def describe_catalog(catalog: dict[str, SensorSpec], text: str | None, path: Path | None) -> str:
+    """Which catalog is in force, in words, for startup logs.
+
+    >>> describe_catalog({}, "", None)
+    'none (readings pass unchecked; a missing one takes its last value)'
+    >>> describe_catalog(load_catalog("simulator"), "simulator", None)
+    "simulator's: humidity, temperature, vibration, voltage"
+    """
+    if not catalog:
+        return "none (readings pass unchecked; a missing one takes its last value)"
+    sensors = ", ".join(sorted(catalog))
+    if path is not None:
+        return f"from {path}: {sensors}"
+    if (text or "").strip() == "simulator":
+        return f"simulator's: {sensors}"
+    return f"custom: {sensors}"

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 #: Event ids remembered per device for deduplication.
 RECENT_IDS = 1000
@@ -83,6 +83,34 @@ class FeatureSpec(BaseModel):
     #: Most readings a time window keeps per sensor (bounds memory for fast devices).
     max_time_window_points: int = Field(1000, ge=1)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _from_preset(cls, data: Any) -> Any:
+        """A preset's name, or ``{"preset": name, ...}``: the preset with some keys changed."""
+        if isinstance(data, str):
+            data = {"preset": data}
+        if isinstance(data, dict) and "preset" in data:
+            overrides = {k: v for k, v in data.items() if k != "preset"}
+            name = data["preset"]
+            if name not in PRESETS:
+                raise ValueError(f"unknown features preset {name!r}: use one of {', '.join(PRESETS)}, "
+                                 "or give the keys themselves")
+            return {**PRESETS[name], **overrides}
+        return data
+
+    def describe(self) -> str:
+        """The preset this spec is, by name, or ``custom``; for startup logs.
+
+        >>> FeatureSpec(preset="raw").describe(), FeatureSpec().describe()
+        ('raw (the readings only)', 'default (windows, EWMA, delta, rate, lag, pair, time of day)')
+        >>> FeatureSpec.model_validate({"preset": "raw", "lags": [1]}).describe()
+        'custom'
+        """
+        for name, values in PRESETS.items():
+            if self == FeatureSpec.model_validate(values):
+                return f"{name} ({PRESET_NOTES[name]})"
+        return "custom"
+
     def schema_hash(self) -> str:
         """A short fingerprint of this spec: models record it, the API checks it."""
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
@@ -91,6 +119,17 @@ class FeatureSpec(BaseModel):
     def history(self) -> int:
         """Readings per sensor the count windows and lags need."""
         return max((*self.windows, *(k + 1 for k in self.lags), 1))
+
+
+#: Named feature specs (``DRIFTLINE_FEATURES=raw``); a preset's keys can still be changed one by
+#: one (``{"preset": "raw", "lags": [1, 2]}``).
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "raw": {"windows": (), "time_windows": (), "ewma_half_lives": (), "delta": False, "rate": False,
+            "lags": (), "time_of_day": False, "day_of_week": False, "pairs": ()},
+}
+PRESET_NOTES = {"default": "windows, EWMA, delta, rate, lag, pair, time of day",
+                "raw": "the readings only"}
 
 
 class RecentIds:

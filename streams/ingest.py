@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +46,21 @@ Outcome = FeatureRecord | Rejection | Duplicate
 
 #: The counters every partition keeps; ``rejected:<reason>`` ones are added as reasons occur.
 COUNTERS = ("received", "accepted", "deduplicated", "rejected", "late", "imputed", "clipped")
+
+
+def label_readings(specs: Iterable[ModelSpec], target: str) -> frozenset[str]:
+    """The readings that are ground truth for some model, so never a feature of any.
+
+    The deployment's target, and each model's own target except a forecast's (a forecast
+    predicts a sensor's next value from its current one, which is a feature). A label's rolling
+    mean or delta would include the label itself, so a label reading is left out of featurizing
+    altogether, for every model.
+
+    >>> sorted(label_readings([ModelSpec(name="a", target="y"),
+    ...                        ModelSpec(name="b", task="forecast", target="temperature")], "power"))
+    ['power', 'y']
+    """
+    return frozenset({target} | {s.target for s in specs if s.target and s.task != "forecast"})
 
 
 @dataclass
@@ -83,8 +99,13 @@ class IngestStage:
     #: :attr:`models` as specs.
     specs: tuple[ModelSpec, ...] = field(init=False)
 
+    #: Readings that are some model's ground truth: never features, never cleaned (see
+    #: :func:`label_readings`).
+    labels: frozenset[str] = field(init=False)
+
     def __post_init__(self) -> None:
         self.specs = tuple(ModelSpec(name=m) if isinstance(m, str) else m for m in self.models)
+        self.labels = label_readings(self.specs, self.target)
 
     def handle(
         self, raw: bytes | None, partition: int, offset: int, timestamp_ms: int | None = None
@@ -128,7 +149,7 @@ class IngestStage:
         refused = check_time(ts, state.watermark, now, self.time_policy)
         if refused is not None:
             return [self._reject(counts, state, refused._replace(item=index))]
-        readings = {k: v for k, v in event.readings.items() if k != self.target}
+        readings = {k: v for k, v in event.readings.items() if k not in self.labels}
         cleaned = clean_readings(readings, ts, state, self.catalog)
         if isinstance(cleaned, Rejection):
             return [self._reject(counts, state, cleaned._replace(item=index))]
@@ -150,17 +171,22 @@ class IngestStage:
         ]
 
     def _target(self, event: SensorEvent, cleaned: dict[str, float], spec: ModelSpec) -> Any:
-        """The event's label for ``spec``: its ``target`` field, or the reading the spec names.
+        """The event's label for ``spec``: the reading its target names, else the event's ``target``.
 
+        The event's ``target`` field is the ground truth the device sends with the event: it is
+        the label of a model learning the deployment's target even when a reading has the same
+        name, and of any other model whose target the event carries no reading of (a model
+        named ``target: "y"`` learns from replayed rows whose ``y`` column became ``target``).
         A forecast's label is what the device's *next* event says; its record carries this
         event's (cleaned) value of the forecast sensor, which the learner pairs with the last one.
         """
         name = spec.target or self.target
         if spec.task == "forecast":
             return cleaned.get(name)
-        if name == self.target and event.target is not None:
+        value = event.readings.get(name)
+        if event.target is not None and (value is None or name == self.target):
             return event.target
-        return event.readings.get(name)
+        return value
 
     @staticmethod
     def _reject(counts: Counter[str], state: DeviceState | None, rejection: Rejection) -> Rejection:

@@ -48,9 +48,11 @@ SettingsFactory = Callable[..., Settings]
 
 
 @pytest.fixture
-def make_settings(services: Services) -> SettingsFactory:
-    """Settings pointing at the session's services, with a namespace and topics of this test's own."""
+def make_settings(services: Services, tmp_path_factory: pytest.TempPathFactory) -> SettingsFactory:
+    """Settings pointing at the session's services, with a namespace, topics and a data directory
+    of this test's own."""
     run = uuid.uuid4().hex[:8]
+    data_dir = tmp_path_factory.mktemp(f"data-{run}")
 
     def make(**overrides: Any) -> Settings:
         values: dict[str, Any] = {
@@ -67,6 +69,7 @@ def make_settings(services: Services) -> SettingsFactory:
             "snapshot_every_events": 100,
             "snapshot_every_seconds": 1.0,
             "batch_within": 0.2,
+            "data_dir": data_dir,
         }
         values.update(overrides)
         return Settings(_env_file=None, **values)

@@ -269,11 +269,13 @@ def test_summary_is_json_serialisable_and_exact() -> None:
         "labels": {"received": 0, "pending": 1, "expired": 0, "unmatched": 0},
         "metric": {"name": "MAE", "value": 4.0, "rolling": 4.0},
         "input_offsets": {"1": 8}, "source_positions": {"events/0": [41, 0]},
-        "topic_ids": {"sensor-features": "id-1"}, "feature_schema": "abc",
+        "topic_ids": {"sensor-features": "id-1"}, "feature_schema": "abc", "warnings": [],
     }
 
 
 def test_summary_of_a_fresh_learner_has_no_metric_values_yet() -> None:
     summary = OnlineLearner.create(ModelSpec(name="f", estimator="hoeffding_tree_regressor")).summary()
     assert json.loads(json.dumps(summary))["learn_us_per_event"] == 0.0
-    assert summary["metric"] == {"name": "MAE", "value": 0.0, "rolling": 0.0}
+    # "No data yet" is None, never a perfect 0.
+    assert summary["metric"] == {"name": "MAE", "value": None, "rolling": None}
+    assert set(summary["metrics"]["cumulative"].values()) == {None}

@@ -178,7 +178,7 @@ def test_the_cli_lists_shows_promotes_and_rolls_back(make_settings: Any, monkeyp
         assert cli(["models", "list"]) == 0
         listing = capsys.readouterr().out.splitlines()
         assert listing[0].split() == ["model", "task", "estimator", "latest", "champion", "challenger",
-                                      "events", "metric", "versions"]
+                                      "events", "metric", "versions", "status"]
         assert listing[1].split()[:5] == ["default", "regression", "linear_regression", "2", "2"]
         assert cli(["models", "promote", "default", "1", "--reason", "canary"]) == 0
         assert "champion is now v1" in capsys.readouterr().out

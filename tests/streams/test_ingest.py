@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from models.specs import ModelSpec
 from streams.cleaning import Rejection
 from streams.features import FeatureSpec
 from streams.ingest import COUNTERS, Duplicate, IngestStage, Outcome
@@ -194,6 +195,29 @@ def test_the_target_field_wins_over_the_target_reading() -> None:
     (record,) = records(make_stage().handle(raw, 0, 0, NOW_MS))
     assert record.target == 1.0
     assert "power" not in record.features
+
+
+def test_a_models_own_target_takes_the_events_target_field_when_no_reading_has_its_name() -> None:
+    # A user's model names its target "y"; a replay put the "y" column in the event's target.
+    stage = make_stage(models=(ModelSpec(name="m", target="y"),))
+    (record,) = records(stage.handle(message(target=3.5), 0, 0, NOW_MS))
+    assert record.target == 3.5
+
+
+def test_a_models_own_target_reading_is_its_label_and_nobodys_feature() -> None:
+    stage = make_stage(models=(ModelSpec(name="y-model", target="y"), ModelSpec(name="other")))
+    raw = message(readings={"temperature": 20.0, "y": 4.0}, target=1.0)
+    by_model = {r.model: r for r in records(stage.handle(raw, 0, 0, NOW_MS))}
+    assert by_model["y-model"].target == 4.0  # its reading, over the event's field
+    assert by_model["other"].target == 1.0  # the deployment's target: the event's field
+    for record in by_model.values():  # a label's rolling mean would hold the label itself
+        assert not any(name == "y" or name.startswith("y_") for name in record.features)
+
+
+def test_a_forecast_target_stays_a_feature() -> None:
+    stage = make_stage(models=(ModelSpec(name="next", task="forecast", target="temperature"),))
+    (record,) = records(stage.handle(message(), 0, 0, NOW_MS))
+    assert record.target == 20.0 and record.features["temperature"] == 20.0
 
 
 def test_an_event_without_any_target_has_none() -> None:
