@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test unit integration lint bench clean
+.PHONY: install run test unit integration lint layout bench clean
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "driftline needs Python 3.11 or newer on PATH"; exit 1; }
@@ -32,12 +32,20 @@ unit: $(STAMP)
 integration: $(STAMP)
 	$(BIN)/python -m pytest -m integration
 
-lint: $(STAMP)
+## The package as installed (models/, streams/, api/ under driftline/), as links, for the tools
+## that read a tree from disk and know nothing of setuptools' package-dir mapping.
+layout: $(STAMP)
+	@$(BIN)/python .ci/layout.py build/layout
+
+## ruff, the layers contract (import-linter), mypy strict. The layers are also checked by `make test`.
+lint: layout
 	$(BIN)/ruff check .
-	$(BIN)/mypy driftline streams models api
+	$(BIN)/ruff format --check .
+	cd build/layout && PYTHONPATH=. ../../$(BIN)/lint-imports --no-cache ../../pyproject.toml
+	cd build/layout && ../../$(BIN)/mypy --config-file ../../pyproject.toml -p driftline
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .driftline .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .driftline .pytest_cache .mypy_cache .ruff_cache *.egg-info build

@@ -1,5 +1,5 @@
-"""The HTTP API: predictions, models, health. Start at :func:`api.main.create_app`."""
+"""The HTTP API: predictions, models, health. Start at :func:`driftline.api.main.create_app`."""
 
-from api.main import create_app
+from driftline.api.main import create_app
 
 __all__ = ["create_app"]

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
+from driftline.api.model_store import ModelStore
+from driftline.api.publisher import EventPublisher
+from driftline.models.registry import ModelRegistry
 from fastapi import Depends, Request
 from redis.asyncio import Redis
 
-from api.model_store import ModelStore
 from driftline.settings import Settings
-from models.registry import ModelRegistry
 
 
-def get_settings(request: Request) -> Settings:
+def app_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
@@ -31,7 +32,13 @@ def get_registry(request: Request) -> ModelRegistry:
     return get_model_store(request).registry
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+def get_publisher(request: Request) -> EventPublisher:
+    publisher: EventPublisher = request.app.state.publisher
+    return publisher
+
+
+SettingsDep = Annotated[Settings, Depends(app_settings)]
 RedisDep = Annotated[Redis, Depends(get_redis)]
 ModelStoreDep = Annotated[ModelStore, Depends(get_model_store)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
+PublisherDep = Annotated[EventPublisher, Depends(get_publisher)]

@@ -7,15 +7,15 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+from driftline.api.model_store import ModelStore
+from driftline.api.publisher import EventPublisher
+from driftline.api.routes import router
 from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from api.model_store import ModelStore
-from api.publisher import EventPublisher
-from api.routes import router
-from driftline.errors import (
+from driftline.core.errors import (
     DriftlineError,
     FeatureSchemaMismatch,
     ModelNotReady,
@@ -24,7 +24,6 @@ from driftline.errors import (
     SnapshotError,
 )
 from driftline.settings import Settings, get_settings
-from models.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
-        registry = ModelRegistry(redis, settings.namespace,
-                                 settings.secret_key.get_secret_value().encode(),
-                                 settings.keep_versions)
-        store = ModelStore(registry)
+        store = ModelStore(settings.registry(redis))
         app.state.settings = settings
         app.state.redis = redis
         app.state.model_store = store
@@ -53,8 +49,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except RedisError as exc:  # start anyway: /health says degraded, follow() retries
             log.warning("Redis unavailable at start (%s); models load when it answers", exc)
         stop_following = asyncio.Event()
-        follower = asyncio.create_task(store.follow(stop_following, FOLLOW_POLL_SECONDS),
-                                       name="snapshot-follower")
+        follower = asyncio.create_task(
+            store.follow(stop_following, FOLLOW_POLL_SECONDS), name="snapshot-follower"
+        )
         try:
             yield
         finally:
@@ -92,5 +89,6 @@ async def _driftline_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _redis_error(request: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse({"detail": f"Redis is unavailable: {exc}"},
-                        status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
+    return JSONResponse(
+        {"detail": f"Redis is unavailable: {exc}"}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE
+    )

@@ -13,13 +13,13 @@ import json
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
 
+from driftline.models.learner import OnlineLearner
+from driftline.models.registry import CHAMPION, ModelRegistry
 from redis.exceptions import RedisError
 
-from driftline.errors import ModelNotReady, RegistryError, SnapshotError
-from models.learner import OnlineLearner
-from models.registry import CHAMPION, ModelRegistry
+from driftline.core.errors import ModelNotReady, RegistryError, SnapshotError
+from driftline.core.meta import SnapshotMeta
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class ServedModel:
     learner: OnlineLearner
-    meta: dict[str, Any]
+    meta: SnapshotMeta
 
     @property
     def version(self) -> int:
@@ -74,8 +74,10 @@ class ModelStore:
             if version is None:
                 if name not in await self.registry.model_names():
                     raise ModelNotReady(name)
-                raise RegistryError(f"model {name!r} has no {alias} (set one with "
-                                    f"`driftline models promote {name} VERSION --to {alias}`)")
+                raise RegistryError(
+                    f"model {name!r} has no {alias} (set one with "
+                    f"`driftline models promote {name} VERSION --to {alias}`)"
+                )
         champion = self.served.get(name)
         if champion is not None and champion.version == version:
             return champion
@@ -110,8 +112,13 @@ class ModelStore:
                 refusal.count += 1
                 refusal.last_reason = str(exc)
                 refusal.last_version = version
-                log.warning("model %s v%s refused, still serving v%s: %s", name, version,
-                            current.version if current else None, exc)
+                log.warning(
+                    "model %s v%s refused, still serving v%s: %s",
+                    name,
+                    version,
+                    current.version if current else None,
+                    exc,
+                )
             return False
         self.served[name] = ServedModel(learner, meta)
         log.info("serving model %s v%s (%d events learned)", name, version, learner.events_learned)
@@ -138,8 +145,7 @@ class ModelStore:
                 await self.refresh_all()
                 backoff = 0.5
                 while not stop.is_set():
-                    message = await pubsub.get_message(ignore_subscribe_messages=True,
-                                                       timeout=poll_seconds)
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=poll_seconds)
                     if message is None:
                         await self.refresh_all()
                         continue

@@ -4,29 +4,35 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from functools import cache
 from importlib.resources import files
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Header, HTTPException, Query, Request, Response, status
+from driftline.api.deps import ModelStoreDep, PublisherDep, RedisDep, RegistryDep, SettingsDep
+from driftline.api.model_store import ModelStore
+from driftline.api.stats import ingest_totals, prometheus_text
+from driftline.models.evaluation import Prediction
+from driftline.models.registry import CHAMPION, LATEST, ModelRegistry
+from driftline.streams.checkpoint import load_device_states
+from driftline.streams.cleaning import Rejection
+from driftline.streams.features import DeviceState
+from driftline.streams.ingest import featurize_reading, label_readings
+from driftline.streams.schema import Reading, SensorEvent
+from fastapi import APIRouter, Body, Header, HTTPException, Query, Response, status
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from pydantic import BaseModel
+from redis.asyncio import Redis
 
-from api.deps import ModelStoreDep, RedisDep, RegistryDep, SettingsDep
-from api.stats import ingest_totals, prometheus_text
-from driftline.errors import FeatureSchemaMismatch
-from models.registry import CHAMPION, LATEST
-from streams.checkpoint import device_key, load_device_states
-from streams.cleaning import Rejection, clean_readings
-from streams.features import DeviceState, featurize
-from streams.ingest import label_readings
-from streams.schema import Reading, SensorEvent
+from driftline.core.errors import FeatureSchemaMismatch
+from driftline.core.meta import SnapshotMeta
+from driftline.settings import Settings
 
 router = APIRouter()
 
 
-class Prediction(BaseModel):
+class PredictionResponse(BaseModel):
     #: regression/forecast: the value; classification: the class; anomaly: the score (high = odd).
     prediction: float | bool | str | None
     #: classification: each class's probability.
@@ -41,33 +47,42 @@ class Prediction(BaseModel):
     alias: str | None = None
 
 
-@router.post("/predict", response_model=Prediction, responses={
-    503: {"description": "no model yet"},
-    404: {"description": "the alias asked for is not set, or the version is not stored"}})
-async def predict(reading: Reading, settings: SettingsDep, redis: RedisDep,
-                  store: ModelStoreDep) -> Prediction:
+@router.post(
+    "/predict",
+    response_model=PredictionResponse,
+    responses={
+        503: {"description": "no model yet"},
+        404: {"description": "the alias asked for is not set, or the version is not stored"},
+    },
+)
+async def predict(
+    reading: Reading, settings: SettingsDep, redis: RedisDep, store: ModelStoreDep
+) -> PredictionResponse:
     """Predict from one raw reading, featurized with the device's live state (as the stream does)."""
     name = reading.model or settings.default_model
     served = await store.pick(name, reading.alias, reading.version)
     check_feature_schema(served.meta, settings)
-    states = await load_device_states(redis, settings.namespace, [reading.device_id])
+    states = await load_device_states(redis, settings.keys, [reading.device_id])
     # A copy of the stream's state: serving reads it and never writes it back. Cleaning and
     # featurizing are the stream's own functions, so serving sees what training saw.
     state = states.get(reading.device_id) or DeviceState()
-    labels = label_readings(settings.model_specs(), settings.target)
-    readings = {k: v for k, v in reading.readings.items() if k not in labels}
-    ts = reading.ts or datetime.now(UTC)
-    cleaned = clean_readings(readings, ts.timestamp(), state, settings.catalog())
-    if isinstance(cleaned, Rejection):
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{cleaned.reason}: {cleaned.message}")
-    features = featurize(state, cleaned.readings, ts, settings.features)
-    said = served.learner.predict(features)
-    value = said.value
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        value = float(value)
-    return Prediction(
+    featurized = featurize_reading(
+        reading.readings,
+        reading.ts or datetime.now(UTC),
+        state,
+        labels=label_readings(settings.model_specs(), settings.target),
+        catalog=settings.catalog(),
+        spec=settings.features,
+    )
+    if isinstance(featurized, Rejection):
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, f"{featurized.reason}: {featurized.message}"
+        )
+    _, features = featurized
+    value, probabilities = as_json_prediction(served.learner.predict(features))
+    return PredictionResponse(
         prediction=value,
-        probabilities=None if said.proba is None else {str(k): float(p) for k, p in said.proba.items()},
+        probabilities=probabilities,
         task=served.learner.spec.task,
         model=name,
         version=served.version,
@@ -78,7 +93,21 @@ async def predict(reading: Reading, settings: SettingsDep, redis: RedisDep,
     )
 
 
-def check_feature_schema(meta: dict[str, Any], settings: SettingsDep) -> None:
+def as_json_prediction(said: Prediction) -> tuple[float | bool | str | None, dict[str, float] | None]:
+    """What a model said, in JSON's terms: numbers as floats (River may say an int or a numpy
+    number), a class stays a class, class probabilities keyed by the class as text.
+
+    >>> as_json_prediction(Prediction(3, {True: 1}))
+    (3.0, {'True': 1.0})
+    """
+    value = said.value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = float(value)
+    probabilities = None if said.proba is None else {str(k): float(p) for k, p in said.proba.items()}
+    return value, probabilities
+
+
+def check_feature_schema(meta: Mapping[str, Any], settings: Settings) -> None:
     """Refuse to predict with a model trained on features this API does not compute."""
     trained_on = meta.get("feature_schema") or ""
     computed = settings.features.schema_hash()
@@ -86,7 +115,7 @@ def check_feature_schema(meta: dict[str, Any], settings: SettingsDep) -> None:
         raise FeatureSchemaMismatch(str(meta.get("model")), int(meta["version"]), trained_on, computed)
 
 
-async def _describe(name: str, store: ModelStoreDep, registry: RegistryDep) -> dict[str, Any]:
+async def _describe(name: str, store: ModelStore, registry: ModelRegistry) -> dict[str, Any]:
     served = store.served.get(name)
     refusals = store.refusals.get(name)
     aliases = await registry.aliases(name)
@@ -113,13 +142,17 @@ async def show_model(name: str, store: ModelStoreDep, registry: RegistryDep) -> 
     """One model with the metadata of every stored version and its audit log (newest first)."""
     if name not in await registry.model_names():
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no model named {name!r}")
-    return {**await _describe(name, store, registry), "versions": await registry.versions(name),
-            "audit": await registry.audit(name, count=50)}
+    return {
+        **await _describe(name, store, registry),
+        "versions": await registry.versions(name),
+        "audit": await registry.audit(name, count=50),
+    }
 
 
 @router.get("/models/{name}/history")
-async def model_history(name: str, registry: RegistryDep,
-                        points: int = Query(500, ge=1, le=5000)) -> dict[str, Any]:
+async def model_history(
+    name: str, registry: RegistryDep, points: Annotated[int, Query(ge=1, le=5000)] = 500
+) -> dict[str, Any]:
     """The model's headline metric, cumulative and rolling, at each of its last publishes."""
     if name not in await registry.model_names():
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no model named {name!r}")
@@ -128,7 +161,7 @@ async def model_history(name: str, registry: RegistryDep,
 
 @cache
 def _dashboard_page() -> str:
-    return files("api").joinpath("static", "dashboard.html").read_text(encoding="utf-8")
+    return files("driftline.api").joinpath("static", "dashboard.html").read_text(encoding="utf-8")
 
 
 @router.get("/dashboard", response_class=HTMLResponse)
@@ -147,7 +180,7 @@ async def health(response: Response, redis: RedisDep, store: ModelStoreDep) -> d
     """``ok`` when Redis answers; lists the model versions being served."""
     try:
         redis_ok = bool(await redis.ping())
-    except Exception:  # noqa: BLE001 - any failure to reach Redis means unhealthy
+    except Exception:
         redis_ok = False
     if not redis_ok:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
@@ -166,41 +199,73 @@ async def event_schema() -> dict[str, Any]:
 
 # --- ways in, and what became of them ---------------------------------------------------------
 
-def _check_api_key(settings: SettingsDep, key: str | None) -> None:
+
+def _check_api_key(settings: Settings, key: str | None) -> None:
     if not key or not any(secrets.compare_digest(key, k) for k in settings.api_key_set()):
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or unknown API key (header X-API-Key)",
-                            headers={"WWW-Authenticate": "ApiKey"})
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "missing or unknown API key (header X-API-Key)",
+            headers={"WWW-Authenticate": "ApiKey"},
+        )
 
 
-@router.post("/events", status_code=status.HTTP_202_ACCEPTED, responses={
-    401: {"description": "no valid X-API-Key"}, 413: {"description": "batch too large"},
-    422: {"description": "no event was valid; reasons per item"},
-    503: {"description": "Kafka unreachable"}})
+@router.post(
+    "/events",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={
+        401: {"description": "no valid X-API-Key"},
+        413: {"description": "batch too large"},
+        422: {"description": "no event was valid; reasons per item"},
+        503: {"description": "Kafka unreachable"},
+    },
+)
 async def post_events(
-    request: Request,
     settings: SettingsDep,
-    body: Any = Body(..., description="one sensor event, or a JSON array of them",  # noqa: B008
-                     examples=[{"event_id": "sensor-001-00000001", "device_id": "sensor-001",
-                                "ts": "2026-11-22T10:00:00Z", "readings": {"temperature": 21.5}}]),
-    x_api_key: str | None = Header(None),  # noqa: B008
+    publisher: PublisherDep,
+    body: Annotated[
+        Any,
+        Body(
+            description="one sensor event, or a JSON array of them",
+            examples=[
+                {
+                    "event_id": "sensor-001-00000001",
+                    "device_id": "sensor-001",
+                    "ts": "2026-11-22T10:00:00Z",
+                    "readings": {"temperature": 21.5},
+                }
+            ],
+        ),
+    ],
+    x_api_key: Annotated[str | None, Header()] = None,
 ) -> Any:
     """Publish readings to the events topic, validated first: 202 with counts, reasons per bad item."""
     _check_api_key(settings, x_api_key)
+    items = batch_items(body, settings.max_batch_events)
+    # A validation error's ctx may hold the exception itself: default=str makes it JSON.
+    result = json.loads(json.dumps(await publisher.publish(items), default=str))
+    if result["accepted"] == 0:
+        return JSONResponse(result, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+    return result
+
+
+def batch_items(body: Any, limit: int) -> list[Any]:
+    """The events of a request body (one event, or an array of them); 413 over ``limit``, 422 if none.
+
+    >>> batch_items({"event_id": "e1"}, limit=5)
+    [{'event_id': 'e1'}]
+    """
     items = body if isinstance(body, list) else [body]
-    if len(items) > settings.max_batch_events:
-        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE,
-                            f"{len(items)} events in one request; the limit is {settings.max_batch_events}")
+    if len(items) > limit:
+        raise HTTPException(
+            status.HTTP_413_CONTENT_TOO_LARGE, f"{len(items)} events in one request; the limit is {limit}"
+        )
     if not items:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "no events in the request")
-    result = await request.app.state.publisher.publish(items)
-    if result["accepted"] == 0:
-        return JSONResponse(json.loads(json.dumps(result, default=str)),
-                            status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
-    return json.loads(json.dumps(result, default=str))
+    return items
 
 
-async def _device_state(device_id: str, settings: SettingsDep, redis: RedisDep) -> DeviceState:
-    raw = await redis.get(device_key(settings.namespace, device_id))
+async def _device_state(device_id: str, settings: Settings, redis: Redis) -> DeviceState:
+    raw = await redis.get(settings.keys.device(device_id))
     if raw is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no events seen from device {device_id!r}")
     return DeviceState.from_json(json.loads(raw))
@@ -210,35 +275,60 @@ async def _device_state(device_id: str, settings: SettingsDep, redis: RedisDep) 
 async def stats(settings: SettingsDep, redis: RedisDep, registry: RegistryDep) -> dict[str, Any]:
     """What became of every event: received = accepted + deduplicated + rejected + late; and per
     model, events seen and learned, with warnings (a model that sees events but learns none)."""
-    models: dict[str, Any] = {}
+    latest: dict[str, tuple[int, SnapshotMeta]] = {}
     for name in await registry.model_names():
         version = await registry.alias_version(name, LATEST)
-        meta = await registry.version_meta(name, version) if version is not None else {}
-        models[name] = {"version": version, "events_seen": meta.get("events_seen"),
-                        "events_learned": meta.get("events_learned"), "warnings": meta.get("warnings", [])}
-    return {**await ingest_totals(redis, settings), "models": models,
-            "warnings": [w for model in models.values() for w in model["warnings"]]}
+        if version is None:  # a model is in the registry once it has a version
+            continue
+        latest[name] = (version, await registry.version_meta(name, version))
+    return {**await ingest_totals(redis, settings), **model_figures(latest)}
+
+
+def model_figures(latest: Mapping[str, tuple[int, SnapshotMeta]]) -> dict[str, Any]:
+    """Per model (its latest version and that version's metadata), events seen and learned and
+    its warnings; and every model's warnings together, for a dashboard to show first."""
+    models: dict[str, dict[str, Any]] = {
+        name: {
+            "version": version,
+            "events_seen": meta["events_seen"],
+            "events_learned": meta["events_learned"],
+            # metadata published before warnings existed has none
+            "warnings": meta.get("warnings", []),
+        }
+        for name, (version, meta) in latest.items()
+    }
+    return {"models": models, "warnings": [w for model in models.values() for w in model["warnings"]]}
 
 
 @router.get("/devices/{device_id}/stats")
 async def device_stats(device_id: str, settings: SettingsDep, redis: RedisDep) -> dict[str, Any]:
     """One device's counters and its newest event time."""
     state = await _device_state(device_id, settings, redis)
-    return {"device_id": device_id, "counts": dict(state.counts), "watermark": state.watermark,
-            "events": state.events}
+    return {
+        "device_id": device_id,
+        "counts": dict(state.counts),
+        "watermark": state.watermark,
+        "events": state.events,
+    }
 
 
 @router.get("/devices/{device_id}/features")
 async def device_features(device_id: str, settings: SettingsDep, redis: RedisDep) -> dict[str, Any]:
     """The device's current feature vector (its last event's), as the stream computed it."""
     state = await _device_state(device_id, settings, redis)
-    return {"device_id": device_id, "features": state.features, "events": state.events,
-            "last_event_time": state.last_ts, "feature_schema": settings.features.schema_hash()}
+    return {
+        "device_id": device_id,
+        "features": state.features,
+        "events": state.events,
+        "last_event_time": state.last_ts,
+        "feature_schema": settings.features.schema_hash(),
+    }
 
 
 @router.get("/metrics", response_class=Response)
-async def metrics(settings: SettingsDep, redis: RedisDep, store: ModelStoreDep,
-                  registry: RegistryDep) -> Response:
+async def metrics(
+    settings: SettingsDep, redis: RedisDep, store: ModelStoreDep, registry: RegistryDep
+) -> Response:
     """Prometheus exposition of ingest counters and served-model figures."""
     models = [await _describe(name, store, registry) for name in await registry.model_names()]
     body = prometheus_text(await ingest_totals(redis, settings), models)

@@ -9,27 +9,27 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from driftline.streams.checkpoint import load_stats
+from driftline.streams.ingest import COUNTERS
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from redis.asyncio import Redis
 
 from driftline.settings import Settings
-from streams.checkpoint import load_stats
-from streams.ingest import COUNTERS
-
-
-def topics_key(settings: Settings) -> str:
-    """Where the worker records the ids of the topics it consumes (checkpoints are keyed by them)."""
-    return settings.redis_key("topics")
 
 
 async def ingest_totals(redis: Redis, settings: Settings) -> dict[str, Any]:
     """Counters of the current events topic, added up over partitions, with the identity checked."""
-    topic_id = await redis.hget(topics_key(settings), settings.events_topic)
+    topic_id = await redis.hget(settings.keys.topics(), settings.events_topic)
     per_partition = (
-        await load_stats(redis, settings.namespace, settings.events_topic,
-                         topic_id.decode() if isinstance(topic_id, bytes) else topic_id)
-        if topic_id else {}
+        await load_stats(
+            redis,
+            settings.keys,
+            settings.events_topic,
+            topic_id.decode() if isinstance(topic_id, bytes) else topic_id,
+        )
+        if topic_id
+        else {}
     )
     return summarize(per_partition)
 
@@ -48,10 +48,15 @@ def summarize(per_partition: dict[int, Counter[str]]) -> dict[str, Any]:
         totals.update(counts)
     by_reason = {k.split(":", 1)[1]: v for k, v in sorted(totals.items()) if k.startswith("rejected:")}
     plain = {k: totals[k] for k in COUNTERS}
-    balanced = plain["received"] == (plain["accepted"] + plain["deduplicated"]
-                                     + plain["rejected"] + plain["late"])
-    return {"totals": plain, "rejected_by_reason": by_reason, "balanced": balanced,
-            "partitions": {str(p): dict(c) for p, c in sorted(per_partition.items())}}
+    balanced = plain["received"] == (
+        plain["accepted"] + plain["deduplicated"] + plain["rejected"] + plain["late"]
+    )
+    return {
+        "totals": plain,
+        "rejected_by_reason": by_reason,
+        "balanced": balanced,
+        "partitions": {str(p): dict(c) for p, c in sorted(per_partition.items())},
+    }
 
 
 class _Snapshot:
@@ -62,35 +67,48 @@ class _Snapshot:
         self.models = models
 
     def collect(self) -> Any:
-        events = CounterMetricFamily("driftline_ingest_events", "Events by outcome of the ingest stage",
-                                     labels=["outcome"])
+        events = CounterMetricFamily(
+            "driftline_ingest_events", "Events by outcome of the ingest stage", labels=["outcome"]
+        )
         for outcome in ("received", "accepted", "deduplicated", "rejected", "late"):
             events.add_metric([outcome], self.ingest["totals"][outcome])
         yield events
-        readings = CounterMetricFamily("driftline_ingest_readings_fixed",
-                                       "Readings imputed or clipped by cleaning", labels=["fix"])
+        readings = CounterMetricFamily(
+            "driftline_ingest_readings_fixed", "Readings imputed or clipped by cleaning", labels=["fix"]
+        )
         readings.add_metric(["imputed"], self.ingest["totals"]["imputed"])
         readings.add_metric(["clipped"], self.ingest["totals"]["clipped"])
         yield readings
-        rejected = CounterMetricFamily("driftline_ingest_rejected", "Rejected events by reason",
-                                       labels=["reason"])
+        rejected = CounterMetricFamily(
+            "driftline_ingest_rejected", "Rejected events by reason", labels=["reason"]
+        )
         for reason, count in self.ingest["rejected_by_reason"].items():
             rejected.add_metric([reason], count)
         yield rejected
-        learned = GaugeMetricFamily("driftline_model_events_learned",
-                                    "Events the served snapshot has learned", labels=["model"])
+        learned = GaugeMetricFamily(
+            "driftline_model_events_learned", "Events the served snapshot has learned", labels=["model"]
+        )
         version = GaugeMetricFamily("driftline_model_version", "Version being served", labels=["model"])
-        metric = GaugeMetricFamily("driftline_model_metric",
-                                   "Prequential metrics of the served snapshot (cumulative and rolling)",
-                                   labels=["model", "metric", "window"])
-        labels = GaugeMetricFamily("driftline_model_labels",
-                                   "Labels of the served snapshot: received, pending, expired, unmatched",
-                                   labels=["model", "state"])
-        scores = GaugeMetricFamily("driftline_model_anomaly_score",
-                                   "Distribution of an anomaly model's scores", labels=["model", "stat"])
-        refused = CounterMetricFamily("driftline_snapshots_refused",
-                                      "Snapshots the API refused (bad signature or unreadable)",
-                                      labels=["model"])
+        metric = GaugeMetricFamily(
+            "driftline_model_metric",
+            "Prequential metrics of the served snapshot (cumulative and rolling)",
+            labels=["model", "metric", "window"],
+        )
+        labels = GaugeMetricFamily(
+            "driftline_model_labels",
+            "Labels of the served snapshot: received, pending, expired, unmatched",
+            labels=["model", "state"],
+        )
+        scores = GaugeMetricFamily(
+            "driftline_model_anomaly_score",
+            "Distribution of an anomaly model's scores",
+            labels=["model", "stat"],
+        )
+        refused = CounterMetricFamily(
+            "driftline_snapshots_refused",
+            "Snapshots the API refused (bad signature or unreadable)",
+            labels=["model"],
+        )
         for model in self.models:
             meta = model["meta"] or {}
             if meta:

@@ -45,11 +45,17 @@ def services() -> Iterator[tuple[str, str]]:
 def bench_settings(kafka_url: str, redis_url: str, **overrides: Any) -> Settings:
     run = uuid.uuid4().hex[:8]
     values: dict[str, Any] = {
-        "kafka_url": kafka_url, "redis_url": redis_url, "namespace": f"bench-{run}",
-        "worker_id": f"bench-{run}", "events_topic": f"bench-events-{run}",
-        "features_topic": f"bench-features-{run}", "dlq_topic": f"bench-dlq-{run}",
+        "kafka_url": kafka_url,
+        "redis_url": redis_url,
+        "namespace": f"bench-{run}",
+        "worker_id": f"bench-{run}",
+        "events_topic": f"bench-events-{run}",
+        "features_topic": f"bench-features-{run}",
+        "dlq_topic": f"bench-dlq-{run}",
         "labels_topic": f"bench-labels-{run}",
-        "batch_size": 1000, "batch_within": 0.2, "env": "test",
+        "batch_size": 1000,
+        "batch_within": 0.2,
+        "env": "test",
         "secret_key": "bench-secret-key-0123456789",
     }
     values.update(overrides)
@@ -57,15 +63,18 @@ def bench_settings(kafka_url: str, redis_url: str, **overrides: Any) -> Settings
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    return {**{k: v for k, v in os.environ.items() if not k.startswith("DRIFTLINE_")},
-            **settings.as_env()}
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("DRIFTLINE_")}, **settings.as_env()}
 
 
 @contextmanager
 def worker(settings: Settings) -> Iterator[subprocess.Popen[bytes]]:
-    log = open(Path(tempfile.gettempdir()) / f"{settings.worker_id}.log", "wb")  # noqa: SIM115
-    process = subprocess.Popen([sys.executable, "-m", "driftline", "worker", "--loglevel", "warn"],
-                               env=settings_env(settings), stdout=log, stderr=subprocess.STDOUT)
+    log = open(Path(tempfile.gettempdir()) / f"{settings.worker_id}.log", "wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "driftline", "worker", "--loglevel", "warn"],
+        env=settings_env(settings),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         yield process
     finally:
@@ -79,10 +88,10 @@ def worker(settings: Settings) -> Iterator[subprocess.Popen[bytes]]:
 
 def ingest_received(client: redis.Redis, settings: Settings) -> int:
     """Events the ingest stage has checkpointed as received, all partitions together."""
-    topic_id = client.hget(settings.redis_key("topics"), settings.events_topic)
+    topic_id = client.hget(settings.keys.topics(), settings.events_topic)
     if topic_id is None:
         return 0
-    stats = client.hgetall(settings.redis_key("ingest", "stats", settings.events_topic, topic_id.decode()))
+    stats = client.hgetall(settings.keys.ingest_stats(settings.events_topic, topic_id.decode()))
     return sum(json.loads(v).get("received", 0) for v in stats.values())
 
 
@@ -112,16 +121,27 @@ def report(name: str, rows: dict[str, list[float]], baseline: str, unit: str = "
     print(f"\n{name}: median of {len(rows[baseline])} runs ({unit}); ratio to {baseline}")
     for label, values in rows.items():
         median = statistics.median(values)
-        print(f"  {label:<66} {median:>9,.0f}   x{median / base:.3f}   "
-              f"(runs: {', '.join(f'{v:,.0f}' for v in values)})")
+        print(
+            f"  {label:<66} {median:>9,.0f}   x{median / base:.3f}   "
+            f"(runs: {', '.join(f'{v:,.0f}' for v in values)})"
+        )
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(
-        {"unit": unit, "baseline": baseline,
-         "medians": {k: statistics.median(v) for k, v in rows.items()}, "runs": rows}, indent=2))
+    (RESULTS / f"{name}.json").write_text(
+        json.dumps(
+            {
+                "unit": unit,
+                "baseline": baseline,
+                "medians": {k: statistics.median(v) for k, v in rows.items()},
+                "runs": rows,
+            },
+            indent=2,
+        )
+    )
 
 
-def stream_bench_args(doc: str | None, argv: list[str] | None,
-                      more: Callable[[argparse.ArgumentParser], object] | None = None) -> argparse.Namespace:
+def stream_bench_args(
+    doc: str | None, argv: list[str] | None, more: Callable[[argparse.ArgumentParser], object] | None = None
+) -> argparse.Namespace:
     """The options every streaming benchmark takes: events, repeats, events per batched message;
     ``more`` adds a benchmark's own."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -2,7 +2,7 @@
 
     python -m bench.features [--events 20000] [--devices 10000] [--repeats 5]
 
-- featurize: :func:`streams.features.featurize` with the default :class:`FeatureSpec`, per event;
+- featurize: :func:`driftline.streams.features.featurize` with the default :class:`FeatureSpec`, per event;
 - clean + featurize: the whole pure ingest stage (validation, dedupe, cleaning, features);
 - learn: the default model's predict + score + learn (:meth:`OnlineLearner.learn`) on the very
   feature vectors featurize produced;
@@ -19,13 +19,14 @@ import time
 import tracemalloc
 from datetime import datetime
 
+from driftline.models.learner import OnlineLearner
+from driftline.models.specs import DEFAULT_SPEC
+from driftline.streams.features import DeviceState, FeatureSpec, featurize
+from driftline.streams.ingest import IngestStage
+
 from bench.common import report
+from driftline.core.records import FeatureRecord
 from driftline.simulator import SensorSimulator
-from models.learner import OnlineLearner
-from models.specs import DEFAULT_SPEC
-from streams.features import DeviceState, FeatureSpec, featurize
-from streams.ingest import IngestStage
-from streams.records import FeatureRecord
 
 
 def timed(fn, repeats: int) -> list[float]:  # type: ignore[no-untyped-def]
@@ -38,16 +39,23 @@ def timed(fn, repeats: int) -> list[float]:  # type: ignore[no-untyped-def]
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--devices", type=int, default=10_000)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
     spec = FeatureSpec()
     events = list(SensorSimulator(devices=20, seed=5).events(args.events))
-    readings = [({k: v for k, v in e["readings"].items() if v is not None},
-                 datetime.fromisoformat(e["ts"].replace("Z", "+00:00")), e["device_id"]) for e in events]
+    readings = [
+        (
+            {k: v for k, v in e["readings"].items() if v is not None},
+            datetime.fromisoformat(e["ts"].replace("Z", "+00:00")),
+            e["device_id"],
+        )
+        for e in events
+    ]
     raws = [json.dumps(e).encode() for e in events]
 
     def run_featurize() -> int:
@@ -57,16 +65,19 @@ def main(argv: list[str] | None = None) -> None:
         return len(readings)
 
     def run_stage() -> int:
-        stage = IngestStage(models=("default",), target="power", max_message_bytes=1_000_000,
-                            features=spec)
+        stage = IngestStage(models=("default",), target="power", max_message_bytes=1_000_000, features=spec)
         now_ms = int(time.time() * 1000)
         for offset, raw in enumerate(raws):
             stage.handle(raw, 0, offset, now_ms)
         return len(raws)
 
     stage = IngestStage(models=("default",), target="power", max_message_bytes=1_000_000, features=spec)
-    records = [r for o, raw in enumerate(raws) for r in stage.handle(raw, 0, o, int(time.time() * 1000))
-               if isinstance(r, FeatureRecord)]
+    records = [
+        r
+        for o, raw in enumerate(raws)
+        for r in stage.handle(raw, 0, o, int(time.time() * 1000))
+        if isinstance(r, FeatureRecord)
+    ]
 
     def run_learn() -> int:
         learner = OnlineLearner.create(DEFAULT_SPEC)
@@ -92,14 +103,20 @@ def main(argv: list[str] | None = None) -> None:
     warm = [sim.next_event() for _ in range(30)]
     for state in states.values():
         for e in warm:
-            featurize(state, {k: v for k, v in e["readings"].items() if v is not None},
-                      datetime.fromisoformat(e["ts"].replace("Z", "+00:00")), spec)
+            featurize(
+                state,
+                {k: v for k, v in e["readings"].items() if v is not None},
+                datetime.fromisoformat(e["ts"].replace("Z", "+00:00")),
+                spec,
+            )
     after = tracemalloc.take_snapshot()
     tracemalloc.stop()
     used = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
     stored = statistics.median(len(json.dumps(s.to_json())) for s in list(states.values())[:100])
-    print(f"\nmemory: {args.devices:,} devices after 30 events each: {used / 2**20:.1f} MiB in the worker, "
-          f"{used / args.devices / 1024:.1f} KiB per device; {stored / 1024:.1f} KiB per device in Redis")
+    print(
+        f"\nmemory: {args.devices:,} devices after 30 events each: {used / 2**20:.1f} MiB in the worker, "
+        f"{used / args.devices / 1024:.1f} KiB per device; {stored / 1024:.1f} KiB per device in Redis"
+    )
 
 
 if __name__ == "__main__":

@@ -55,8 +55,12 @@ def publish(settings: Settings, events: list[dict], batch: int) -> None:
 
 
 async def raw_consumer_rate(settings: Settings, n: int) -> float:
-    consumer = AIOKafkaConsumer(settings.events_topic, bootstrap_servers=settings.kafka_bootstrap,
-                                auto_offset_reset="earliest", enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        settings.events_topic,
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
     await consumer.start()
     try:
         seen, started = 0, None
@@ -76,8 +80,7 @@ async def raw_consumer_rate(settings: Settings, n: int) -> float:
 
 def ingest_rate(kafka_url: str, redis_url: str, events: list[dict], batch: int) -> float:
     # ~1000 events per stream batch either way, so both modes checkpoint as often
-    settings = bench_settings(kafka_url, redis_url, worker_stages="ingest",
-                              batch_size=max(1, 1000 // batch))
+    settings = bench_settings(kafka_url, redis_url, worker_stages="ingest", batch_size=max(1, 1000 // batch))
     ensure_topics(settings)
     publish(settings, events, batch)  # all waiting before the worker starts: we time consumption
     client = redis.Redis.from_url(redis_url)
@@ -88,9 +91,11 @@ def ingest_rate(kafka_url: str, redis_url: str, events: list[dict], batch: int) 
 def main(argv: list[str] | None = None) -> None:
     args = stream_bench_args(__doc__, argv)
     events = make_events(args.events)
-    rows: dict[str, list[float]] = {"raw consumer (aiokafka + json)": [],
-                                    "ingest, 1 event/message": [],
-                                    f"ingest, {args.batch} events/message": []}
+    rows: dict[str, list[float]] = {
+        "raw consumer (aiokafka + json)": [],
+        "ingest, 1 event/message": [],
+        f"ingest, {args.batch} events/message": [],
+    }
     with services() as (kafka_url, redis_url):
         for repeat in range(args.repeats):
             print(f"run {repeat + 1}/{args.repeats} ...", file=sys.stderr, flush=True)
@@ -100,7 +105,8 @@ def main(argv: list[str] | None = None) -> None:
             rows["raw consumer (aiokafka + json)"].append(asyncio.run(raw_consumer_rate(raw, len(events))))
             rows["ingest, 1 event/message"].append(ingest_rate(kafka_url, redis_url, events, 1))
             rows[f"ingest, {args.batch} events/message"].append(
-                ingest_rate(kafka_url, redis_url, events, args.batch))
+                ingest_rate(kafka_url, redis_url, events, args.batch)
+            )
     report("ingest", rows, baseline="raw consumer (aiokafka + json)")
 
 

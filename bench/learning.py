@@ -31,25 +31,33 @@ import time
 from typing import Any
 
 import redis
+from driftline.models.learner import OnlineLearner
+from driftline.models.registry import ModelRegistry
+from driftline.models.specs import ESTIMATORS, ModelSpec
+from driftline.streams.ingest import IngestStage
 from redis.asyncio import Redis as AsyncRedis
 
 from bench.common import RESULTS, bench_settings, report, services, stream_bench_args, worker
 from bench.ingest import make_events, publish
+from driftline.core.records import FeatureRecord
 from driftline.kafka import ensure_topics
 from driftline.settings import Settings
-from models.learner import OnlineLearner
-from models.registry import ModelRegistry
-from models.specs import ESTIMATORS, ModelSpec
-from streams.ingest import IngestStage
-from streams.records import FeatureRecord
 
 
 def feature_vectors(settings: Settings, events: list[dict[str, Any]]) -> list[FeatureRecord]:
-    stage = IngestStage(models=settings.model_specs(), target=settings.target,
-                        features=settings.features, max_message_bytes=settings.max_message_bytes,
-                        catalog=settings.catalog())
-    return [r for offset, e in enumerate(events) for r in stage.handle(json.dumps(e).encode(), 0, offset)
-            if isinstance(r, FeatureRecord)]
+    stage = IngestStage(
+        models=settings.model_specs(),
+        target=settings.target,
+        features=settings.features,
+        max_message_bytes=settings.max_message_bytes,
+        catalog=settings.catalog(),
+    )
+    return [
+        r
+        for offset, e in enumerate(events)
+        for r in stage.handle(json.dumps(e).encode(), 0, offset)
+        if isinstance(r, FeatureRecord)
+    ]
 
 
 def river_rate(spec: ModelSpec, records: list[FeatureRecord]) -> float:
@@ -70,10 +78,15 @@ def stages_rate(settings: Settings, events: list[dict[str, Any]], batch: int) ->
     featurize, then predict/score/learn with every metric. What the pipeline costs before any
     messaging, so the rows below show what the hop and the exactly-once bookkeeping add."""
     spec = settings.model_specs()[0]
-    stage = IngestStage(models=(spec,), target=settings.target, features=settings.features,
-                        max_message_bytes=settings.max_message_bytes, catalog=settings.catalog())
+    stage = IngestStage(
+        models=(spec,),
+        target=settings.target,
+        features=settings.features,
+        max_message_bytes=settings.max_message_bytes,
+        catalog=settings.catalog(),
+    )
     learner = OnlineLearner.create(spec)
-    messages = [json.dumps(events[i:i + batch]).encode() for i in range(0, len(events), batch)]
+    messages = [json.dumps(events[i : i + batch]).encode() for i in range(0, len(events), batch)]
     started = time.perf_counter()
     for offset, message in enumerate(messages):
         records = [r for r in stage.handle(message, 0, offset) if isinstance(r, FeatureRecord)]
@@ -82,11 +95,11 @@ def stages_rate(settings: Settings, events: list[dict[str, Any]], batch: int) ->
 
 
 def seen_in_latest_snapshot(client: redis.Redis, settings: Settings) -> int:
-    key = settings.redis_key("model", settings.default_model)
-    version = client.hget(f"{key}:aliases", "latest")
+    model = settings.keys.model(settings.default_model)
+    version = client.hget(f"{model}:aliases", "latest")
     if version is None:
         return 0
-    return int(json.loads(client.hget(f"{key}:meta", version) or b"{}").get("events_seen", 0))
+    return int(json.loads(client.hget(f"{model}:meta", version) or b"{}").get("events_seen", 0))
 
 
 def wait_until_seen(client: redis.Redis, settings: Settings, n: int, timeout: float = 300.0) -> None:
@@ -97,8 +110,14 @@ def wait_until_seen(client: redis.Redis, settings: Settings, n: int, timeout: fl
         time.sleep(0.01)
 
 
-def pipeline_rate(kafka_url: str, redis_url: str, events: list[dict[str, Any]], batch: int,
-                  split: bool = False, **overrides: Any) -> float:
+def pipeline_rate(
+    kafka_url: str,
+    redis_url: str,
+    events: list[dict[str, Any]],
+    batch: int,
+    split: bool = False,
+    **overrides: Any,
+) -> float:
     """Events per second through one worker running both stages, or (``split``) one process per
     stage: from publishing the timed events to the snapshot that has seen every one of them.
 
@@ -108,15 +127,23 @@ def pipeline_rate(kafka_url: str, redis_url: str, events: list[dict[str, Any]], 
     """
     # A snapshot every 1,000 events, and 0.25 s after the last one: the tail waits on the timer
     # (5 s by default), which would otherwise dominate a run this short.
-    settings = bench_settings(kafka_url, redis_url, batch_size=max(1, 1000 // batch),
-                              snapshot_every_events=1000, snapshot_every_seconds=0.25, **overrides)
+    settings = bench_settings(
+        kafka_url,
+        redis_url,
+        batch_size=max(1, 1000 // batch),
+        snapshot_every_events=1000,
+        snapshot_every_seconds=0.25,
+        **overrides,
+    )
     ensure_topics(settings)
     client = redis.Redis.from_url(redis_url)
     stages = [settings]
     if split:
-        stages = [settings.model_copy(update={"worker_stages": "ingest"}),
-                  settings.model_copy(update={"worker_stages": "learn", "batch_size": 1000})]
-    warm_up, timed = events[:len(events) // 10], events[len(events) // 10:]
+        stages = [
+            settings.model_copy(update={"worker_stages": "ingest"}),
+            settings.model_copy(update={"worker_stages": "learn", "batch_size": 1000}),
+        ]
+    warm_up, timed = events[: len(events) // 10], events[len(events) // 10 :]
     with contextlib.ExitStack() as workers:
         for stage in stages:
             workers.enter_context(worker(stage))
@@ -135,32 +162,57 @@ SNAPSHOT_MODELS = [
     ("linear regression", ModelSpec(name="lin")),
     ("Hoeffding tree", ModelSpec(name="ht", estimator="hoeffding_tree_regressor")),
     ("adaptive random forest, 5 trees", ModelSpec(name="arf5", estimator="arf_regressor")),
-    ("adaptive random forest, 20 trees", ModelSpec(name="arf20", estimator="arf_regressor",
-                                                   params={"n_models": 20})),
+    (
+        "adaptive random forest, 20 trees",
+        ModelSpec(name="arf20", estimator="arf_regressor", params={"n_models": 20}),
+    ),
 ]
 
 
 async def snapshot_times(redis_url: str, records: list[FeatureRecord], repeats: int) -> list[dict[str, Any]]:
     redis_client = AsyncRedis.from_url(redis_url)
-    registry = ModelRegistry(redis_client, f"bench-snap-{time.time_ns()}", b"bench-secret-key-0123456789",
-                             keep_versions=2)
+    registry = ModelRegistry(
+        redis_client, f"bench-snap-{time.time_ns()}", b"bench-secret-key-0123456789", keep_versions=2
+    )
     rows = []
     try:
         for label, spec in SNAPSHOT_MODELS:
             learner = OnlineLearner.create(spec)
-            learner.learn_message(0, 0, [FeatureRecord(spec.name, r.device_id, r.event_id, r.ts, r.features,
-                                                       r.target, r.source_partition, r.source_offset)
-                                         for r in records])
+            learner.learn_message(
+                0,
+                0,
+                [
+                    FeatureRecord(
+                        spec.name,
+                        r.device_id,
+                        r.event_id,
+                        r.ts,
+                        r.features,
+                        r.target,
+                        r.source_partition,
+                        r.source_offset,
+                    )
+                    for r in records
+                ],
+            )
             times, size = [], 0
             for _ in range(repeats):
                 started = time.perf_counter()
                 meta = await registry.publish(learner)
                 times.append(1000 * (time.perf_counter() - started))
                 size = meta["size_bytes"]
-            rows.append({"model": label, "size_kib": size / 1024, "publish_ms": statistics.median(times),
-                         "seal_ms": meta["seal_ms"]})
-            print(f"  {label:<34} {size / 1024:>9,.1f} KiB   publish {statistics.median(times):>8.2f} ms"
-                  f"   (seal {meta['seal_ms']:.2f} ms; runs: {', '.join(f'{t:.1f}' for t in times)})")
+            rows.append(
+                {
+                    "model": label,
+                    "size_kib": size / 1024,
+                    "publish_ms": statistics.median(times),
+                    "seal_ms": meta["seal_ms"],
+                }
+            )
+            print(
+                f"  {label:<34} {size / 1024:>9,.1f} KiB   publish {statistics.median(times):>8.2f} ms"
+                f"   (seal {meta['seal_ms']:.2f} ms; runs: {', '.join(f'{t:.1f}' for t in times)})"
+            )
     finally:
         await redis_client.aclose()
     return rows
@@ -168,10 +220,12 @@ async def snapshot_times(redis_url: str, records: list[FeatureRecord], repeats: 
 
 def main(argv: list[str] | None = None) -> None:
     def options(parser: Any) -> None:
-        parser.add_argument("--no-snapshots", action="store_true",
-                            help="skip timing snapshot publish against model size")
-        parser.add_argument("--estimator", choices=REGRESSORS,
-                            help="a named regressor in place of the default model's")
+        parser.add_argument(
+            "--no-snapshots", action="store_true", help="skip timing snapshot publish against model size"
+        )
+        parser.add_argument(
+            "--estimator", choices=REGRESSORS, help="a named regressor in place of the default model's"
+        )
 
     args = stream_bench_args(__doc__, argv, options)
     events = make_events(args.events)

@@ -1,11 +1,12 @@
 """driftline: live sensor readings in, self-correcting online predictions out.
 
-Start reading at :mod:`driftline.cli` (the ``driftline`` command) and :mod:`driftline.settings`.
-The stream stages live in :mod:`streams`, the learning in :mod:`models`, the HTTP service in :mod:`api`.
+Start reading at ``docs/design.md`` (the layers, the data flow, the exactly-once protocol, the
+Redis key layout), then :mod:`driftline.cli` (the ``driftline`` command). The layers, bottom up:
+:mod:`driftline.core` (errors, the features-hop records, Redis keys, snapshot metadata) ←
+:mod:`driftline.models` (learning) ← :mod:`driftline.streams` (the stream stages, and the Faust
+wiring built from plain values) ← :mod:`driftline.settings`, :mod:`driftline.api`, the CLI.
+
+Importing this package imports nothing else: the layers below never pay for the ones above.
 """
 
-from driftline.errors import DriftlineError
-from driftline.settings import Settings, get_settings
-
-__all__ = ["DriftlineError", "Settings", "get_settings"]
 __version__ = "0.1.0"

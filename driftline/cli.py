@@ -25,7 +25,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from driftline.errors import DriftlineError
+from driftline.core.errors import DriftlineError
 from driftline.running import STACK_FILE, running_stack
 from driftline.settings import Settings, get_settings
 
@@ -48,8 +48,8 @@ def _running_stack_addresses(base: Settings) -> dict[str, str]:
     found = {name: str(stack[name]) for name in sorted(unset) if stack.get(name)}
     if found:
         logging.getLogger("driftline").info(
-            "using the running 'driftline up' (%s): %s", base.data_dir / STACK_FILE,
-            ", ".join(found.values()))
+            "using the running 'driftline up' (%s): %s", base.data_dir / STACK_FILE, ", ".join(found.values())
+        )
     return found
 
 
@@ -65,15 +65,17 @@ def cmd_up(args: argparse.Namespace) -> int:
 def cmd_reset(args: argparse.Namespace) -> int:
     import redis
 
-    from driftline.errors import ServiceUnavailable
+    from driftline.core.errors import ServiceUnavailable
     from driftline.state import read_state, reset_state, safe_url, state_contents, where
 
     settings = _settings()
     place = where(settings)
     stack = running_stack(settings.data_dir)
     if stack is not None:
-        raise DriftlineError(f"'driftline up' (pid {stack.get('pid')}) is running from "
-                             f"{settings.data_dir}: stop it first, then reset")
+        raise DriftlineError(
+            f"'driftline up' (pid {stack.get('pid')}) is running from "
+            f"{settings.data_dir}: stop it first, then reset"
+        )
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=30)
     try:
         state = read_state(client, settings.namespace)
@@ -83,8 +85,10 @@ def cmd_reset(args: argparse.Namespace) -> int:
         print(f"{place} holds: {state_contents(state)}", file=sys.stderr)
         if not args.yes:
             if not sys.stdin.isatty():
-                raise DriftlineError(f"not deleting the state in {place} without confirmation: "
-                                     "pass --yes (stdin is not a terminal)")
+                raise DriftlineError(
+                    f"not deleting the state in {place} without confirmation: "
+                    "pass --yes (stdin is not a terminal)"
+                )
             answer = input(f"delete every key of {place}? [y/N] ")
             if answer.strip().lower() not in {"y", "yes"}:
                 print("reset: nothing deleted", file=sys.stderr)
@@ -110,17 +114,21 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from driftline.api.main import create_app
+
     settings = _settings(api_host=args.host, api_port=args.port)
-    uvicorn.run("api.main:create_app", factory=True, host=settings.api_host,
-                port=settings.api_port, log_level=args.loglevel)
+    # The app is built from these settings (flags and a running stack's addresses included),
+    # not read again from the environment.
+    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_level=args.loglevel)
     return 0
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from driftline.simulator import run_simulator
 
-    settings = _settings(sim_devices=args.devices, sim_rate=args.rate,
-                         sim_drift_after=args.drift_after, sim_seed=args.seed)
+    settings = _settings(
+        sim_devices=args.devices, sim_rate=args.rate, sim_drift_after=args.drift_after, sim_seed=args.seed
+    )
     _require_kafka(settings)
     try:
         run_simulator(settings, count=args.count, rate=settings.sim_rate)
@@ -134,17 +142,26 @@ def replay_mapping(args: argparse.Namespace) -> Any:
     from driftline.replay import ColumnMapping
 
     target = args.target_column or ("y" if args.source.startswith("river:") else None)
-    return ColumnMapping(args.source, device_column=args.device_column, device=args.device,
-                         time_column=args.time_column, target_column=target, id_column=args.id_column,
-                         start=args.start, step=args.step)
+    return ColumnMapping(
+        args.source,
+        device_column=args.device_column,
+        device=args.device,
+        time_column=args.time_column,
+        target_column=target,
+        id_column=args.id_column,
+        start=args.start,
+        step=args.step,
+    )
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from driftline.replay import replay
 
     if args.time_column and args.start is not None:
-        raise DriftlineError("--start sets the times of a file without a time column; "
-                             "with --time-column the file's own times are used")
+        raise DriftlineError(
+            "--start sets the times of a file without a time column; "
+            "with --time-column the file's own times are used"
+        )
     settings = _settings()
     _require_kafka(settings)
     mapping = replay_mapping(args)
@@ -216,21 +233,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    up = sub.add_parser("up", help="run the whole system on this machine (embedded broker and Redis "
-                        "when none answers); Ctrl-C stops everything")
+    up = sub.add_parser(
+        "up",
+        help="run the whole system on this machine (embedded broker and Redis "
+        "when none answers); Ctrl-C stops everything",
+    )
     up.add_argument("--port", type=int, help="API port (default: DRIFTLINE_API_PORT or 8000)")
-    up.add_argument("--data-dir", help="where logs and runtime files go "
-                    "(default: DRIFTLINE_DATA_DIR or .driftline)")
+    up.add_argument(
+        "--data-dir", help="where logs and runtime files go (default: DRIFTLINE_DATA_DIR or .driftline)"
+    )
     up.add_argument("--no-simulator", action="store_true", help="do not publish simulated readings")
     up.set_defaults(func=cmd_up)
 
-    reset = sub.add_parser("reset", help="delete every Redis key of DRIFTLINE_NAMESPACE (models, device "
-                           "states, offsets, counters): the next run starts clean; stop the stack first")
+    reset = sub.add_parser(
+        "reset",
+        help="delete every Redis key of DRIFTLINE_NAMESPACE (models, device "
+        "states, offsets, counters): the next run starts clean; stop the stack first",
+    )
     reset.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     reset.set_defaults(func=cmd_reset)
 
-    worker = sub.add_parser("worker", help="run the stream worker: validate, featurize, learn, "
-                            "snapshot (needs DRIFTLINE_KAFKA_URL and Redis)")
+    worker = sub.add_parser(
+        "worker",
+        help="run the stream worker: validate, featurize, learn, "
+        "snapshot (needs DRIFTLINE_KAFKA_URL and Redis)",
+    )
     worker.add_argument("--loglevel", default="info", choices=["debug", "info", "warn", "error"])
     worker.set_defaults(func=cmd_worker)
 
@@ -248,24 +275,41 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int, help="random seed (same seed, same readings)")
     sim.set_defaults(func=cmd_simulate)
 
-    rep = sub.add_parser("replay", help="publish a CSV / JSON-lines file (or river:<Dataset>) as events, "
-                         "with a progress bar")
+    rep = sub.add_parser(
+        "replay", help="publish a CSV / JSON-lines file (or river:<Dataset>) as events, with a progress bar"
+    )
     rep.add_argument("source", help="a .csv or .jsonl file, or river:<Dataset> (e.g. river:TrumpApproval)")
     rep.add_argument("--rate", type=float, help="events per second (default: as fast as possible)")
     rep.add_argument("--device-column", help="column holding the device id")
     rep.add_argument("--device", default="replay", help="device id when there is no device column")
-    rep.add_argument("--time-column", help="column holding the event time (ISO or epoch seconds), "
-                     "kept as it is (default: rows --step seconds apart, the last one now)")
-    rep.add_argument("--start", type=_replay_time, metavar="TIME",
-                     help="time of the first row when there is no time column (ISO-8601 or epoch "
-                     "seconds; default: so that the last row is now)")
-    rep.add_argument("--step", type=_positive_seconds, default=1.0, metavar="SECONDS",
-                     help="seconds between rows when there is no time column (default: 1)")
+    rep.add_argument(
+        "--time-column",
+        help="column holding the event time (ISO or epoch seconds), "
+        "kept as it is (default: rows --step seconds apart, the last one now)",
+    )
+    rep.add_argument(
+        "--start",
+        type=_replay_time,
+        metavar="TIME",
+        help="time of the first row when there is no time column (ISO-8601 or epoch "
+        "seconds; default: so that the last row is now)",
+    )
+    rep.add_argument(
+        "--step",
+        type=_positive_seconds,
+        default=1.0,
+        metavar="SECONDS",
+        help="seconds between rows when there is no time column (default: 1)",
+    )
     rep.add_argument("--target-column", help="column holding the target (river datasets: y)")
     rep.add_argument("--id-column", help="column holding the event id (default: source + row number)")
     rep.add_argument("--limit", type=int, help="publish at most this many rows")
-    rep.add_argument("--batch", type=int, default=1,
-                     help="send up to this many consecutive rows of a device as one message")
+    rep.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        help="send up to this many consecutive rows of a device as one message",
+    )
     rep.set_defaults(func=cmd_replay)
 
     bridge = sub.add_parser("mqtt-bridge", help="forward MQTT topics sensors/<device>[/<sensor>] to Kafka")
@@ -274,8 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
     bridge.add_argument("--qos", type=int, default=1, choices=[0, 1, 2])
     bridge.set_defaults(func=cmd_mqtt_bridge)
 
-    config = sub.add_parser("config", help="say what the settings make the worker do: each model's "
-                            "task, target, estimator and features, the features preset, the catalog")
+    config = sub.add_parser(
+        "config",
+        help="say what the settings make the worker do: each model's "
+        "task, target, estimator and features, the features preset, the catalog",
+    )
     config.set_defaults(func=cmd_config)
 
     models = sub.add_parser("models", help="the model registry: list, show, promote, rollback")

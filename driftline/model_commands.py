@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from driftline.errors import RegistryError, ServiceUnavailable
+from driftline.core.errors import RegistryError, ServiceUnavailable
+from driftline.models.registry import CHAMPION, LATEST, ModelRegistry
 from driftline.settings import Settings
-from driftline.worker import configured_models_key
-from models.registry import CHAMPION, LATEST, ModelRegistry
 
 T = TypeVar("T")
 
@@ -26,10 +25,7 @@ def _with_registry(settings: Settings, action: Callable[[ModelRegistry], Awaitab
     async def run() -> T:
         redis = Redis.from_url(settings.redis_url, socket_connect_timeout=5)
         try:
-            registry = ModelRegistry(redis, settings.namespace,
-                                     settings.secret_key.get_secret_value().encode(),
-                                     settings.keep_versions)
-            return await action(registry)
+            return await action(settings.registry(redis))
         except (RedisError, OSError) as exc:
             raise ServiceUnavailable("Redis", settings.redis_url, str(exc)) from exc
         finally:
@@ -53,7 +49,7 @@ def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _metric(meta: dict[str, Any]) -> str | None:
+def _metric(meta: Mapping[str, Any]) -> str | None:
     """The headline metric as ``MAE=0.1234``; "no data yet" while nothing has been scored.
 
     >>> _metric({"metric": {"name": "MAE", "value": None}})
@@ -70,7 +66,7 @@ def _metric(meta: dict[str, Any]) -> str | None:
 
 async def _configured(registry: ModelRegistry, settings: Settings) -> dict[str, dict[str, Any]]:
     """Models a worker said it learns (name -> spec), and those these settings name."""
-    announced = await registry.redis.hgetall(configured_models_key(settings))
+    announced = await registry.redis.hgetall(settings.keys.configured_models())
     specs = {spec.name: spec.summary() for spec in settings.models}
     specs.update({(k.decode() if isinstance(k, bytes) else k): json.loads(v) for k, v in announced.items()})
     return specs
@@ -82,21 +78,34 @@ async def _list(registry: ModelRegistry, settings: Settings) -> tuple[list[dict[
     for name in names:
         aliases = await registry.aliases(name)
         latest = aliases.get(LATEST)
-        meta = await registry.version_meta(name, latest) if latest is not None else {}
+        if latest is None:  # a model is in the registry once it has a version
+            continue
+        meta = await registry.version_meta(name, latest)
         warnings += meta.get("warnings", [])
-        rows.append({
-            "model": name, "task": meta.get("task"), "estimator": meta.get("estimator"),
-            "latest": latest,
-            "champion": f"{aliases[CHAMPION]} (pinned)" if CHAMPION in aliases else latest,
-            "challenger": aliases.get("challenger"),
-            "events": f"{meta.get('events_learned')}/{meta.get('events_seen')}",
-            "metric": _metric(meta), "versions": len(await registry.versions(name)),
-            "status": "WARNING" if meta.get("warnings") else "ok",
-        })
+        rows.append(
+            {
+                "model": name,
+                "task": meta.get("task"),
+                "estimator": meta.get("estimator"),
+                "latest": latest,
+                "champion": f"{aliases[CHAMPION]} (pinned)" if CHAMPION in aliases else latest,
+                "challenger": aliases.get("challenger"),
+                "events": f"{meta.get('events_learned')}/{meta.get('events_seen')}",
+                "metric": _metric(meta),
+                "versions": len(await registry.versions(name)),
+                "status": "WARNING" if meta.get("warnings") else "ok",
+            }
+        )
     for name, spec in sorted((await _configured(registry, settings)).items()):
         if name not in names:
-            rows.append({"model": name, "task": spec.get("task"), "estimator": spec.get("estimator"),
-                         "status": "no snapshot yet"})
+            rows.append(
+                {
+                    "model": name,
+                    "task": spec.get("task"),
+                    "estimator": spec.get("estimator"),
+                    "status": "no snapshot yet",
+                }
+            )
     return rows, warnings
 
 
@@ -104,8 +113,21 @@ def models_list(settings: Settings) -> str:
     rows, warnings = _with_registry(settings, lambda registry: _list(registry, settings))
     if not rows:
         return "no models in the registry yet (the worker publishes its first snapshot after learning)"
-    table = format_table(rows, ["model", "task", "estimator", "latest", "champion", "challenger",
-                                "events", "metric", "versions", "status"])
+    table = format_table(
+        rows,
+        [
+            "model",
+            "task",
+            "estimator",
+            "latest",
+            "champion",
+            "challenger",
+            "events",
+            "metric",
+            "versions",
+            "status",
+        ],
+    )
     return "\n".join([table, "(events: learned/seen)", *(f"warning: {w}" for w in warnings)])
 
 
@@ -116,43 +138,75 @@ def models_show(settings: Settings, name: str, as_json: bool = False) -> str:
             if name in configured:
                 return {"model": name, "spec": configured[name], "versions": []}
             known = sorted({*await registry.model_names(), *configured})
-            raise RegistryError(f"no model named {name!r}: " + (
-                f"known models are {', '.join(known)}" if known else "no model is known yet"))
-        return {"model": name, "aliases": await registry.aliases(name),
-                "versions": await registry.versions(name), "audit": await registry.audit(name, 20)}
+            raise RegistryError(
+                f"no model named {name!r}: "
+                + (f"known models are {', '.join(known)}" if known else "no model is known yet")
+            )
+        return {
+            "model": name,
+            "aliases": await registry.aliases(name),
+            "versions": await registry.versions(name),
+            "audit": await registry.audit(name, 20),
+        }
 
     found = _with_registry(settings, show)
     if as_json:
         return json.dumps(found, indent=2, default=str)
     if not found["versions"]:
-        return (f"model {name}: configured ({found['spec'].get('task')}, estimator "
-                f"{found['spec'].get('estimator')}), no snapshot yet: the worker publishes its first "
-                f"after it has learned from events (every {settings.snapshot_every_events} events or "
-                f"{settings.snapshot_every_seconds:g} s)")
-    versions = [{"version": m["version"], "created_at": m.get("created_at"),
-                 "events": m.get("events_learned"), "metric": _metric(m),
-                 "size": m.get("size_bytes"), "schema": (m.get("feature_schema") or "")[:12],
-                 "aliases": ",".join(a for a, v in found["aliases"].items() if v == m["version"])}
-                for m in found["versions"]]
-    audit = [{"at": e.get("at"), "action": e.get("action"), "version": e.get("version"),
-              "alias": e.get("alias"), "by": e.get("by"), "reason": e.get("reason")}
-             for e in found["audit"]]
+        return (
+            f"model {name}: configured ({found['spec'].get('task')}, estimator "
+            f"{found['spec'].get('estimator')}), no snapshot yet: the worker publishes its first "
+            f"after it has learned from events (every {settings.snapshot_every_events} events or "
+            f"{settings.snapshot_every_seconds:g} s)"
+        )
+    versions = [
+        {
+            "version": m["version"],
+            "created_at": m.get("created_at"),
+            "events": m.get("events_learned"),
+            "metric": _metric(m),
+            "size": m.get("size_bytes"),
+            "schema": (m.get("feature_schema") or "")[:12],
+            "aliases": ",".join(a for a, v in found["aliases"].items() if v == m["version"]),
+        }
+        for m in found["versions"]
+    ]
+    audit = [
+        {
+            "at": e.get("at"),
+            "action": e.get("action"),
+            "version": e.get("version"),
+            "alias": e.get("alias"),
+            "by": e.get("by"),
+            "reason": e.get("reason"),
+        }
+        for e in found["audit"]
+    ]
     champion = found["aliases"].get(CHAMPION)
-    head = (f"model {name}: champion "
-            + (f"v{champion} (pinned)" if champion is not None else "follows latest"))
+    head = f"model {name}: champion " + (
+        f"v{champion} (pinned)" if champion is not None else "follows latest"
+    )
     newest = found["versions"][-1] if found["versions"] else {}
     if newest:
-        head += (f"; newest v{newest['version']}: {newest.get('events_learned')} events learned "
-                 f"(of {newest.get('events_seen')} seen), {_metric(newest)}")
+        head += (
+            f"; newest v{newest['version']}: {newest.get('events_learned')} events learned "
+            f"(of {newest.get('events_seen')} seen), {_metric(newest)}"
+        )
     head += "".join(f"\nwarning: {w}" for w in newest.get("warnings", []))
-    return "\n\n".join([head, format_table(versions, list(versions[0]) if versions else ["version"]),
-                        "audit (newest first)", format_table(audit, ["at", "action", "version",
-                                                                     "alias", "by", "reason"])])
+    return "\n\n".join(
+        [
+            head,
+            format_table(versions, list(versions[0]) if versions else ["version"]),
+            "audit (newest first)",
+            format_table(audit, ["at", "action", "version", "alias", "by", "reason"]),
+        ]
+    )
 
 
 def models_promote(settings: Settings, name: str, version: int | None, alias: str, reason: str) -> str:
     promoted = _with_registry(
-        settings, lambda registry: registry.promote(name, version, alias=alias, reason=reason))
+        settings, lambda registry: registry.promote(name, version, alias=alias, reason=reason)
+    )
     return f"model {name}: {alias} is now v{promoted}"
 
 

@@ -51,8 +51,11 @@ def mqtt_to_event(topic: str, payload: bytes, received_at: datetime) -> tuple[by
     if not isinstance(data, dict):
         return key, payload
     if "readings" not in data:
-        numeric = {k: v for k, v in data.items()
-                   if v is None or (isinstance(v, int | float) and not isinstance(v, bool))}
+        numeric = {
+            k: v
+            for k, v in data.items()
+            if v is None or (isinstance(v, int | float) and not isinstance(v, bool))
+        }
         if not numeric or len(numeric) != len(data):
             return key, payload  # not a readings object we understand: let validation say why
         data = {"readings": numeric}
@@ -123,8 +126,9 @@ def run_bridge(
             producer.send_raw(key, value)
             stats.forwarded += 1
 
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"driftline-bridge-{port}",
-                         clean_session=True)
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=f"driftline-bridge-{port}", clean_session=True
+    )
     if user:
         client.username_pw_set(user, password)
     client.on_connect = on_connect

@@ -24,7 +24,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from driftline.errors import DriftlineError
+from driftline.core.errors import DriftlineError
 from driftline.settings import Settings
 
 
@@ -116,11 +116,17 @@ def row_to_event(row: dict[str, Any], index: int, mapping: ColumnMapping) -> dic
      'readings': {'temp': 21.0}, 'target': 2.5}
     """
     skip = {mapping.device_column, mapping.time_column, mapping.target_column, mapping.id_column}
-    readings = {str(k): _number(v) for k, v in row.items() if k not in skip
-                and (_number(v) is not None or v in (None, ""))}
+    readings = {
+        str(k): _number(v)
+        for k, v in row.items()
+        if k not in skip and (_number(v) is not None or v in (None, ""))
+    }
     event: dict[str, Any] = {
-        "event_id": (str(row[mapping.id_column]) if mapping.id_column
-                     else f"{Path(mapping.source).stem.replace(':', '-')}-{index:08d}"),
+        "event_id": (
+            str(row[mapping.id_column])
+            if mapping.id_column
+            else f"{Path(mapping.source).stem.replace(':', '-')}-{index:08d}"
+        ),
         "device_id": str(row[mapping.device_column]) if mapping.device_column else mapping.device,
         "ts": _time(row[mapping.time_column]) if mapping.time_column else _row_time(index, mapping),
         "readings": readings,
@@ -189,16 +195,24 @@ class Progress:
             width = 30
             filled = int(width * done / self.total)
             eta = (self.total - done) / rate if rate else 0
-            line = (f"{self.label} [{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} "
-                    f"{rate:,.0f}/s eta {eta:,.0f}s")
+            line = (
+                f"{self.label} [{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} "
+                f"{rate:,.0f}/s eta {eta:,.0f}s"
+            )
         else:
             line = f"{self.label} {done} rows {rate:,.0f}/s"
         print(f"\r{line}", end="\n" if force else "", file=sys.stderr, flush=True)
 
 
 def replay(
-    settings: Settings, source: str, mapping: ColumnMapping, *, rate: float | None = None,
-    limit: int | None = None, progress: bool = True, batch: int = 1,
+    settings: Settings,
+    source: str,
+    mapping: ColumnMapping,
+    *,
+    rate: float | None = None,
+    limit: int | None = None,
+    progress: bool = True,
+    batch: int = 1,
 ) -> int:
     """Publish ``source`` in row order; returns how many events were sent.
 
@@ -248,10 +262,13 @@ def _warn_if_ahead(mapping: ColumnMapping, total: int | None, max_future_seconds
     last = mapping.start + timedelta(seconds=mapping.step * (total - 1))
     limit = datetime.now(UTC) + timedelta(seconds=max_future_seconds)
     if last > limit:
-        print(f"replay: warning: the last row's time ({last.isoformat()}) is more than "
-              f"DRIFTLINE_MAX_FUTURE_SECONDS ({max_future_seconds:g} s) ahead of now; rows published "
-              "that far ahead of their broker timestamp are refused as 'future'",
-              file=sys.stderr, flush=True)
+        print(
+            f"replay: warning: the last row's time ({last.isoformat()}) is more than "
+            f"DRIFTLINE_MAX_FUTURE_SECONDS ({max_future_seconds:g} s) ahead of now; rows published "
+            "that far ahead of their broker timestamp are refused as 'future'",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _limited(rows: Iterable[dict[str, Any]], limit: int | None) -> Iterator[dict[str, Any]]:

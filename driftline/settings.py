@@ -14,14 +14,17 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from redis.asyncio import Redis
 
-from models.specs import ModelSpec
-from streams.catalog import SensorSpec, describe_catalog, load_catalog
-from streams.features import FeatureSpec
+from driftline.core.keys import Keys
+from driftline.models.registry import ModelRegistry
+from driftline.models.specs import ModelSpec
+from driftline.streams.catalog import SensorSpec, describe_catalog, load_catalog
+from driftline.streams.features import FeatureSpec
 
 #: The development secret. Fine on a laptop; refused when ``DRIFTLINE_ENV=prod``.
 DEV_SECRET = "driftline-dev-secret-change-me"  # noqa: S105 - refused when env=prod
-DEV_API_KEY = "driftline-dev-key"  # noqa: S105 - refused when env=prod
+DEV_API_KEY = "driftline-dev-key"
 
 
 class Settings(BaseSettings):
@@ -32,13 +35,11 @@ class Settings(BaseSettings):
     >>> s = Settings(kafka_url="kafka://127.0.0.1:9092", _env_file=None)
     >>> s.kafka_bootstrap
     '127.0.0.1:9092'
-    >>> s.redis_key("model", "default")
+    >>> s.keys.model("default")
     'driftline:model:default'
     """
 
-    model_config = SettingsConfigDict(
-        env_prefix="DRIFTLINE_", env_file=".env", extra="ignore", frozen=True
-    )
+    model_config = SettingsConfigDict(env_prefix="DRIFTLINE_", env_file=".env", extra="ignore", frozen=True)
 
     env: Literal["dev", "test", "prod"] = "dev"
 
@@ -162,8 +163,9 @@ class Settings(BaseSettings):
         try:
             self.catalog()
         except (OSError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
-            raise ValueError(f"DRIFTLINE_SENSOR_CATALOG{'_FILE' if self.sensor_catalog_file else ''} "
-                             f"cannot be read: {exc}") from exc
+            raise ValueError(
+                f"DRIFTLINE_SENSOR_CATALOG{'_FILE' if self.sensor_catalog_file else ''} cannot be read: {exc}"
+            ) from exc
         names = [spec.name for spec in self.models]
         if len(set(names)) != len(names):
             raise ValueError(f"DRIFTLINE_MODELS names a model twice: {names}")
@@ -214,9 +216,11 @@ class Settings(BaseSettings):
             learns = f"{spec.task} of {target!r} (its reading, else the event's target field)"
         preset = self.features.describe().split(" (")[0]
         used = f"matching {', '.join(spec.features)} of" if spec.features else "all of"
-        return (f"model {spec.name!r}: {learns}, estimator {spec.estimator}"
-                f"{' ' + json.dumps(spec.params) if spec.params else ''}, "
-                f"features {used} the {preset} preset, metric {spec.metric_name}")
+        return (
+            f"model {spec.name!r}: {learns}, estimator {spec.estimator}"
+            f"{' ' + json.dumps(spec.params) if spec.params else ''}, "
+            f"features {used} the {preset} preset, metric {spec.metric_name}"
+        )
 
     def describe(self) -> list[str]:
         """What a worker will do with these settings, a line per fact, for its startup log."""
@@ -238,12 +242,20 @@ class Settings(BaseSettings):
             if name in {"secret_key", "api_keys"}:
                 value = getattr(self, name).get_secret_value()
             env[f"DRIFTLINE_{name.upper()}"] = (
-                json.dumps(value) if isinstance(value, dict | list) else str(value))
+                json.dumps(value) if isinstance(value, dict | list) else str(value)
+            )
         return env
 
-    def redis_key(self, *parts: str) -> str:
-        """A Redis key (or channel) inside this deployment's namespace."""
-        return ":".join((self.namespace, *parts))
+    @property
+    def keys(self) -> Keys:
+        """This deployment's Redis keys (every key and channel sits under the namespace)."""
+        return Keys(self.namespace)
+
+    def registry(self, redis: Redis) -> ModelRegistry:
+        """The model registry of this deployment on ``redis`` (an asyncio client)."""
+        return ModelRegistry(
+            redis, self.namespace, self.secret_key.get_secret_value().encode(), self.keep_versions
+        )
 
 
 @lru_cache(maxsize=8)

@@ -120,7 +120,10 @@ class SensorSimulator:
 
 
 def run_simulator(
-    settings: Settings, count: int | None = None, rate: float | None = None, progress: bool = True,
+    settings: Settings,
+    count: int | None = None,
+    rate: float | None = None,
+    progress: bool = True,
     run_id: str | None = None,
 ) -> int:
     """Publish simulated events at ``rate`` per second (``count`` of them, or until interrupted).
@@ -131,12 +134,20 @@ def run_simulator(
 
     rate = rate or settings.sim_rate
     # Live: event time advances with the wall clock, one event every 1/rate seconds.
-    sim = SensorSimulator(settings.sim_devices, seed=settings.sim_seed,
-                          drift_after=settings.sim_drift_after, start=datetime.now(UTC),
-                          step_seconds=1 / rate, run_id=run_id)
+    sim = SensorSimulator(
+        settings.sim_devices,
+        seed=settings.sim_seed,
+        drift_after=settings.sim_drift_after,
+        start=datetime.now(UTC),
+        step_seconds=1 / rate,
+        run_id=run_id,
+    )
     if progress:
-        print(f"simulate: run {sim.run_id}: event ids {sim.device_ids[0]}-{sim.run_id}-00000001, ...",
-              file=sys.stderr, flush=True)
+        print(
+            f"simulate: run {sim.run_id}: event ids {sim.device_ids[0]}-{sim.run_id}-00000001, ...",
+            file=sys.stderr,
+            flush=True,
+        )
     producer = SensorProducer(settings)
     started = time.monotonic()
     next_report = started + 5
@@ -150,8 +161,12 @@ def run_simulator(
             if progress and time.monotonic() >= next_report:
                 next_report += 5
                 elapsed = time.monotonic() - started
-                print(f"simulate: {sim.sent} events sent, {sim.sent / elapsed:.1f}/s, "
-                      f"drift: {'yes' if sim.drifted else 'no'}", file=sys.stderr, flush=True)
+                print(
+                    f"simulate: {sim.sent} events sent, {sim.sent / elapsed:.1f}/s, "
+                    f"drift: {'yes' if sim.drifted else 'no'}",
+                    file=sys.stderr,
+                    flush=True,
+                )
     finally:
         producer.flush()
         producer.close()

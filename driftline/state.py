@@ -1,6 +1,6 @@
 """What a deployment keeps in Redis, said in one line, and how to start clean.
 
-Everything driftline keeps lives under ``<namespace>:`` (see :meth:`Settings.redis_key`): device
+Everything driftline keeps lives under ``<namespace>:`` (see :class:`driftline.core.keys.Keys`): device
 states (also the dedupe memory of recent event ids), ingest offsets and counters, the topic ids
 they refer to, and the model registry (versions, aliases, audit log). ``driftline up`` says
 whether it continues such state; ``driftline reset`` deletes it.
@@ -63,8 +63,13 @@ def read_state(client: redis.Redis, namespace: str) -> dict[str, Any]:
         meta: dict[str, Any] = {}
         if version is not None:
             meta = json.loads(client.hget(f"{model_key}:meta", version) or b"{}")
-        models.append({"name": name, "version": int(version) if version is not None else None,
-                       "events_learned": meta.get("events_learned")})
+        models.append(
+            {
+                "name": name,
+                "version": int(version) if version is not None else None,
+                "events_learned": meta.get("events_learned"),
+            }
+        )
     return {"keys": keys, "devices": devices, "models": models}
 
 
@@ -81,8 +86,10 @@ def state_contents(state: dict[str, Any]) -> str:
             parts.append(f"model {model['name']!r} (no version)")
         else:
             learned = model["events_learned"]
-            parts.append(f"model {model['name']!r} v{model['version']} ("
-                         f"{'?' if learned is None else format(learned, ',')} events learned)")
+            parts.append(
+                f"model {model['name']!r} v{model['version']} ("
+                f"{'?' if learned is None else format(learned, ',')} events learned)"
+            )
     if not parts:
         parts.append("no model yet")
     devices = state["devices"]
@@ -103,8 +110,10 @@ def summarize_state(state: dict[str, Any], where: str) -> str:
     """
     if not state["keys"]:
         return f"no earlier state in {where}: starting fresh"
-    return (f"continuing the state in {where}: {state_contents(state)}; "
-            "to start clean: stop everything, then driftline reset")
+    return (
+        f"continuing the state in {where}: {state_contents(state)}; "
+        "to start clean: stop everything, then driftline reset"
+    )
 
 
 def where(settings: Settings) -> str:

@@ -102,12 +102,16 @@ def resolve_services(settings: Settings, stack: Stack, data_dir: Path) -> dict[s
 def spawn(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> Child:
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
-    log = open(log_path, "ab")  # noqa: SIM115 - handed to the child
+    log = open(log_path, "ab")
     process = subprocess.Popen(
-        [sys.executable, "-m", "driftline", *args], env=env, stdout=log, stderr=subprocess.STDOUT,
+        [sys.executable, "-m", "driftline", *args],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         # Own session: Ctrl-C reaches only us, and we stop the children in order.
-        start_new_session=True, preexec_fn=die_with_parent,  # noqa: PLW1509
+        start_new_session=True,
+        preexec_fn=die_with_parent,
     )
     return Child(name, process, log_path)
 
@@ -118,9 +122,12 @@ def run_up(settings: Settings, data_dir: Path = Path(".driftline"), simulate: bo
     previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         services = resolve_services(settings, stack, data_dir)
-        env = {**os.environ, **services,
-               # The children keep their runtime files in the same folder, wherever they run.
-               "DRIFTLINE_DATA_DIR": str(data_dir.resolve())}
+        env = {
+            **os.environ,
+            **services,
+            # The children keep their runtime files in the same folder, wherever they run.
+            "DRIFTLINE_DATA_DIR": str(data_dir.resolve()),
+        }
         # What the children will read: these settings with the services' addresses. (Not
         # Settings(**env): init values are not JSON-decoded as environment values are, so a
         # DRIFTLINE_MODELS list given as text would be refused.)
@@ -137,13 +144,14 @@ def run_up(settings: Settings, data_dir: Path = Path(".driftline"), simulate: bo
         base = f"http://{settings.api_host}:{api_port}"
         _say(f"API:        {base}   (docs: {base}/docs, health: {base}/health)")
         _say(f"dashboard:  {base}/dashboard   (every model's metrics over time, live)")
-        _say(f"predict:    curl -s -XPOST {base}/predict -H 'content-type: application/json' "
-             """-d '{"device_id": "sensor-001", "readings": {"temperature": 21.5, "humidity": 40, """
-             """"vibration": 0.3, "voltage": 230}}'""")
+        _say(
+            f"predict:    curl -s -XPOST {base}/predict -H 'content-type: application/json' "
+            """-d '{"device_id": "sensor-001", "readings": {"temperature": 21.5, "humidity": 40, """
+            """"vibration": 0.3, "voltage": 230}}'"""
+        )
         _say(f"logs:       {logs.resolve()}/{{worker,api,simulator}}.log")
         # Commands run from the same folder (replay, models, simulate) find the stack here.
-        write_stack_file(data_dir, kafka_url=effective.kafka_url, redis_url=effective.redis_url,
-                         api_url=base)
+        write_stack_file(data_dir, kafka_url=effective.kafka_url, redis_url=effective.redis_url, api_url=base)
         _say("other shells: driftline replay | models | simulate, run from this folder, use this stack")
         _say("Ctrl-C stops everything.")
         _watch(effective, stack)
@@ -169,8 +177,7 @@ class ChildExited(Exception):
 
 
 def _env_overrides(env: dict[str, str]) -> dict[str, Any]:
-    return {k.removeprefix("DRIFTLINE_").lower(): v for k, v in env.items()
-            if k.startswith("DRIFTLINE_")}
+    return {k.removeprefix("DRIFTLINE_").lower(): v for k, v in env.items() if k.startswith("DRIFTLINE_")}
 
 
 def _watch(settings: Settings, stack: Stack, every: float = 10.0) -> None:
@@ -189,14 +196,16 @@ def _watch(settings: Settings, stack: Stack, every: float = 10.0) -> None:
 
 def _flow_report(client: redis.Redis, settings: Settings) -> str:
     try:
-        key = settings.redis_key("model", settings.default_model)
-        version = client.hget(f"{key}:aliases", "latest")
+        keys = settings.keys
+        version = client.hget(keys.model(settings.default_model, "aliases"), "latest")
         if version is None:
             return f"model {settings.default_model!r}: no snapshot yet (the worker is joining)"
-        meta = json.loads(client.hget(f"{key}:meta", version) or b"{}")
+        meta = json.loads(client.hget(keys.model(settings.default_model, "meta"), version) or b"{}")
         metric = meta.get("metric", {})
-        report = (f"model {settings.default_model!r} v{int(version)}: {meta.get('events_learned', 0)} "
-                  f"events learned, {metric.get('name', 'metric')} {_figure(metric.get('value'))}")
+        report = (
+            f"model {settings.default_model!r} v{int(version)}: {meta.get('events_learned', 0)} "
+            f"events learned, {metric.get('name', 'metric')} {_figure(metric.get('value'))}"
+        )
         return "\n".join([report, *(f"WARNING: {w}" for w in meta.get("warnings", []))])
     except redis.RedisError as exc:
         return f"Redis unreachable: {exc}"

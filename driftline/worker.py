@@ -1,4 +1,9 @@
-"""``driftline worker``: the Faust worker running both stream agents."""
+"""``driftline worker``: the Faust worker running the stream agents.
+
+The entry point reads the settings once and hands the stream code plain values
+(:class:`~driftline.streams.config.WorkerConfig`); nothing under ``streams/`` or ``models/``
+reads settings.
+"""
 
 from __future__ import annotations
 
@@ -7,25 +12,60 @@ import logging
 
 import redis
 
-from driftline.errors import ServiceUnavailable
+from driftline.core.errors import ServiceUnavailable
 from driftline.kafka import ensure_topics
 from driftline.settings import Settings
+from driftline.streams.cleaning import TimePolicy
+from driftline.streams.config import Topics, WorkerConfig
 
 log = logging.getLogger("driftline.worker")
 
 
-def configured_models_key(settings: Settings) -> str:
-    """The Redis hash where workers say which models they learn (name -> spec JSON).
-
-    ``driftline models`` reads it to tell "configured, no snapshot yet" from "no such model".
-    """
-    return settings.redis_key("configured-models")
+def worker_config(settings: Settings) -> WorkerConfig:
+    """What the stream worker needs of ``settings``, as plain values."""
+    stages = tuple(sorted(set(settings.worker_stages.split(","))))
+    return WorkerConfig(
+        broker=settings.faust_broker if settings.kafka_url else "kafka://127.0.0.1:9092",
+        redis_url=settings.redis_url,
+        namespace=settings.namespace,
+        secret=settings.secret_key.get_secret_value().encode(),
+        # One consumer group per stage set: a worker that runs only the learn stage joining or
+        # leaving never makes the ingest workers rebalance, and the other way round.
+        group_id=settings.worker_id if len(stages) == 2 else f"{settings.worker_id}-{stages[0]}",
+        stages=stages,
+        topics=Topics(
+            events=settings.events_topic,
+            features=settings.features_topic,
+            dlq=settings.dlq_topic,
+            labels=settings.labels_topic,
+        ),
+        specs=settings.model_specs(),
+        target=settings.target,
+        features=settings.features,
+        catalog=settings.catalog(),
+        time_policy=TimePolicy(settings.allowed_lateness_seconds, settings.max_future_seconds),
+        max_message_bytes=settings.max_message_bytes,
+        max_batch_events=settings.max_batch_events,
+        dlq_max_bytes=settings.dlq_max_bytes,
+        device_ttl_seconds=settings.device_ttl_seconds,
+        batch_size=settings.batch_size,
+        batch_within=settings.batch_within,
+        snapshot_every_events=settings.snapshot_every_events,
+        snapshot_every_seconds=settings.snapshot_every_seconds,
+        keep_versions=settings.keep_versions,
+        broker_session_timeout=settings.broker_session_timeout,
+        broker_rebalance_timeout=settings.broker_rebalance_timeout,
+        broker_heartbeat_interval=settings.broker_heartbeat_interval,
+        consumer_fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms,
+        data_dir=settings.data_dir,
+    )
 
 
 def announce_models(settings: Settings, client: redis.Redis) -> None:
     """Record the models this worker learns, before its first snapshot exists."""
     specs = {spec.name: json.dumps(spec.summary()) for spec in settings.model_specs()}
-    client.hset(configured_models_key(settings), mapping=specs)  # type: ignore[arg-type]
+    # ``driftline models`` reads it to tell "configured, no snapshot yet" from "no such model".
+    client.hset(settings.keys.configured_models(), mapping=specs)  # type: ignore[arg-type]
 
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
@@ -43,13 +83,10 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
         raise ServiceUnavailable("Redis", settings.redis_url, str(exc)) from exc
     finally:
         client.close()
-    # Imported here: the Faust app reads settings at import, after the CLI has settled them.
-    import faust
+    import faust  # the Faust machinery only in the process that runs it
 
-    from streams.agents import runtime
-    from streams.app import app
+    from driftline.streams.agents import build_worker
 
-    runtime.topic_ids = topic_ids
     log.info("topics %s", topic_ids)
-    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
-    worker.execute_from_commandline()
+    worker = build_worker(worker_config(settings), topic_ids)
+    faust.Worker(worker.app, loglevel=loglevel, quiet=True).execute_from_commandline()

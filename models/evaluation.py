@@ -31,9 +31,14 @@ def _metric_factories(task: str, positive: Any) -> dict[str, tuple[type, dict[st
         return {"MAE": (metrics.MAE, {}), "RMSE": (metrics.RMSE, {}), "R2": (metrics.R2, {})}
     if task == "classification":
         binary = {"pos_val": positive}
-        return {"Accuracy": (metrics.Accuracy, {}), "Precision": (metrics.Precision, binary),
-                "Recall": (metrics.Recall, binary), "F1": (metrics.F1, binary),
-                "MacroF1": (metrics.MacroF1, {}), "ROCAUC": (metrics.ROCAUC, binary)}
+        return {
+            "Accuracy": (metrics.Accuracy, {}),
+            "Precision": (metrics.Precision, binary),
+            "Recall": (metrics.Recall, binary),
+            "F1": (metrics.F1, binary),
+            "MacroF1": (metrics.MacroF1, {}),
+            "ROCAUC": (metrics.ROCAUC, binary),
+        }
     if task == "anomaly":
         return {"ROCAUC": (metrics.ROCAUC, {"pos_val": positive})}
     raise ValueError(f"unknown task {task!r}")
@@ -78,14 +83,22 @@ class Evaluation:
         factories = _metric_factories(task, positive)
         scores: dict[str, Any] = {}
         if task == "anomaly":
-            scores = {"mean": stats.Mean(), "std": stats.Var(), "p50": stats.Quantile(0.5),
-                      "p90": stats.Quantile(0.9), "p99": stats.Quantile(0.99), "max": stats.Max(),
-                      "rolling_mean": utils.Rolling(stats.Mean, window_size=window)}
+            scores = {
+                "mean": stats.Mean(),
+                "std": stats.Var(),
+                "p50": stats.Quantile(0.5),
+                "p90": stats.Quantile(0.9),
+                "p99": stats.Quantile(0.99),
+                "max": stats.Max(),
+                "rolling_mean": utils.Rolling(stats.Mean, window_size=window),
+            }
         return cls(
-            task=task, window=window,
+            task=task,
+            window=window,
             cumulative={name: make(**kw) for name, (make, kw) in factories.items()},
-            rolling={name: utils.Rolling(make, window_size=window, **kw)
-                     for name, (make, kw) in factories.items()},
+            rolling={
+                name: utils.Rolling(make, window_size=window, **kw) for name, (make, kw) in factories.items()
+            },
             scores=scores,
         )
 

@@ -20,9 +20,11 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from models.evaluation import Evaluation, Prediction
-from models.specs import ModelSpec
-from streams.records import FeatureRecord, Label, LabelRecord, Record
+from driftline.models.evaluation import Evaluation, Prediction
+from driftline.models.specs import ModelSpec
+
+from driftline.core.meta import LearnerSummary
+from driftline.core.records import FeatureRecord, Label, LabelRecord, Record
 
 #: Events a model may see without learning from any before it is reported as not learning.
 NOT_LEARNING_AFTER = 100
@@ -82,8 +84,11 @@ class OnlineLearner:
 
     @classmethod
     def create(cls, spec: ModelSpec) -> OnlineLearner:
-        return cls(spec=spec, model=spec.build(),
-                   evaluation=Evaluation.create(spec.task, spec.rolling_window, spec.positive_label))
+        return cls(
+            spec=spec,
+            model=spec.build(),
+            evaluation=Evaluation.create(spec.task, spec.rolling_window, spec.positive_label),
+        )
 
     @property
     def name(self) -> str:
@@ -187,8 +192,9 @@ class OnlineLearner:
             while waiting and (len(waiting) > bound or next(iter(waiting.values())).ts < horizon):
                 waiting.popitem(last=False)
                 self.labels_expired += 1
-        while self.orphan_labels and (len(self.orphan_labels) > bound
-                                      or next(iter(self.orphan_labels.values()))[0] < horizon):
+        while self.orphan_labels and (
+            len(self.orphan_labels) > bound or next(iter(self.orphan_labels.values()))[0] < horizon
+        ):
             self.orphan_labels.popitem(last=False)
             self.labels_unmatched += 1
 
@@ -219,12 +225,14 @@ class OnlineLearner:
         if self.events_seen < NOT_LEARNING_AFTER or self.events_learned > 0:
             return []
         target = repr(self.spec.target) if self.spec.target else "(DRIFTLINE_TARGET)"
-        return [f"model {self.name!r} has seen {self.events_seen} events and learned from none: "
-                f"{len(self.pending) + len(self.last_by_device)} wait for a label, "
-                f"{self.labels_expired} expired without one. Check its target {target}: each event "
-                f"needs a reading of that name or a 'target' field, or labels on the labels topic."]
+        return [
+            f"model {self.name!r} has seen {self.events_seen} events and learned from none: "
+            f"{len(self.pending) + len(self.last_by_device)} wait for a label, "
+            f"{self.labels_expired} expired without one. Check its target {target}: each event "
+            f"needs a reading of that name or a 'target' field, or labels on the labels topic."
+        ]
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> LearnerSummary:
         """Metadata for a snapshot: what a person or the API wants to know without unpickling."""
         report = self.evaluation.report()
         return {
@@ -234,11 +242,17 @@ class OnlineLearner:
             "estimator": self.spec.estimator,
             "events_seen": self.events_seen,
             "events_learned": self.events_learned,
-            "labels": {"received": self.labels_received, "pending": len(self.pending),
-                       "expired": self.labels_expired, "unmatched": self.labels_unmatched},
-            "metric": {"name": self.spec.metric_name,
-                       "value": report["cumulative"][self.spec.metric_name],
-                       "rolling": report["rolling"][self.spec.metric_name]},
+            "labels": {
+                "received": self.labels_received,
+                "pending": len(self.pending),
+                "expired": self.labels_expired,
+                "unmatched": self.labels_unmatched,
+            },
+            "metric": {
+                "name": self.spec.metric_name,
+                "value": report["cumulative"][self.spec.metric_name],
+                "rolling": report["rolling"][self.spec.metric_name],
+            },
             "metrics": report,
             "input_offsets": {str(k): v for k, v in self.input_offsets.items()},
             "source_positions": {k: list(v) for k, v in self.positions.items()},

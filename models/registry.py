@@ -1,16 +1,7 @@
 """The model registry in Redis: signed snapshot versions, aliases, an audit log, announcements.
 
-Keys, under the deployment's namespace ``ns``::
-
-    ns:models                       SET    model names
-    ns:model:<name>:next_version    STRING version counter
-    ns:model:<name>:versions        ZSET   version -> version
-    ns:model:<name>:blob:<version>  STRING signed snapshot (see models.snapshot)
-    ns:model:<name>:meta            HASH   version -> metadata JSON (for listings; unsigned copy)
-    ns:model:<name>:aliases         HASH   alias (latest, champion, challenger) -> version
-    ns:model:<name>:champions       LIST   champion versions as promoted, oldest first (rollback)
-    ns:audit                        STREAM every publish, promote and rollback
-    ns:snapshots                    pub/sub channel: {"model": name, "version": n, "action": ...}
+Its keys (versions, blobs, metadata, aliases, champions, the audit stream and the announcement
+channel) are :class:`driftline.core.keys.Keys`; docs/design.md has the whole layout.
 
 Aliases: ``latest`` is the newest version, what the learner resumes from. ``champion`` is what the
 API serves: it follows ``latest`` until an operator promotes a version, which pins it there;
@@ -31,14 +22,16 @@ import pickle
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import river
+from driftline.models.learner import OnlineLearner
+from driftline.models.snapshot import open_snapshot, seal_pickled
 from redis.asyncio import Redis
 
-from driftline.errors import ModelNotReady, RegistryError, SnapshotError
-from models.learner import OnlineLearner
-from models.snapshot import open_snapshot, seal_pickled
+from driftline.core.errors import ModelNotReady, RegistryError, SnapshotError
+from driftline.core.keys import Keys
+from driftline.core.meta import SignedMeta, SnapshotMeta
 
 LATEST = "latest"
 CHAMPION = "champion"
@@ -62,64 +55,89 @@ class ModelRegistry:
 
     def __init__(self, redis: Redis, namespace: str, secret: bytes, keep_versions: int = 20):
         self.redis = redis
-        self.namespace = namespace
+        self.keys = Keys(namespace)
         self.secret = secret
         self.keep_versions = keep_versions
 
-    # --- keys ---------------------------------------------------------------------------------
-    def _key(self, *parts: str) -> str:
-        return ":".join((self.namespace, *parts))
+    @property
+    def namespace(self) -> str:
+        return self.keys.namespace
 
     def _model_key(self, name: str, *parts: str) -> str:
-        return self._key("model", name, *parts)
+        return self.keys.model(name, *parts)
 
     @property
     def channel(self) -> str:
         """The pub/sub channel that announces every new snapshot and alias change."""
-        return self._key("snapshots")
+        return self.keys.snapshots_channel()
 
     @property
     def audit_key(self) -> str:
-        return self._key("audit")
+        return self.keys.audit()
 
     def _audit(self, tx: Any, action: str, name: str, version: int, **fields: Any) -> None:
-        entry = {"action": action, "model": name, "version": version,
-                 "at": datetime.now(UTC).isoformat(), **fields}
-        tx.xadd(self.audit_key, {k: v if isinstance(v, str | int) else json.dumps(v)
-                                 for k, v in entry.items()}, maxlen=10_000, approximate=True)
+        entry = {
+            "action": action,
+            "model": name,
+            "version": version,
+            "at": datetime.now(UTC).isoformat(),
+            **fields,
+        }
+        tx.xadd(
+            self.audit_key,
+            {k: v if isinstance(v, str | int) else json.dumps(v) for k, v in entry.items()},
+            maxlen=10_000,
+            approximate=True,
+        )
         tx.publish(self.channel, json.dumps({"model": name, "version": version, "action": action}))
 
     # --- writing ------------------------------------------------------------------------------
-    async def publish(self, learner: OnlineLearner) -> dict[str, Any]:
+    async def publish(self, learner: OnlineLearner) -> SnapshotMeta:
         """Sign and store a snapshot of ``learner`` as its newest version; return its metadata."""
         started = time.perf_counter()
         name = learner.name
         version = int(await self.redis.incr(self._model_key(name, "next_version")))
-        meta = {
+        payload = pickle.dumps(learner, protocol=5)
+        meta: SignedMeta = {
             **learner.summary(),
             "version": version,
             "river_version": river.__version__,  # type: ignore[attr-defined]
             "created_at": datetime.now(UTC).isoformat(),
+            "model_bytes": len(payload),  # inside the signed metadata, unlike the blob's size
         }
-        payload = pickle.dumps(learner, protocol=5)
-        meta["model_bytes"] = len(payload)  # inside the signed metadata, unlike the blob's size
-        blob = seal_pickled(payload, meta, self.secret)
-        listing = {**meta, "size_bytes": len(blob)}
+        blob = seal_pickled(payload, dict(meta), self.secret)
+        listing: SnapshotMeta = {
+            **meta,
+            "size_bytes": len(blob),
+            "seal_ms": round(1000 * (time.perf_counter() - started), 3),
+        }
         async with self.redis.pipeline(transaction=True) as tx:
             tx.set(self._model_key(name, "blob", str(version)), blob)
             tx.zadd(self._model_key(name, "versions"), {str(version): version})
             tx.hset(self._model_key(name, "aliases"), LATEST, version)
-            tx.sadd(self._key("models"), name)
-            listing["seal_ms"] = round(1000 * (time.perf_counter() - started), 3)
+            tx.sadd(self.keys.models(), name)
             tx.hset(self._model_key(name, "meta"), str(version), json.dumps(listing))
-            self._audit(tx, "publish", name, version, metric=meta["metric"],
-                        events_learned=learner.events_learned, size_bytes=len(blob))
+            self._audit(
+                tx,
+                "publish",
+                name,
+                version,
+                metric=meta["metric"],
+                events_learned=learner.events_learned,
+                size_bytes=len(blob),
+            )
             await tx.execute()
         await self._drop_old_versions(name)
         return listing
 
-    async def promote(self, name: str, version: int | None = None, alias: str = CHAMPION,
-                      by: str | None = None, reason: str = "") -> int:
+    async def promote(
+        self,
+        name: str,
+        version: int | None = None,
+        alias: str = CHAMPION,
+        by: str | None = None,
+        reason: str = "",
+    ) -> int:
         """Point ``alias`` (champion or challenger) at ``version`` (default: the latest)."""
         if alias not in (CHAMPION, CHALLENGER):
             raise RegistryError(f"can only promote to {CHAMPION} or {CHALLENGER}, not {alias!r}")
@@ -166,8 +184,17 @@ class ModelRegistry:
                 else:
                     tx.rpush(champions, target)
             shown = target if target is not None else aliases.get(LATEST, 0)
-            self._audit(tx, "rollback", name, shown, alias=CHAMPION, previous=current or 0,
-                        follows_latest=int(target is None), by=by or _who(), reason=reason)
+            self._audit(
+                tx,
+                "rollback",
+                name,
+                shown,
+                alias=CHAMPION,
+                previous=current or 0,
+                follows_latest=int(target is None),
+                by=by or _who(),
+                reason=reason,
+            )
             await tx.execute()
         return target
 
@@ -188,7 +215,7 @@ class ModelRegistry:
 
     # --- reading ------------------------------------------------------------------------------
     async def model_names(self) -> list[str]:
-        return sorted(_text(n) for n in await self.redis.smembers(self._key("models")))
+        return sorted(_text(n) for n in await self.redis.smembers(self.keys.models()))
 
     async def aliases(self, name: str) -> dict[str, int]:
         """The aliases set for ``name`` (``champion`` absent: it follows ``latest``)."""
@@ -207,11 +234,13 @@ class ModelRegistry:
 
     async def _require_version(self, name: str, version: int) -> None:
         if await self.redis.zscore(self._model_key(name, "versions"), str(version)) is None:
-            raise RegistryError(f"model {name!r} has no version {version} (never published, or "
-                                f"removed by retention)")
+            raise RegistryError(
+                f"model {name!r} has no version {version} (never published, or removed by retention)"
+            )
 
-    async def load(self, name: str, version: int | None = None,
-                   alias: str = LATEST) -> tuple[OnlineLearner, dict[str, Any]]:
+    async def load(
+        self, name: str, version: int | None = None, alias: str = LATEST
+    ) -> tuple[OnlineLearner, SnapshotMeta]:
         """Load and verify a snapshot (default: what ``alias`` points at); raises if none or refused."""
         if version is None:
             version = await self.alias_version(name, alias)
@@ -223,18 +252,19 @@ class ModelRegistry:
         learner, meta = open_snapshot(blob, self.secret)
         if not isinstance(learner, OnlineLearner) or meta.get("version") != version:
             raise SnapshotError(f"model {name!r} version {version}: blob does not hold that version")
-        return learner, meta
+        return learner, cast(SnapshotMeta, meta)
 
-    async def versions(self, name: str) -> list[dict[str, Any]]:
+    async def versions(self, name: str) -> list[SnapshotMeta]:
         """Metadata of every stored version, oldest first (from the listing copy)."""
         metas = await self.redis.hgetall(self._model_key(name, "meta"))
-        return sorted((json.loads(m) for m in metas.values()), key=lambda m: m["version"])
+        listings: list[SnapshotMeta] = [json.loads(m) for m in metas.values()]
+        return sorted(listings, key=lambda m: m["version"])
 
-    async def version_meta(self, name: str, version: int) -> dict[str, Any]:
+    async def version_meta(self, name: str, version: int) -> SnapshotMeta:
         raw = await self.redis.hget(self._model_key(name, "meta"), str(version))
         if raw is None:
             raise RegistryError(f"model {name!r} has no version {version}")
-        return dict(json.loads(raw))
+        return cast(SnapshotMeta, json.loads(raw))
 
     async def audit(self, name: str | None = None, count: int = 100) -> list[dict[str, Any]]:
         """The newest audit entries (of one model, or all), newest first."""
@@ -253,10 +283,16 @@ class ModelRegistry:
             if entry.get("action") != "publish":
                 continue
             metric = json.loads(entry.get("metric") or "{}")
-            out.append({"version": int(entry["version"]), "at": entry["at"],
-                        "events_learned": int(entry.get("events_learned") or 0),
-                        "metric": metric.get("name"), "value": metric.get("value"),
-                        "rolling": metric.get("rolling")})
+            out.append(
+                {
+                    "version": int(entry["version"]),
+                    "at": entry["at"],
+                    "events_learned": int(entry.get("events_learned") or 0),
+                    "metric": metric.get("name"),
+                    "value": metric.get("value"),
+                    "rolling": metric.get("rolling"),
+                }
+            )
             if len(out) == points:
                 break
         return out[::-1]

@@ -132,8 +132,7 @@ class RobustTargetScaler(preprocessing.TargetStandardScaler):
     2.51 2.43
     """
 
-    def __init__(self, regressor: base.Regressor, bound: float = DEFAULT_BOUND,
-                 warm_up: int = 10) -> None:
+    def __init__(self, regressor: base.Regressor, bound: float = DEFAULT_BOUND, warm_up: int = 10) -> None:
         super().__init__(regressor)
         self.bound = bound
         self.warm_up = warm_up

@@ -7,18 +7,23 @@ Layout of a snapshot blob::
 The HMAC covers everything after it (metadata and pickle), keyed by ``DRIFTLINE_SECRET_KEY``.
 :func:`open_snapshot` verifies it **before** unpickling: a pickle from an untrusted source can run
 code, so an unsigned or altered blob is refused without ever being read.
+
+A pickle names classes by import path. Snapshots written before driftline took one root import
+name say ``models.learner``, ``streams.records``; :class:`_Unpickler` finds those where they live
+now, so every snapshot ever written still loads. This module imports nothing but the errors.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import json
 import pickle
 import struct
 from typing import Any
 
-from driftline.errors import SnapshotError, SnapshotSignatureError
+from driftline.core.errors import SnapshotError, SnapshotSignatureError
 
 MAGIC = b"DLSNAP1\n"
 _MAC_SIZE = 32
@@ -36,7 +41,7 @@ def seal_snapshot(obj: Any, meta: dict[str, Any], secret: bytes) -> bytes:
     >>> open_snapshot(blob[:-1] + b"!", b"k" * 16)
     Traceback (most recent call last):
     ...
-    driftline.errors.SnapshotSignatureError: snapshot signature does not match: refused
+    driftline.core.errors.SnapshotSignatureError: snapshot signature does not match: refused
     """
     return seal_pickled(pickle.dumps(obj, protocol=5), meta, secret)
 
@@ -58,9 +63,35 @@ def open_snapshot(blob: bytes, secret: bytes) -> tuple[Any, dict[str, Any]]:
     """Verify a snapshot's signature, then unpickle it; raises :class:`SnapshotError` if unusable."""
     meta, payload = _split(_verified_body(blob, secret))
     try:
-        return pickle.loads(payload), meta  # noqa: S301 - signature verified above
+        return _Unpickler(io.BytesIO(payload)).load(), meta
     except Exception as exc:  # a signed but unreadable pickle (e.g. a class since renamed)
         raise SnapshotError(f"snapshot is signed but cannot be unpickled: {exc!r}") from exc
+
+
+#: Packages that were top-level import names before driftline took one root name.
+_FORMER_TOP_LEVEL = ("models", "streams", "api")
+#: Modules that moved further than under ``driftline.``.
+_MOVED = {"streams.records": "driftline.core.records", "driftline.errors": "driftline.core.errors"}
+
+
+def current_module(module: str) -> str:
+    """Where a module a pickle names lives now.
+
+    >>> current_module("models.learner"), current_module("streams.records"), current_module("river.tree")
+    ('driftline.models.learner', 'driftline.core.records', 'river.tree')
+    """
+    if module in _MOVED:
+        return _MOVED[module]
+    if module.split(".", 1)[0] in _FORMER_TOP_LEVEL:
+        return f"driftline.{module}"
+    return module
+
+
+class _Unpickler(pickle.Unpickler):
+    """Unpickles snapshots written under former import paths (only ever after the HMAC check)."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        return super().find_class(current_module(module), name)
 
 
 def _verified_body(blob: bytes, secret: bytes) -> bytes:

@@ -23,23 +23,27 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Annotated, Any, Literal
 
+from driftline.models.robust import BoundedStandardScaler, RobustTargetScaler
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from river import anomaly, base, forest, linear_model, optim, preprocessing, tree
-
-from models.robust import BoundedStandardScaler, RobustTargetScaler
 
 Task = Literal["regression", "classification", "anomaly", "forecast"]
 TASKS: tuple[Task, ...] = ("regression", "classification", "anomaly", "forecast")
 
 #: The metric each task is judged by unless a spec names another (see models/evaluation.py).
 DEFAULT_METRIC: dict[str, str] = {
-    "regression": "MAE", "forecast": "MAE", "classification": "Accuracy", "anomaly": "ROCAUC",
+    "regression": "MAE",
+    "forecast": "MAE",
+    "classification": "Accuracy",
+    "anomaly": "ROCAUC",
 }
 
 #: Which River estimator kind each task needs.
 _TASK_KIND: dict[str, type] = {
-    "regression": base.Regressor, "forecast": base.Regressor,
-    "classification": base.Classifier, "anomaly": base.AnomalyDetector,
+    "regression": base.Regressor,
+    "forecast": base.Regressor,
+    "classification": base.Classifier,
+    "anomaly": base.AnomalyDetector,
 }
 
 
@@ -64,8 +68,13 @@ def _linear_regression(params: dict[str, Any]) -> Any:
     # features at once (a new device) broke that, and 20 repeats took the weights to 1e10. The
     # clipped gradient bounds each step (a Huber loss, in effect); it is in standard deviations of
     # the target because the target is standardized, so it suits kW and volts alike.
-    return _scaled(RobustTargetScaler(linear_model.LinearRegression(
-        **{"optimizer": optim.SGD(0.01), "intercept_lr": 0.01, "clip_gradient": 1.0, **params})))
+    return _scaled(
+        RobustTargetScaler(
+            linear_model.LinearRegression(
+                **{"optimizer": optim.SGD(0.01), "intercept_lr": 0.01, "clip_gradient": 1.0, **params}
+            )
+        )
+    )
 
 
 def _seeded(params: dict[str, Any]) -> dict[str, Any]:
@@ -78,31 +87,38 @@ ESTIMATORS: dict[str, NamedEstimator] = {
         ("regression", "forecast"),
         _linear_regression,
         "bounded standard scaler | standardized target | linear regression "
-        "(SGD 0.01, gradient clipped at 1 std of the target)"),
+        "(SGD 0.01, gradient clipped at 1 std of the target)",
+    ),
     "hoeffding_tree_regressor": NamedEstimator(
         ("regression", "forecast"),
         lambda p: _scaled(tree.HoeffdingAdaptiveTreeRegressor(**_seeded(p))),
-        "bounded standard scaler | Hoeffding adaptive tree regressor"),
+        "bounded standard scaler | Hoeffding adaptive tree regressor",
+    ),
     "arf_regressor": NamedEstimator(
         ("regression", "forecast"),
         lambda p: _scaled(forest.ARFRegressor(**_seeded({"n_models": 5, **p}))),
-        "bounded standard scaler | adaptive random forest regressor (5 trees)"),
+        "bounded standard scaler | adaptive random forest regressor (5 trees)",
+    ),
     "logistic_regression": NamedEstimator(
         ("classification",),
         lambda p: _scaled(linear_model.LogisticRegression(**p)),
-        "bounded standard scaler | logistic regression"),
+        "bounded standard scaler | logistic regression",
+    ),
     "hoeffding_tree_classifier": NamedEstimator(
         ("classification",),
         lambda p: tree.HoeffdingAdaptiveTreeClassifier(**_seeded(p)),
-        "Hoeffding adaptive tree classifier"),
+        "Hoeffding adaptive tree classifier",
+    ),
     "arf_classifier": NamedEstimator(
         ("classification",),
         lambda p: forest.ARFClassifier(**_seeded({"n_models": 5, **p})),
-        "adaptive random forest classifier (5 trees)"),
+        "adaptive random forest classifier (5 trees)",
+    ),
     "half_space_trees": NamedEstimator(
         ("anomaly",),
         lambda p: preprocessing.MinMaxScaler() | anomaly.HalfSpaceTrees(**_seeded(p)),
-        "min-max scaler | half-space trees (scores in [0, 1], high = anomalous)"),
+        "min-max scaler | half-space trees (scores in [0, 1], high = anomalous)",
+    ),
 }
 
 DEFAULT_ESTIMATOR = "linear_regression"
@@ -153,11 +169,13 @@ class ModelSpec(BaseModel):
 
     @model_validator(mode="after")
     def _buildable(self) -> ModelSpec:
-        from models.evaluation import metric_names  # noqa: PLC0415 - evaluation imports specs
+        from driftline.models.evaluation import metric_names
 
         if self.metric is not None and self.metric not in metric_names(self.task):
-            raise ValueError(f"model {self.name!r}: metric {self.metric!r} is not one of "
-                             f"{', '.join(metric_names(self.task))} for {self.task}")
+            raise ValueError(
+                f"model {self.name!r}: metric {self.metric!r} is not one of "
+                f"{', '.join(metric_names(self.task))} for {self.task}"
+            )
         if self.task == "forecast" and not self.target:
             raise ValueError(f"model {self.name!r}: a forecast needs the sensor to forecast (target)")
         self.build()  # raises ValueError with the reason
@@ -190,8 +208,9 @@ class ModelSpec(BaseModel):
 @lru_cache(maxsize=256)
 def _selection(patterns: tuple[str, ...], target: str, names: tuple[str, ...]) -> tuple[str, ...]:
     # Records of one stream share their feature names, so the match is computed once per shape.
-    return tuple(n for n in names if n != target
-                 and (not patterns or any(fnmatch.fnmatchcase(n, p) for p in patterns)))
+    return tuple(
+        n for n in names if n != target and (not patterns or any(fnmatch.fnmatchcase(n, p) for p in patterns))
+    )
 
 
 def build_estimator(model: str, task: str, estimator: str, params: dict[str, Any]) -> Any:
@@ -199,8 +218,9 @@ def build_estimator(model: str, task: str, estimator: str, params: dict[str, Any
     named = ESTIMATORS.get(estimator)
     if named is not None:
         if task not in named.task:
-            raise ValueError(f"model {model!r}: estimator {estimator!r} is for "
-                             f"{', '.join(named.task)}, not {task}")
+            raise ValueError(
+                f"model {model!r}: estimator {estimator!r} is for {', '.join(named.task)}, not {task}"
+            )
         factory: Callable[..., Any] = named.build
         try:
             built = factory(dict(params))
@@ -211,16 +231,19 @@ def build_estimator(model: str, task: str, estimator: str, params: dict[str, Any
     kind = _TASK_KIND[task]
     final = built[-1] if hasattr(built, "steps") else built  # a pipeline is judged by its last step
     if not isinstance(final, kind):
-        raise ValueError(f"model {model!r}: {estimator} is a {type(final).__name__}, "
-                         f"not a {kind.__name__} as {task} needs")
+        raise ValueError(
+            f"model {model!r}: {estimator} is a {type(final).__name__}, not a {kind.__name__} as {task} needs"
+        )
     return built
 
 
 def _from_import_path(model: str, path: str, params: dict[str, Any]) -> Any:
     module_name, _, attr = path.rpartition(".")
     if not module_name:
-        raise ValueError(f"model {model!r}: unknown estimator {path!r}: use one of "
-                         f"{', '.join(ESTIMATORS)} or an import path like river.linear_model.PARegressor")
+        raise ValueError(
+            f"model {model!r}: unknown estimator {path!r}: use one of "
+            f"{', '.join(ESTIMATORS)} or an import path like river.linear_model.PARegressor"
+        )
     try:
         cls = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:

@@ -1,17 +1,20 @@
-"""The stream stages: where readings become feature records.
+"""The stream stages: where readings become feature records, and the worker that runs them.
 
-Start reading at :mod:`streams.agents` (the Faust agents, thin) and the pure logic they call:
-:mod:`streams.schema` (the event contract), :mod:`streams.cleaning`, :mod:`streams.features` and
-:mod:`streams.ingest`; :mod:`streams.records` is what the learn stage receives.
-:mod:`streams.checkpoint` keeps state and offsets in Redis together.
-Importing this package does not create the Faust app; :mod:`streams.app` does.
+Start reading at :mod:`~driftline.streams.ingest` (one message in, feature records or a rejection
+out) and the pure logic it calls: :mod:`~driftline.streams.schema` (the event contract),
+:mod:`~driftline.streams.cleaning`, :mod:`~driftline.streams.features`. The exactly-once batch
+protocol is :mod:`~driftline.streams.batches`; :mod:`~driftline.streams.checkpoint` keeps state and
+offsets in Redis together; :mod:`~driftline.streams.agents` wires all of it to Faust, built from a
+:class:`~driftline.streams.config.WorkerConfig` of plain values. Importing this package creates no
+Faust app. See docs/design.md.
 """
 
-from streams.cleaning import Rejection, decode_event
-from streams.features import DeviceState, featurize
-from streams.ingest import IngestStage
-from streams.records import FeatureRecord, LabelRecord
-from streams.schema import Reading, SensorEvent
+from driftline.streams.cleaning import Rejection, decode_event
+from driftline.streams.features import DeviceState, featurize
+from driftline.streams.ingest import IngestStage
+from driftline.streams.schema import Reading, SensorEvent
+
+from driftline.core.records import FeatureRecord, LabelRecord
 
 __all__ = [
     "DeviceState",

@@ -58,8 +58,9 @@ class SensorSpec(BaseModel):
 DEFAULT_CATALOG: dict[str, SensorSpec] = {
     "temperature": SensorSpec(unit="°C", min=-40, max=125, out_of_range="clip", impute="last"),
     "humidity": SensorSpec(unit="%", min=0, max=100, out_of_range="clip", impute="mean"),
-    "vibration": SensorSpec(unit="g", min=0, max=16, out_of_range="reject", impute="last",
-                            max_gap_seconds=60),
+    "vibration": SensorSpec(
+        unit="g", min=0, max=16, out_of_range="reject", impute="last", max_gap_seconds=60
+    ),
     "voltage": SensorSpec(unit="V", min=0, max=400, out_of_range="reject", impute="last"),
 }
 

@@ -1,14 +1,8 @@
 """The ingest stage's checkpoint in Redis: per-device state together with the source offsets it
 reflects, written in one MULTI/EXEC so the two can never disagree.
 
-Keys, under the deployment's namespace ``ns``::
-
-    ns:device:<device_id>                 STRING  DeviceState JSON (also the API's feature store)
-    ns:ingest:offsets:<topic>:<topic_id>  HASH    partition -> last offset reflected in the states
-    ns:ingest:stats:<topic>:<topic_id>    HASH    partition -> JSON counters (received, accepted, ...)
-
-The offsets are keyed by topic id: a topic deleted and recreated (the embedded broker keeps
-nothing across restarts) starts its offsets afresh instead of skipping its new events.
+The keys (device states, offsets and counters per topic id) are :class:`driftline.core.keys.Keys`;
+docs/design.md has the whole layout.
 """
 
 from __future__ import annotations
@@ -17,26 +11,15 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Mapping
 
+from driftline.streams.features import DeviceState
 from redis.asyncio import Redis
 
-from streams.features import DeviceState
-
-
-def device_key(namespace: str, device_id: str) -> str:
-    return f"{namespace}:device:{device_id}"
-
-
-def offsets_key(namespace: str, topic: str, topic_id: str) -> str:
-    return f"{namespace}:ingest:offsets:{topic}:{topic_id}"
-
-
-def stats_key(namespace: str, topic: str, topic_id: str) -> str:
-    return f"{namespace}:ingest:stats:{topic}:{topic_id}"
+from driftline.core.keys import Keys
 
 
 async def save_checkpoint(
     redis: Redis,
-    namespace: str,
+    keys: Keys,
     topic: str,
     topic_id: str,
     offsets: Mapping[int, int],
@@ -48,35 +31,36 @@ async def save_checkpoint(
     async with redis.pipeline(transaction=True) as tx:
         for device_id, state in devices.items():
             tx.set(
-                device_key(namespace, device_id),
+                keys.device(device_id),
                 json.dumps(state.to_json(), separators=(",", ":")),
                 ex=device_ttl_seconds,
             )
         if offsets:
-            tx.hset(offsets_key(namespace, topic, topic_id),
-                    mapping={str(p): o for p, o in offsets.items()})
+            tx.hset(keys.ingest_offsets(topic, topic_id), mapping={str(p): o for p, o in offsets.items()})
         if stats:
-            tx.hset(stats_key(namespace, topic, topic_id),
-                    mapping={str(p): json.dumps(dict(c)) for p, c in stats.items()})
+            tx.hset(
+                keys.ingest_stats(topic, topic_id),
+                mapping={str(p): json.dumps(dict(c)) for p, c in stats.items()},
+            )
         await tx.execute()
 
 
 async def load_offsets(
-    redis: Redis, namespace: str, topic: str, topic_id: str, partitions: Iterable[int]
+    redis: Redis, keys: Keys, topic: str, topic_id: str, partitions: Iterable[int]
 ) -> dict[int, int]:
     """The checkpointed offsets of ``partitions`` (absent: nothing handled yet)."""
     wanted = [str(p) for p in partitions]
     if not wanted:
         return {}
-    values = await redis.hmget(offsets_key(namespace, topic, topic_id), wanted)
+    values = await redis.hmget(keys.ingest_offsets(topic, topic_id), wanted)
     return {int(p): int(v) for p, v in zip(wanted, values, strict=True) if v is not None}
 
 
 async def load_stats(
-    redis: Redis, namespace: str, topic: str, topic_id: str, partitions: Iterable[int] | None = None
+    redis: Redis, keys: Keys, topic: str, topic_id: str, partitions: Iterable[int] | None = None
 ) -> dict[int, Counter[str]]:
     """Checkpointed counters per partition (all partitions when ``partitions`` is None)."""
-    key = stats_key(namespace, topic, topic_id)
+    key = keys.ingest_stats(topic, topic_id)
     if partitions is None:
         raw = {int(p): v for p, v in (await redis.hgetall(key)).items()}
     else:
@@ -86,14 +70,12 @@ async def load_stats(
     return {p: Counter(json.loads(v)) for p, v in raw.items()}
 
 
-async def load_device_states(
-    redis: Redis, namespace: str, device_ids: Iterable[str]
-) -> dict[str, DeviceState]:
+async def load_device_states(redis: Redis, keys: Keys, device_ids: Iterable[str]) -> dict[str, DeviceState]:
     """The checkpointed state of each device that has one."""
     ids = list(device_ids)
     if not ids:
         return {}
-    values = await redis.mget([device_key(namespace, d) for d in ids])
+    values = await redis.mget([keys.device(d) for d in ids])
     return {
         device_id: DeviceState.from_json(json.loads(value))
         for device_id, value in zip(ids, values, strict=True)
@@ -101,8 +83,8 @@ async def load_device_states(
     }
 
 
-async def load_all_device_states(redis: Redis, namespace: str) -> dict[str, DeviceState]:
+async def load_all_device_states(redis: Redis, keys: Keys) -> dict[str, DeviceState]:
     """Every checkpointed device state of the deployment (used when partitions are assigned)."""
-    prefix = device_key(namespace, "")
-    ids = [key.decode()[len(prefix):] async for key in redis.scan_iter(match=prefix + "*", count=1000)]
-    return await load_device_states(redis, namespace, ids)
+    prefix = keys.device("")
+    ids = [key.decode()[len(prefix) :] async for key in redis.scan_iter(match=prefix + "*", count=1000)]
+    return await load_device_states(redis, keys, ids)

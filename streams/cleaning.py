@@ -1,6 +1,6 @@
-"""Cleaning: raw bytes to a valid :class:`~streams.schema.SensorEvent`, then per-device checks.
+"""Cleaning: raw bytes to a valid :class:`~driftline.streams.schema.SensorEvent`, then per-device checks.
 
-Pure functions: no broker, no Redis. :class:`~streams.ingest.IngestStage` calls them in order —
+Pure functions: no broker, no Redis. :class:`~driftline.streams.ingest.IngestStage` calls them in order —
 :func:`decode_event`, deduplication, :func:`check_time`, :func:`clean_readings` — and sends every
 :class:`Rejection` to the dead-letter topic with its reason code.
 """
@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from driftline.streams.catalog import SensorSpec
+from driftline.streams.features import DeviceState
+from driftline.streams.schema import SensorEvent
 from pydantic import ValidationError
 from pydantic_core import from_json
-
-from streams.catalog import SensorSpec
-from streams.features import DeviceState
-from streams.schema import SensorEvent
 
 #: Reason codes a rejected event carries in the DLQ (header ``dl-reason``).
 TOO_LARGE = "too_large"
@@ -140,11 +139,17 @@ def check_time(ts: float, watermark: float | None, now: float, policy: TimePolic
     'future'
     """
     if ts > now + policy.max_future:
-        return Rejection(FUTURE, f"event time is {ts - now:.0f} s ahead of its arrival "
-                                 f"(limit {policy.max_future:.0f} s): check the device clock")
+        return Rejection(
+            FUTURE,
+            f"event time is {ts - now:.0f} s ahead of its arrival "
+            f"(limit {policy.max_future:.0f} s): check the device clock",
+        )
     if watermark is not None and ts < watermark - policy.allowed_lateness:
-        return Rejection(LATE, f"event is {watermark - ts:.0f} s older than the device's newest "
-                               f"(allowed lateness {policy.allowed_lateness:.0f} s)")
+        return Rejection(
+            LATE,
+            f"event is {watermark - ts:.0f} s older than the device's newest "
+            f"(allowed lateness {policy.allowed_lateness:.0f} s)",
+        )
     return None
 
 
@@ -167,7 +172,7 @@ def clean_readings(
 
     Examples
     --------
-    >>> from streams.catalog import SensorSpec
+    >>> from driftline.streams.catalog import SensorSpec
     >>> catalog = {"t": SensorSpec(min=0, max=50), "v": SensorSpec(min=0, max=1, out_of_range="reject")}
     >>> state = DeviceState(last={"t": 20.0}, last_seen={"t": 100.0})
     >>> clean_readings({"t": None, "v": 0.5}, 130.0, state, catalog)
@@ -192,8 +197,11 @@ def clean_readings(
         if not spec.in_range(value):
             fixed = spec.clip_or_none(value)
             if fixed is None:
-                return Rejection(OUT_OF_RANGE, f"{name}={value:g} is outside [{spec.min}, {spec.max}]"
-                                               f"{' ' + spec.unit if spec.unit else ''}")
+                return Rejection(
+                    OUT_OF_RANGE,
+                    f"{name}={value:g} is outside [{spec.min}, {spec.max}]"
+                    f"{' ' + spec.unit if spec.unit else ''}",
+                )
             value = fixed
             clipped.append(name)
         clean[name] = value

@@ -1,6 +1,6 @@
 """Per-device state and the featurizer that both the stream and the API run.
 
-The ingest agent cleans each accepted event (:mod:`streams.cleaning`), then calls
+The ingest agent cleans each accepted event (:mod:`driftline.streams.cleaning`), then calls
 :func:`featurize` and checkpoints the :class:`DeviceState` to Redis; ``POST /predict`` loads that
 state and calls the very same function on the request's reading, so serving sees the features
 training saw. What is computed is declared by a :class:`FeatureSpec` (``DRIFTLINE_FEATURES``).
@@ -93,8 +93,10 @@ class FeatureSpec(BaseModel):
             overrides = {k: v for k, v in data.items() if k != "preset"}
             name = data["preset"]
             if name not in PRESETS:
-                raise ValueError(f"unknown features preset {name!r}: use one of {', '.join(PRESETS)}, "
-                                 "or give the keys themselves")
+                raise ValueError(
+                    f"unknown features preset {name!r}: use one of {', '.join(PRESETS)}, "
+                    "or give the keys themselves"
+                )
             return {**PRESETS[name], **overrides}
         return data
 
@@ -125,11 +127,19 @@ class FeatureSpec(BaseModel):
 #: one (``{"preset": "raw", "lags": [1, 2]}``).
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
-    "raw": {"windows": (), "time_windows": (), "ewma_half_lives": (), "delta": False, "rate": False,
-            "lags": (), "time_of_day": False, "day_of_week": False, "pairs": ()},
+    "raw": {
+        "windows": (),
+        "time_windows": (),
+        "ewma_half_lives": (),
+        "delta": False,
+        "rate": False,
+        "lags": (),
+        "time_of_day": False,
+        "day_of_week": False,
+        "pairs": (),
+    },
 }
-PRESET_NOTES = {"default": "windows, EWMA, delta, rate, lag, pair, time of day",
-                "raw": "the readings only"}
+PRESET_NOTES = {"default": "windows, EWMA, delta, rate, lag, pair, time of day", "raw": "the readings only"}
 
 
 class RecentIds:
@@ -233,11 +243,15 @@ class DeviceState:
             events=int(data.get("events", 0)),
             last={k: float(v) for k, v in data.get("last", {}).items()},
             last_at={k: float(v) for k, v in data.get("last_at", {}).items()},
-            windows={k: deque((float(x) for x in v), maxlen=max(len(v), 1))
-                     for k, v in data.get("windows", {}).items()},
+            windows={
+                k: deque((float(x) for x in v), maxlen=max(len(v), 1))
+                for k, v in data.get("windows", {}).items()
+            },
             timed={k: [[float(t), float(x)] for t, x in v] for k, v in data.get("timed", {}).items()},
-            ewma={k: {h: [float(e), float(t)] for h, (e, t) in v.items()}
-                  for k, v in data.get("ewma", {}).items()},
+            ewma={
+                k: {h: [float(e), float(t)] for h, (e, t) in v.items()}
+                for k, v in data.get("ewma", {}).items()
+            },
             last_seen={k: float(v) for k, v in data.get("last_seen", {}).items()},
             recent_ids=RecentIds(data.get("recent_ids", [])),
             watermark=data.get("watermark"),
@@ -254,8 +268,9 @@ class DeviceState:
 ALL_STATS: tuple[Stat, ...] = ("mean", "std", "min", "max")
 
 
-def _put_stats(features: dict[str, float], names: tuple[str, ...], values: list[float],
-               wanted: tuple[Stat, ...]) -> None:
+def _put_stats(
+    features: dict[str, float], names: tuple[str, ...], values: list[float], wanted: tuple[Stat, ...]
+) -> None:
     """``features[name] = stat(values)`` for each wanted stat and its feature name."""
     n = len(values)
     mean = sum(values) / n
@@ -328,10 +343,12 @@ def _plan_for(spec: FeatureSpec) -> _Plan:
 def _names(sensor: str, spec: FeatureSpec) -> _SensorNames:
     return _SensorNames(
         count=tuple((n, tuple(f"{sensor}_{stat}_{n}" for stat in spec.stats)) for n in spec.windows),
-        timed=tuple((sec, tuple(f"{sensor}_{stat}_{_label(sec)}" for stat in spec.stats))
-                    for sec in spec.time_windows),
+        timed=tuple(
+            (sec, tuple(f"{sensor}_{stat}_{_label(sec)}" for stat in spec.stats)) for sec in spec.time_windows
+        ),
         ewma=tuple((h, _label(h), f"{sensor}_ewma_{_label(h)}") for h in spec.ewma_half_lives),
-        delta=f"{sensor}_delta", rate=f"{sensor}_rate",
+        delta=f"{sensor}_delta",
+        rate=f"{sensor}_rate",
         lags=tuple((k, f"{sensor}_lag_{k}") for k in spec.lags),
     )
 
@@ -388,7 +405,7 @@ def featurize(
             for seconds, window_names in names.timed:
                 since = at - seconds
                 if in_order:  # every point is at or before this one: the window is a tail
-                    window = [x for _, x in points[_first_after(points, since):]]
+                    window = [x for _, x in points[_first_after(points, since) :]]
                 else:
                     window = [x for t, x in points if since < t <= at]
                 # A reading as late as the longest window is evicted at once; it still belongs

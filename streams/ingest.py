@@ -14,24 +14,27 @@ from __future__ import annotations
 import functools
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
-from models.specs import ModelSpec
-from streams.catalog import DEFAULT_CATALOG, SensorSpec
-from streams.cleaning import (
+from driftline.models.specs import ModelSpec
+from driftline.streams.catalog import DEFAULT_CATALOG, SensorSpec
+from driftline.streams.cleaning import (
     INTERNAL,
     LATE,
+    CleanReadings,
     Rejection,
     TimePolicy,
     check_time,
     clean_readings,
     decode_message,
 )
-from streams.features import DeviceState, FeatureSpec, featurize
-from streams.records import FeatureRecord
-from streams.schema import SensorEvent
+from driftline.streams.features import DeviceState, FeatureSpec, featurize
+from driftline.streams.schema import SensorEvent
+
+from driftline.core.records import FeatureRecord
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,35 @@ def label_readings(specs: Iterable[ModelSpec], target: str) -> frozenset[str]:
     ['power', 'y']
     """
     return frozenset({target} | {s.target for s in specs if s.target and s.task != "forecast"})
+
+
+def featurize_reading(
+    readings: Mapping[str, float | None],
+    ts: datetime,
+    state: DeviceState,
+    *,
+    labels: frozenset[str],
+    catalog: dict[str, SensorSpec],
+    spec: FeatureSpec,
+) -> tuple[CleanReadings, dict[str, float]] | Rejection:
+    """One reading's feature vector, as the stream computes it and ``POST /predict`` serves it.
+
+    The labels are left out, the rest is cleaned against the catalog (range, imputation), then
+    featurized with the device's ``state``, which is updated (``/predict`` passes a copy). One
+    function for both: no training/serving skew.
+
+    >>> from datetime import UTC
+    >>> state = DeviceState()
+    >>> _, features = featurize_reading({"t": 20.0, "y": 1.0}, datetime(2026, 1, 1, tzinfo=UTC), state,
+    ...                                 labels=frozenset({"y"}), catalog={}, spec=FeatureSpec(preset="raw"))
+    >>> features
+    {'t': 20.0}
+    """
+    kept = {name: value for name, value in readings.items() if name not in labels}
+    cleaned = clean_readings(kept, ts.timestamp(), state, catalog)
+    if isinstance(cleaned, Rejection):
+        return cleaned
+    return cleaned, featurize(state, cleaned.readings, ts, spec)
 
 
 @dataclass
@@ -118,7 +150,7 @@ class IngestStage:
         outcomes: list[Outcome] = []
         try:
             decoded = decode_message(raw, self.max_message_bytes, self.max_batch_events)
-        except Exception as exc:  # noqa: BLE001 - one bad message must never stop the stream
+        except Exception as exc:
             decoded = [Rejection(INTERNAL, f"{type(exc).__name__}: {exc}")]
         now = timestamp_ms / 1000 if timestamp_ms and timestamp_ms > 0 else time.time()
         for index, event in enumerate(decoded):
@@ -128,13 +160,19 @@ class IngestStage:
                 continue
             try:
                 outcomes += self._handle_event(event, partition, offset, index, now, counts)
-            except Exception as exc:  # noqa: BLE001 - as above
-                outcomes.append(self._reject(
-                    counts, None, Rejection(INTERNAL, f"{type(exc).__name__}: {exc}", index)))
+            except Exception as exc:
+                outcomes.append(
+                    self._reject(counts, None, Rejection(INTERNAL, f"{type(exc).__name__}: {exc}", index))
+                )
         return outcomes
 
     def _handle_event(
-        self, event: SensorEvent, partition: int, offset: int, index: int, now: float,
+        self,
+        event: SensorEvent,
+        partition: int,
+        offset: int,
+        index: int,
+        now: float,
         counts: Counter[str],
     ) -> list[Outcome]:
         state = self.devices.get(event.device_id)
@@ -149,24 +187,36 @@ class IngestStage:
         refused = check_time(ts, state.watermark, now, self.time_policy)
         if refused is not None:
             return [self._reject(counts, state, refused._replace(item=index))]
-        readings = {k: v for k, v in event.readings.items() if k not in self.labels}
-        cleaned = clean_readings(readings, ts, state, self.catalog)
-        if isinstance(cleaned, Rejection):
-            return [self._reject(counts, state, cleaned._replace(item=index))]
+        featurized = featurize_reading(
+            event.readings, event.ts, state, labels=self.labels, catalog=self.catalog, spec=self.features
+        )
+        if isinstance(featurized, Rejection):
+            return [self._reject(counts, state, featurized._replace(item=index))]
+        cleaned, features = featurized
         state.recent_ids.append(event.event_id)
         state.watermark = ts if state.watermark is None else max(state.watermark, ts)
-        for name, value in readings.items():
-            if value is not None:
+        for name, value in event.readings.items():
+            if value is not None and name not in self.labels:
                 state.last_seen[name] = ts
-        features = featurize(state, cleaned.readings, event.ts, self.features)
         for counter in (counts, state.counts):
             counter["accepted"] += 1
             counter["imputed"] += len(cleaned.imputed)
             counter["clipped"] += len(cleaned.clipped)
         return [
-            FeatureRecord(spec.name, event.device_id, event.event_id, ts, spec.select(features),
-                          self._target(event, cleaned.readings, spec), partition, offset, index,
-                          cleaned.imputed, cleaned.clipped, self.schema)
+            FeatureRecord(
+                spec.name,
+                event.device_id,
+                event.event_id,
+                ts,
+                spec.select(features),
+                self._target(event, cleaned.readings, spec),
+                partition,
+                offset,
+                index,
+                cleaned.imputed,
+                cleaned.clipped,
+                self.schema,
+            )
             for spec in self.specs
         ]
 

@@ -75,4 +75,3 @@ def make_settings(services: Services, tmp_path_factory: pytest.TempPathFactory) 
         return Settings(_env_file=None, **values)
 
     return make
-

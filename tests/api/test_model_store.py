@@ -12,9 +12,8 @@ import asyncio
 import time
 from typing import Any
 
+from driftline.api.model_store import ModelStore
 from redis.exceptions import ConnectionError as RedisConnectionError
-
-from api.model_store import ModelStore
 
 
 class SwallowingPubSub:

@@ -10,11 +10,11 @@ import os
 from datetime import UTC, datetime
 
 import pytest
+from driftline.streams.catalog import DEFAULT_CATALOG
+from driftline.streams.features import DeviceState, FeatureSpec, featurize
 
 from driftline.cli import main
 from driftline.settings import Settings
-from streams.catalog import DEFAULT_CATALOG
-from streams.features import DeviceState, FeatureSpec, featurize
 
 
 @pytest.fixture(autouse=True)
@@ -28,8 +28,9 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: os.PathLike[str
     get_settings.cache_clear()
 
 
-def config_output(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-                  **env: str) -> tuple[int, str, str]:
+def config_output(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], **env: str
+) -> tuple[int, str, str]:
     from driftline.settings import get_settings
 
     for name, value in env.items():
@@ -69,8 +70,9 @@ def test_an_unknown_preset_is_a_configuration_error_that_names_the_variable(
 
 
 @pytest.mark.parametrize("value", ["", "none", "{}", " none "])
-def test_no_catalog_is_explicit(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-                                value: str) -> None:
+def test_no_catalog_is_explicit(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
     code, out, _ = config_output(monkeypatch, capsys, DRIFTLINE_SENSOR_CATALOG=value)
     assert code == 0
     assert Settings(_env_file=None).catalog() == {}
@@ -98,18 +100,26 @@ def test_config_says_each_models_task_target_estimator_features_and_the_catalog(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, out, _ = config_output(
-        monkeypatch, capsys, DRIFTLINE_FEATURES="raw", DRIFTLINE_SENSOR_CATALOG="none",
+        monkeypatch,
+        capsys,
+        DRIFTLINE_FEATURES="raw",
+        DRIFTLINE_SENSOR_CATALOG="none",
         DRIFTLINE_MODELS='[{"name": "m", "task": "regression", "target": "y",'
-                         ' "estimator": "linear_regression"},'
-                         ' {"name": "odd", "task": "anomaly", "estimator": "half_space_trees",'
-                         ' "features": ["vib*"]}]')
+        ' "estimator": "linear_regression"},'
+        ' {"name": "odd", "task": "anomaly", "estimator": "half_space_trees",'
+        ' "features": ["vib*"]}]',
+    )
     assert code == 0
     lines = out.splitlines()
-    assert lines[0] == ("model 'm': regression of 'y' (its reading, else the event's target field), "
-                        "estimator linear_regression, features all of the raw preset, metric MAE")
-    assert lines[1].startswith("model 'odd': anomaly of 'power' (the event's target field, else its "
-                               "reading), estimator half_space_trees, "
-                               "features matching vib* of the raw preset")
+    assert lines[0] == (
+        "model 'm': regression of 'y' (its reading, else the event's target field), "
+        "estimator linear_regression, features all of the raw preset, metric MAE"
+    )
+    assert lines[1].startswith(
+        "model 'odd': anomaly of 'power' (the event's target field, else its "
+        "reading), estimator half_space_trees, "
+        "features matching vib* of the raw preset"
+    )
     assert lines[2].startswith("features: raw (the readings only), ")
     assert lines[3] == "sensor catalog: none (readings pass unchecked; a missing one takes its last value)"
 

@@ -7,12 +7,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from driftline.streams.schema import SensorEvent
 
 from driftline.cli import build_parser, main, replay_mapping
-from driftline.errors import DriftlineError
+from driftline.core.errors import DriftlineError
 from driftline.mqtt_bridge import mqtt_to_event
 from driftline.replay import ColumnMapping, read_rows, row_to_event, with_times
-from streams.schema import SensorEvent
 
 AT = datetime(2026, 3, 1, 12, tzinfo=UTC)
 
@@ -24,10 +24,17 @@ def test_csv_rows_become_valid_events_with_stable_ids(tmp_path: Path) -> None:
     mapping = ColumnMapping(str(path), device_column="site", time_column="time", target_column="kw")
     events = [row_to_event(row, i, mapping) for i, row in enumerate(rows)]
     assert total == 2
-    assert events[0] == {"event_id": "plant-00000000", "device_id": "a", "ts": "2026-01-01T00:00:00+00:00",
-                         "readings": {"temp": 21.0, "hum": None}, "target": 2.5}
-    assert events[1]["ts"] == "2026-01-01T00:00:00+00:00" and events[1]["readings"] == {"temp": 22.0,
-                                                                                         "hum": 40.0}
+    assert events[0] == {
+        "event_id": "plant-00000000",
+        "device_id": "a",
+        "ts": "2026-01-01T00:00:00+00:00",
+        "readings": {"temp": 21.0, "hum": None},
+        "target": 2.5,
+    }
+    assert events[1]["ts"] == "2026-01-01T00:00:00+00:00" and events[1]["readings"] == {
+        "temp": 22.0,
+        "hum": 40.0,
+    }
     for event in events:
         SensorEvent.model_validate(event)
 
@@ -41,7 +48,8 @@ def test_jsonl_and_river_sources(tmp_path: Path) -> None:
     assert total == 2
     assert [e["readings"] for e in events] == [{"v": 1.5}, {}]
     assert [e["ts"] for e in events] == ["2026-03-01T11:59:59+00:00", "2026-03-01T12:00:00+00:00"], (
-        "rows one second apart without a time column, the last one now")
+        "rows one second apart without a time column, the last one now"
+    )
     rows, total = read_rows("river:TrumpApproval")
     first = row_to_event(next(rows), 0, ColumnMapping("river:TrumpApproval", target_column="y"))
     assert total == 1001
@@ -85,10 +93,16 @@ def test_a_time_column_is_kept_as_it_is(tmp_path: Path, capsys: pytest.CaptureFi
     path = tmp_path / "meter.csv"
     path.write_text("t,temperature\n2020-05-01T00:00:00Z,20\n2020-05-01T00:10:00+02:00,21\n1000,22\n")
     events = replayed(path, "--time-column", "t", now=AT)
-    assert [e["ts"] for e in events] == ["2020-05-01T00:00:00+00:00", "2020-05-01T00:10:00+02:00",
-                                         "1970-01-01T00:16:40+00:00"]
-    assert [e["readings"] for e in events] == [{"temperature": 20.0}, {"temperature": 21.0},
-                                              {"temperature": 22.0}]
+    assert [e["ts"] for e in events] == [
+        "2020-05-01T00:00:00+00:00",
+        "2020-05-01T00:10:00+02:00",
+        "1970-01-01T00:16:40+00:00",
+    ]
+    assert [e["readings"] for e in events] == [
+        {"temperature": 20.0},
+        {"temperature": 21.0},
+        {"temperature": 22.0},
+    ]
     assert main(["replay", str(path), "--time-column", "t", "--start", "2026-01-01T00:00:00Z"]) == 2
     assert "--start" in capsys.readouterr().err
 
@@ -111,15 +125,27 @@ def test_unknown_sources_say_why(tmp_path: Path) -> None:
         read_rows(str(tmp_path / "a.parquet"))
 
 
-@pytest.mark.parametrize(("topic", "payload", "expected"), [
-    ("sensors/d1", b'{"readings": {"t": 1.0}}',
-     {"readings": {"t": 1.0}, "device_id": "d1", "ts": AT.isoformat()}),
-    ("sensors/d1", b'{"t": 1.0, "h": null}',
-     {"readings": {"t": 1.0, "h": None}, "device_id": "d1", "ts": AT.isoformat()}),
-    ("sensors/d1/t", b"7", {"readings": {"t": 7}, "device_id": "d1", "ts": AT.isoformat()}),
-    ("sensors/d1", b'{"event_id": "e", "device_id": "other", "ts": "2026-01-01T00:00:00Z", "readings": {}}',
-     {"event_id": "e", "device_id": "other", "ts": "2026-01-01T00:00:00Z", "readings": {}}),
-])
+@pytest.mark.parametrize(
+    ("topic", "payload", "expected"),
+    [
+        (
+            "sensors/d1",
+            b'{"readings": {"t": 1.0}}',
+            {"readings": {"t": 1.0}, "device_id": "d1", "ts": AT.isoformat()},
+        ),
+        (
+            "sensors/d1",
+            b'{"t": 1.0, "h": null}',
+            {"readings": {"t": 1.0, "h": None}, "device_id": "d1", "ts": AT.isoformat()},
+        ),
+        ("sensors/d1/t", b"7", {"readings": {"t": 7}, "device_id": "d1", "ts": AT.isoformat()}),
+        (
+            "sensors/d1",
+            b'{"event_id": "e", "device_id": "other", "ts": "2026-01-01T00:00:00Z", "readings": {}}',
+            {"event_id": "e", "device_id": "other", "ts": "2026-01-01T00:00:00Z", "readings": {}},
+        ),
+    ],
+)
 def test_mqtt_payloads_are_completed_into_events(topic: str, payload: bytes, expected: dict) -> None:
     key, value = mqtt_to_event(topic, payload, AT)
     event = json.loads(value)
@@ -131,13 +157,16 @@ def test_mqtt_payloads_are_completed_into_events(topic: str, payload: bytes, exp
     assert mqtt_to_event(topic, payload, AT) == (key, value), "the same message gets the same id"
 
 
-@pytest.mark.parametrize(("topic", "payload", "key"), [
-    ("sensors/d1", b"\xff not json", b"d1"),
-    ("sensors/d1", b"[1, 2]", b"d1"),
-    ("sensors/d1", b'{"t": "warm"}', b"d1"),
-    ("sensors/d1", b"true", b"d1"),
-    ("weather/x", b'{"t": 1}', b"unknown"),
-    ("sensors/", b'{"t": 1}', b"unknown"),
-])
+@pytest.mark.parametrize(
+    ("topic", "payload", "key"),
+    [
+        ("sensors/d1", b"\xff not json", b"d1"),
+        ("sensors/d1", b"[1, 2]", b"d1"),
+        ("sensors/d1", b'{"t": "warm"}', b"d1"),
+        ("sensors/d1", b"true", b"d1"),
+        ("weather/x", b'{"t": 1}', b"unknown"),
+        ("sensors/", b'{"t": 1}', b"unknown"),
+    ],
+)
 def test_unreadable_mqtt_payloads_are_forwarded_unchanged(topic: str, payload: bytes, key: bytes) -> None:
     assert mqtt_to_event(topic, payload, AT) == (key, payload)

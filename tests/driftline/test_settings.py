@@ -6,10 +6,10 @@ import os
 from collections.abc import Callable
 
 import pytest
+from driftline.streams.features import FeatureSpec
 from pydantic import ValidationError
 
 from driftline.settings import DEV_API_KEY, DEV_SECRET, Settings
-from streams.features import FeatureSpec
 
 GOOD_SECRET = "a-real-secret-of-32-characters!!"
 
@@ -84,10 +84,15 @@ def test_arguments_win_over_the_environment(settings_from_env: SettingsFromEnv) 
 
 @pytest.mark.parametrize(
     ("variable", "value"),
-    [("DRIFTLINE_EVENTS_PARTITIONS", "0"), ("DRIFTLINE_EVENTS_PARTITIONS", "many"),
-     ("DRIFTLINE_ENV", "staging"), ("DRIFTLINE_NAMESPACE", "has space"),
-     ("DRIFTLINE_WORKER_STAGES", "ingest,serve"), ("DRIFTLINE_FEATURES", '{"colour": "red"}'),
-     ("DRIFTLINE_MAX_MESSAGE_BYTES", "100")],
+    [
+        ("DRIFTLINE_EVENTS_PARTITIONS", "0"),
+        ("DRIFTLINE_EVENTS_PARTITIONS", "many"),
+        ("DRIFTLINE_ENV", "staging"),
+        ("DRIFTLINE_NAMESPACE", "has space"),
+        ("DRIFTLINE_WORKER_STAGES", "ingest,serve"),
+        ("DRIFTLINE_FEATURES", '{"colour": "red"}'),
+        ("DRIFTLINE_MAX_MESSAGE_BYTES", "100"),
+    ],
 )
 def test_invalid_values_are_refused(settings_from_env: SettingsFromEnv, variable: str, value: str) -> None:
     with pytest.raises(ValidationError):
@@ -141,13 +146,17 @@ def test_prod_refuses_the_default_secret_given_explicitly(settings_from_env: Set
 
 def test_prod_refuses_the_development_api_key(settings_from_env: SettingsFromEnv) -> None:
     with pytest.raises(ValidationError, match="DRIFTLINE_API_KEYS must not contain the development key"):
-        settings_from_env(DRIFTLINE_ENV="prod", DRIFTLINE_SECRET_KEY=GOOD_SECRET,
-                          DRIFTLINE_API_KEYS=f"prod-key,{DEV_API_KEY}")
+        settings_from_env(
+            DRIFTLINE_ENV="prod",
+            DRIFTLINE_SECRET_KEY=GOOD_SECRET,
+            DRIFTLINE_API_KEYS=f"prod-key,{DEV_API_KEY}",
+        )
 
 
 def test_prod_accepts_real_secrets(settings_from_env: SettingsFromEnv) -> None:
-    s = settings_from_env(DRIFTLINE_ENV="prod", DRIFTLINE_SECRET_KEY=GOOD_SECRET,
-                          DRIFTLINE_API_KEYS="prod-key")
+    s = settings_from_env(
+        DRIFTLINE_ENV="prod", DRIFTLINE_SECRET_KEY=GOOD_SECRET, DRIFTLINE_API_KEYS="prod-key"
+    )
     assert s.env == "prod"
     assert s.secret_key.get_secret_value() == GOOD_SECRET
 
@@ -175,17 +184,24 @@ def test_secrets_are_not_shown(settings_from_env: SettingsFromEnv) -> None:
 # --- keys and hand-over -------------------------------------------------------------------------
 
 
-def test_redis_key_joins_parts_under_the_namespace() -> None:
-    assert Settings(_env_file=None).redis_key("model", "default") == "driftline:model:default"
+def test_redis_keys_sit_under_the_namespace() -> None:
+    assert Settings(_env_file=None).keys.model("default") == "driftline:model:default"
     s = Settings(namespace="test-1a2b", _env_file=None)
-    assert s.redis_key("device", "d1", "state") == "test-1a2b:device:d1:state"
-    assert s.redis_key() == "test-1a2b"
+    assert s.keys.device("d1") == "test-1a2b:device:d1"
+    assert s.keys.pattern() == "test-1a2b:*"
 
 
 def test_as_env_makes_another_process_read_the_same_settings(settings_from_env: SettingsFromEnv) -> None:
-    original = Settings(env="test", kafka_url="kafka://a:1,kafka://b:2", namespace="ns",
-                        secret_key=GOOD_SECRET, api_keys="k1,k2", features=FeatureSpec(windows=(3,)),
-                        sim_drift_after=10, _env_file=None)
+    original = Settings(
+        env="test",
+        kafka_url="kafka://a:1,kafka://b:2",
+        namespace="ns",
+        secret_key=GOOD_SECRET,
+        api_keys="k1,k2",
+        features=FeatureSpec(windows=(3,)),
+        sim_drift_after=10,
+        _env_file=None,
+    )
     assert settings_from_env(**original.as_env()) == original
 
 

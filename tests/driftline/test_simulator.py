@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from driftline.streams.schema import SensorEvent
+
 from driftline.simulator import SensorSimulator
-from streams.schema import SensorEvent
 
 START = datetime(2026, 3, 1, tzinfo=UTC)
 
@@ -29,5 +30,9 @@ def test_a_given_run_id_gives_repeatable_ids() -> None:
         return list(SensorSimulator(devices=2, seed=4, start=START, run_id="abc").events(4))
 
     assert run() == run()
-    assert [e["event_id"] for e in run()] == ["sensor-001-abc-00000001", "sensor-002-abc-00000001",
-                                             "sensor-001-abc-00000002", "sensor-002-abc-00000002"]
+    assert [e["event_id"] for e in run()] == [
+        "sensor-001-abc-00000001",
+        "sensor-002-abc-00000001",
+        "sensor-001-abc-00000002",
+        "sensor-002-abc-00000002",
+    ]

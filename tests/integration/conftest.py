@@ -17,8 +17,7 @@ from driftline.settings import Settings
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that makes a child process read exactly ``settings``."""
-    return {**{k: v for k, v in os.environ.items() if not k.startswith("DRIFTLINE_")},
-            **settings.as_env()}
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("DRIFTLINE_")}, **settings.as_env()}
 
 
 class WorkerProcess:
@@ -30,10 +29,13 @@ class WorkerProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
+        log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "driftline", "worker"], env=settings_env(self.settings),
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            [sys.executable, "-m", "driftline", "worker"],
+            env=settings_env(self.settings),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
         return self
 

@@ -8,10 +8,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from driftline.api.main import create_app
 from fastapi.testclient import TestClient
 from kafka import KafkaConsumer
 
-from api.main import create_app
 from driftline.kafka import SensorProducer, ensure_topics
 from driftline.settings import Settings
 
@@ -21,14 +21,22 @@ T0 = datetime.now(UTC) - timedelta(hours=2)
 
 
 def event(device: str, i: int, seconds: float, **readings: float | None) -> bytes:
-    values: dict[str, float | None] = {"temperature": 20.0 + i % 5, "humidity": 50.0,
-                                       "vibration": 0.3, "voltage": 230.0}
+    values: dict[str, float | None] = {
+        "temperature": 20.0 + i % 5,
+        "humidity": 50.0,
+        "vibration": 0.3,
+        "voltage": 230.0,
+    }
     values.update(readings)
-    return json.dumps({
-        "event_id": f"{device}-{i:04d}", "device_id": device,
-        "ts": (T0 + timedelta(seconds=seconds)).isoformat(),
-        "readings": values, "target": 1.0 + 0.1 * (i % 5),
-    }).encode()
+    return json.dumps(
+        {
+            "event_id": f"{device}-{i:04d}",
+            "device_id": device,
+            "ts": (T0 + timedelta(seconds=seconds)).isoformat(),
+            "readings": values,
+            "target": 1.0 + 0.1 * (i % 5),
+        }
+    ).encode()
 
 
 def dirty_stream() -> tuple[list[tuple[bytes, bytes]], dict[str, int], Counter[str]]:
@@ -37,19 +45,29 @@ def dirty_stream() -> tuple[list[tuple[bytes, bytes]], dict[str, int], Counter[s
     for device in ("mix-a", "mix-b"):
         key = device.encode()
         valid = [event(device, i, 10 * i) for i in range(20)]
-        messages += [(key, v) for v in valid]                                     # 20 valid
-        messages += [(key, v) for v in valid[:3]]                                 # 3 duplicates
-        messages += [(key, event(device, 100 + i, 200 + 10 * i, temperature=None))  # 2 missing: imputed
-                     for i in range(2)]
-        messages.append((key, event(device, 200, 230, vibration=50.0)))           # rejected: range
-        messages.append((key, event(device, 201, 240, temperature=500.0)))        # clipped, accepted
-        messages.append((key, event(device, 202, 240 - 3600)))                    # late
-        messages.append((key, event(device, 203, 3 * 3600)))                      # future
-        messages.append((key, b"\x00\x01 not json"))                              # not JSON
-    messages.append((b"mix-a", b'{"event_id": "big", "device_id": "mix-a", "pad": "'
-                     + b"x" * 2_000_000 + b'"}'))                                 # 2 MB
-    expected = {"received": 2 * 30 + 1, "accepted": 2 * 23, "deduplicated": 2 * 3,
-                "rejected": 2 * 3 + 1, "late": 2, "imputed": 2 * 2, "clipped": 2}
+        messages += [(key, v) for v in valid]  # 20 valid
+        messages += [(key, v) for v in valid[:3]]  # 3 duplicates
+        messages += [
+            (key, event(device, 100 + i, 200 + 10 * i, temperature=None))  # 2 missing: imputed
+            for i in range(2)
+        ]
+        messages.append((key, event(device, 200, 230, vibration=50.0)))  # rejected: range
+        messages.append((key, event(device, 201, 240, temperature=500.0)))  # clipped, accepted
+        messages.append((key, event(device, 202, 240 - 3600)))  # late
+        messages.append((key, event(device, 203, 3 * 3600)))  # future
+        messages.append((key, b"\x00\x01 not json"))  # not JSON
+    messages.append(
+        (b"mix-a", b'{"event_id": "big", "device_id": "mix-a", "pad": "' + b"x" * 2_000_000 + b'"}')
+    )  # 2 MB
+    expected = {
+        "received": 2 * 30 + 1,
+        "accepted": 2 * 23,
+        "deduplicated": 2 * 3,
+        "rejected": 2 * 3 + 1,
+        "late": 2,
+        "imputed": 2 * 2,
+        "clipped": 2,
+    }
     reasons = Counter({"out_of_range": 2, "future": 2, "not_json": 2, "too_large": 1, "late": 2})
     return messages, expected, reasons
 
@@ -61,13 +79,21 @@ def publish(settings: Settings, messages: list[tuple[bytes, bytes]]) -> None:
 
 
 def read_dlq(settings: Settings, expected: int, wait_for: Any) -> list[Any]:
-    consumer = KafkaConsumer(settings.dlq_topic, bootstrap_servers=settings.kafka_bootstrap,
-                             auto_offset_reset="earliest", enable_auto_commit=False,
-                             consumer_timeout_ms=1000, max_partition_fetch_bytes=8 * 1024 * 1024)
+    consumer = KafkaConsumer(
+        settings.dlq_topic,
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=1000,
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+    )
     records: list[Any] = []
     try:
-        wait_for(lambda: records.extend(consumer) or len(records) >= expected, timeout=30,
-                 what=f"{expected} dead letters")
+        wait_for(
+            lambda: records.extend(consumer) or len(records) >= expected,
+            timeout=30,
+            what=f"{expected} dead letters",
+        )
         records.extend(consumer)
     finally:
         consumer.close()
@@ -77,19 +103,34 @@ def read_dlq(settings: Settings, expected: int, wait_for: Any) -> list[Any]:
 def check_accounting(settings: Settings, wait_for: Any, expected: dict[str, int]) -> dict[str, Any]:
     with TestClient(create_app(settings)) as client:
         stats = wait_for(
-            lambda: (s := client.get("/stats").json())["totals"]["received"] >= expected["received"]
-            and s, timeout=90, what="every message received")
+            lambda: (s := client.get("/stats").json())["totals"]["received"] >= expected["received"] and s,
+            timeout=90,
+            what="every message received",
+        )
         learned = wait_for(
-            lambda: (m := client.get("/models").json()) and m[0]["meta"]
-            and m[0]["meta"]["events_learned"] >= expected["accepted"] and m[0]["meta"]["events_learned"],
-            timeout=60, what="the accepted events learned")
+            lambda: (
+                (m := client.get("/models").json())
+                and m[0]["meta"]
+                and m[0]["meta"]["events_learned"] >= expected["accepted"]
+                and m[0]["meta"]["events_learned"]
+            ),
+            timeout=60,
+            what="the accepted events learned",
+        )
         metrics = client.get("/metrics").text
         device = client.get("/devices/mix-a/stats").json()
         unknown = client.get("/devices/nobody/stats")
     # non-JSON and oversized messages name no device: they count in the totals only
-    assert device["counts"] == {"accepted": 23, "deduplicated": 3, "rejected": 2, "late": 1,
-                                "imputed": 2, "clipped": 1, "rejected:out_of_range": 1,
-                                "rejected:future": 1}
+    assert device["counts"] == {
+        "accepted": 23,
+        "deduplicated": 3,
+        "rejected": 2,
+        "late": 1,
+        "imputed": 2,
+        "clipped": 1,
+        "rejected:out_of_range": 1,
+        "rejected:future": 1,
+    }
     assert unknown.status_code == 404
     assert stats["totals"] == expected
     assert stats["balanced"] is True
@@ -110,8 +151,11 @@ def test_every_event_is_accounted_for_exactly(
         half = len(messages) // 2
         publish(settings, messages[:half])
         with TestClient(create_app(settings)) as client:
-            wait_for(lambda: client.get("/stats").json()["totals"]["received"] > 0,
-                     timeout=90, what="the first checkpoint")
+            wait_for(
+                lambda: client.get("/stats").json()["totals"]["received"] > 0,
+                timeout=90,
+                what="the first checkpoint",
+            )
         worker.kill()
         publish(settings, messages[half:])
         start_worker(settings)

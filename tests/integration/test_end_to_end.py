@@ -7,15 +7,14 @@ import time
 from typing import Any
 
 import pytest
+from driftline.api.main import create_app
 from fastapi.testclient import TestClient
 from kafka import KafkaConsumer
 from redis.asyncio import Redis
 
-from api.main import create_app
 from driftline.kafka import SensorProducer, ensure_topics
 from driftline.settings import Settings
 from driftline.simulator import SensorSimulator
-from models.registry import ModelRegistry
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +31,7 @@ def latest_meta(settings: Settings) -> dict[str, Any] | None:
     async def read() -> dict[str, Any] | None:
         redis = Redis.from_url(settings.redis_url)
         try:
-            registry = ModelRegistry(redis, settings.namespace, b"unused")
+            registry = settings.registry(redis)
             versions = await registry.versions(settings.model_name)
             return versions[-1] if versions else None
         finally:
@@ -43,8 +42,11 @@ def latest_meta(settings: Settings) -> dict[str, Any] | None:
 
 def read_dlq(settings: Settings, expected: int, timeout: float = 20.0) -> list[Any]:
     consumer = KafkaConsumer(
-        settings.dlq_topic, bootstrap_servers=settings.kafka_bootstrap,
-        auto_offset_reset="earliest", enable_auto_commit=False, consumer_timeout_ms=1000,
+        settings.dlq_topic,
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=1000,
     )
     records: list[Any] = []
     deadline = time.monotonic() + timeout
@@ -72,8 +74,11 @@ def test_simulated_events_are_learned_exactly_once_and_served(
             if i % 150 == 0:
                 producer.send_raw(b"sensor-001", INVALID[i // 150])
 
-    meta = wait_for(lambda: (m := latest_meta(settings)) and m["events_learned"] >= k and m,
-                    timeout=90, what=f"a snapshot with {k} events learned")
+    meta = wait_for(
+        lambda: (m := latest_meta(settings)) and m["events_learned"] >= k and m,
+        timeout=90,
+        what=f"a snapshot with {k} events learned",
+    )
     time.sleep(2 * settings.snapshot_every_seconds)  # any extra learning would show by now
     meta = latest_meta(settings)
     assert meta is not None
@@ -91,10 +96,13 @@ def test_simulated_events_are_learned_exactly_once_and_served(
         assert headers["dl-source"].decode().startswith(f"{settings.events_topic}:")
 
     with TestClient(create_app(settings)) as client:
-        response = client.post("/predict", json={
-            "device_id": "sensor-001",
-            "readings": {"temperature": 22.0, "humidity": 45.0, "vibration": 0.4, "voltage": 231.0},
-        })
+        response = client.post(
+            "/predict",
+            json={
+                "device_id": "sensor-001",
+                "readings": {"temperature": 22.0, "humidity": 45.0, "vibration": 0.4, "voltage": 231.0},
+            },
+        )
         assert response.status_code == 200, response.text
         body = response.json()
         assert body["version"] >= 1
@@ -114,8 +122,11 @@ def test_worker_resumes_after_sigkill_without_losing_or_double_counting(
     with SensorProducer(settings) as producer:
         for event in events[:450]:
             producer.send(event)
-    wait_for(lambda: (m := latest_meta(settings)) and m["events_learned"] > 0,
-             timeout=90, what="the first snapshot")
+    wait_for(
+        lambda: (m := latest_meta(settings)) and m["events_learned"] > 0,
+        timeout=90,
+        what="the first snapshot",
+    )
     worker.kill()
     with SensorProducer(settings) as producer:
         for event in events[450:]:
@@ -124,8 +135,11 @@ def test_worker_resumes_after_sigkill_without_losing_or_double_counting(
         for event in events[440:460]:
             producer.send(event)
     start_worker(settings)
-    wait_for(lambda: (m := latest_meta(settings)) and m["events_learned"] >= 900,
-             timeout=120, what="900 events learned after the restart")
+    wait_for(
+        lambda: (m := latest_meta(settings)) and m["events_learned"] >= 900,
+        timeout=120,
+        what="900 events learned after the restart",
+    )
     time.sleep(2 * settings.snapshot_every_seconds)
     meta = latest_meta(settings)
     assert meta is not None and meta["events_learned"] == 900

@@ -10,20 +10,19 @@ from datetime import datetime
 from typing import Any
 
 import pytest
+from driftline.api.main import create_app
+from driftline.models.learner import OnlineLearner
+from driftline.streams.checkpoint import save_checkpoint
+from driftline.streams.features import DeviceState
+from driftline.streams.ingest import IngestStage
 from fastapi.testclient import TestClient
 from kafka import KafkaConsumer
 from redis.asyncio import Redis
 
-from api.main import create_app
+from driftline.core.records import FeatureRecord, decode
 from driftline.kafka import SensorProducer, ensure_topics
 from driftline.settings import Settings
 from driftline.simulator import SensorSimulator
-from models.learner import OnlineLearner
-from models.registry import ModelRegistry
-from streams.checkpoint import save_checkpoint
-from streams.features import DeviceState
-from streams.ingest import IngestStage
-from streams.records import FeatureRecord, decode
 
 pytestmark = pytest.mark.integration
 
@@ -36,18 +35,24 @@ def events(n: int = 240) -> list[dict[str, Any]]:
     return out
 
 
-def straight_through(settings: Settings, evs: list[dict[str, Any]]) -> tuple[
-        dict[str, dict[str, float]], list[dict[str, DeviceState]]]:
+def straight_through(
+    settings: Settings, evs: list[dict[str, Any]]
+) -> tuple[dict[str, dict[str, float]], list[dict[str, DeviceState]]]:
     """(a) Features per event id from the pure stage, and every device's state before each event."""
-    stage = IngestStage(models=(settings.model_name,), target=settings.target,
-                        max_message_bytes=settings.max_message_bytes, features=settings.features,
-                        catalog=settings.catalog())
+    stage = IngestStage(
+        models=(settings.model_name,),
+        target=settings.target,
+        max_message_bytes=settings.max_message_bytes,
+        features=settings.features,
+        catalog=settings.catalog(),
+    )
     features: dict[str, dict[str, float]] = {}
     states_before: list[dict[str, DeviceState]] = []
     now_ms = int(time.time() * 1000)
     for offset, event in enumerate(evs):
-        states_before.append({d: DeviceState.from_json(json.loads(json.dumps(s.to_json())))
-                              for d, s in stage.devices.items()})
+        states_before.append(
+            {d: DeviceState.from_json(json.loads(json.dumps(s.to_json()))) for d, s in stage.devices.items()}
+        )
         (record,) = stage.handle(json.dumps(event).encode(), 0, offset, now_ms)
         assert isinstance(record, FeatureRecord), record
         features[event["event_id"]] = record.features
@@ -55,8 +60,12 @@ def straight_through(settings: Settings, evs: list[dict[str, Any]]) -> tuple[
 
 
 def stream_features(settings: Settings, expected: int, wait_for: Any) -> dict[str, dict[str, float]]:
-    consumer = KafkaConsumer(settings.features_topic, bootstrap_servers=settings.kafka_bootstrap,
-                             auto_offset_reset="earliest", consumer_timeout_ms=1000)
+    consumer = KafkaConsumer(
+        settings.features_topic,
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=1000,
+    )
     seen: dict[str, dict[str, float]] = {}
     replays: list[tuple[str, dict[str, float]]] = []
 
@@ -86,7 +95,7 @@ async def store_state(settings: Settings, device: str, state: DeviceState | None
         if state is None:
             await redis.delete(f"{settings.namespace}:device:{device}")
         else:
-            await save_checkpoint(redis, settings.namespace, "t", "id", {}, {device: state})
+            await save_checkpoint(redis, settings.keys, "t", "id", {}, {device: state})
     finally:
         await redis.aclose()
 
@@ -118,8 +127,7 @@ def test_stream_with_sigkill_and_serving_compute_identical_features(
 
     async def publish() -> None:
         redis = Redis.from_url(settings.redis_url)
-        await ModelRegistry(redis, settings.namespace, settings.secret_key.get_secret_value().encode()
-                            ).publish(learner)
+        await settings.registry(redis).publish(learner)
         await redis.aclose()
 
     asyncio.run(publish())
@@ -127,8 +135,13 @@ def test_stream_with_sigkill_and_serving_compute_identical_features(
         for event, before in zip(evs, states_before, strict=True):
             device = event["device_id"]
             asyncio.run(store_state(settings, device, before.get(device)))
-            response = client.post("/predict", json={
-                "device_id": device, "readings": event["readings"],
-                "ts": datetime.fromisoformat(event["ts"].replace("Z", "+00:00")).isoformat()})
+            response = client.post(
+                "/predict",
+                json={
+                    "device_id": device,
+                    "readings": event["readings"],
+                    "ts": datetime.fromisoformat(event["ts"].replace("Z", "+00:00")).isoformat(),
+                },
+            )
             assert response.status_code == 200, response.text
             assert response.json()["features"] == expected[event["event_id"]], event["event_id"]

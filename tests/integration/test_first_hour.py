@@ -21,13 +21,12 @@ from typing import Any
 
 import pytest
 import redis
+from driftline.api.main import create_app
 from fastapi.testclient import TestClient
 
-from api.main import create_app
 from driftline.kafka import SensorProducer
 from driftline.settings import Settings
 from driftline.simulator import SensorSimulator
-from driftline.worker import configured_models_key
 
 from .conftest import WorkerProcess, settings_env
 
@@ -38,8 +37,14 @@ OWN_TARGET = [{"name": "m", "task": "regression", "target": "y", "estimator": "l
 
 def driftline(settings: Settings, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """``driftline ARGS`` as a user runs it, with exactly ``settings`` in the environment."""
-    return subprocess.run([sys.executable, "-m", "driftline", *args], env=settings_env(settings),
-                          capture_output=True, text=True, timeout=120, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "driftline", *args],
+        env=settings_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+    )
 
 
 def show(settings: Settings, model: str) -> dict[str, Any]:
@@ -54,7 +59,8 @@ def newest(settings: Settings, model: str) -> dict[str, Any]:
 
 
 def test_a_models_own_target_learns_from_a_replayed_river_dataset(
-    make_settings: Callable[..., Settings], start_worker: Callable[[Settings], WorkerProcess],
+    make_settings: Callable[..., Settings],
+    start_worker: Callable[[Settings], WorkerProcess],
     wait_for: Callable[..., object],
 ) -> None:
     # The user's command lines: a model of their own whose target is "y", and River's dataset
@@ -64,8 +70,11 @@ def test_a_models_own_target_learns_from_a_replayed_river_dataset(
     replayed = driftline(settings, "replay", "river:TrumpApproval", "--target-column", "y")
     assert replayed.returncode == 0, replayed.stderr
 
-    wait_for(lambda: newest(settings, "m").get("events_learned") == 1001, 120,
-             "model m to learn every replayed row")
+    wait_for(
+        lambda: newest(settings, "m").get("events_learned") == 1001,
+        120,
+        "model m to learn every replayed row",
+    )
     meta = newest(settings, "m")
     assert meta["events_seen"] == 1001 and meta["labels"]["pending"] == 0
     assert meta["warnings"] == []
@@ -77,8 +86,10 @@ def test_a_models_own_target_learns_from_a_replayed_river_dataset(
 
 
 def test_a_model_that_sees_events_but_learns_none_is_a_warning_everywhere(
-    make_settings: Callable[..., Settings], start_worker: Callable[[Settings], WorkerProcess],
-    wait_for: Callable[..., object], tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    start_worker: Callable[[Settings], WorkerProcess],
+    wait_for: Callable[..., object],
+    tmp_path: Path,
 ) -> None:
     # The model's target names a column the file does not have (the user's file calls it
     # "power_kw"): no event carries the model's target.
@@ -113,20 +124,28 @@ def test_a_model_that_sees_events_but_learns_none_is_a_warning_everywhere(
 
 
 def test_models_show_tells_a_configured_model_without_a_snapshot_from_a_typo(
-    make_settings: Callable[..., Settings], tmp_path: Path, wait_for: Callable[..., object],
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+    wait_for: Callable[..., object],
 ) -> None:
     # Run from a folder as a user runs it from a checkout: the default data directory, relative.
-    settings = make_settings(models=OWN_TARGET, features="raw", sensor_catalog="none",
-                             data_dir=Path(".driftline"))
+    settings = make_settings(
+        models=OWN_TARGET, features="raw", sensor_catalog="none", data_dir=Path(".driftline")
+    )
     cwd = tmp_path / "checkout"
     cwd.mkdir()
     log_path = tmp_path / "worker.log"
     with log_path.open("wb") as log:
-        worker = subprocess.Popen([sys.executable, "-m", "driftline", "worker"], cwd=cwd,
-                                  env=settings_env(settings), stdout=log, stderr=subprocess.STDOUT)
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "driftline", "worker"],
+            cwd=cwd,
+            env=settings_env(settings),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
         client = redis.Redis.from_url(settings.redis_url)
-        wait_for(lambda: client.exists(configured_models_key(settings)), 60, "the worker to start")
+        wait_for(lambda: client.exists(settings.keys.configured_models()), 60, "the worker to start")
         wait_for(lambda: (cwd / ".driftline" / "worker").is_dir(), 60, "the worker's data directory")
 
         # No snapshot yet: "configured, no snapshot yet", and it is not an error.
@@ -142,10 +161,12 @@ def test_models_show_tells_a_configured_model_without_a_snapshot_from_a_typo(
 
         # Startup said, once, what the worker will do.
         text = log_path.read_text()
-        for line in ("model 'm': regression of 'y' (its reading, else the event's target field), "
-                     "estimator linear_regression, features all of the raw preset, metric MAE",
-                     "features: raw (the readings only)",
-                     "sensor catalog: none (readings pass unchecked"):
+        for line in (
+            "model 'm': regression of 'y' (its reading, else the event's target field), "
+            "estimator linear_regression, features all of the raw preset, metric MAE",
+            "features: raw (the readings only)",
+            "sensor catalog: none (readings pass unchecked",
+        ):
             assert text.count(line) == 1, (line, text[-3000:])
         # Nothing but the one data directory appeared where the user ran it.
         assert sorted(os.listdir(cwd)) == [".driftline"]
@@ -155,7 +176,8 @@ def test_models_show_tells_a_configured_model_without_a_snapshot_from_a_typo(
 
 
 def test_twenty_identical_events_of_a_new_device_do_not_wreck_the_default_model(
-    make_settings: Callable[..., Settings], start_worker: Callable[[Settings], WorkerProcess],
+    make_settings: Callable[..., Settings],
+    start_worker: Callable[[Settings], WorkerProcess],
     wait_for: Callable[..., object],
 ) -> None:
     # The report, through the broker: simulated devices at 20 events/s of event time, then a new
@@ -166,16 +188,22 @@ def test_twenty_identical_events_of_a_new_device_do_not_wreck_the_default_model(
     before, after = 800, 2000
     step = 0.05
     now = datetime.now(UTC)
-    sim = SensorSimulator(devices=5, seed=3, start=now - timedelta(seconds=step * (before + after)),
-                          step_seconds=step)
+    sim = SensorSimulator(
+        devices=5, seed=3, start=now - timedelta(seconds=step * (before + after)), step_seconds=step
+    )
     odd_time = (sim.start + timedelta(seconds=step * before)).isoformat()
     with SensorProducer(settings) as producer:
         for event in sim.events(before):
             producer.send(event)
         for i in range(20):
-            producer.send({"event_id": f"bar-{i}", "device_id": "bar-dev", "ts": odd_time,
-                           "readings": {"temperature": 21.0, "humidity": 40.0, "vibration": 0.1,
-                                        "power": 3.2}})
+            producer.send(
+                {
+                    "event_id": f"bar-{i}",
+                    "device_id": "bar-dev",
+                    "ts": odd_time,
+                    "readings": {"temperature": 21.0, "humidity": 40.0, "vibration": 0.1, "power": 3.2},
+                }
+            )
         for event in sim.events(after):
             producer.send(event)
 

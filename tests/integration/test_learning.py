@@ -19,21 +19,20 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from driftline.models.learner import OnlineLearner
+from driftline.models.specs import ModelSpec
+from driftline.streams.cleaning import TimePolicy
+from driftline.streams.ingest import IngestStage
 from kafka import KafkaConsumer
 from redis.asyncio import Redis
 from river import datasets, evaluate, metrics
 from river.datasets import synth
 
+from driftline.core.records import FeatureRecord, LabelRecord
 from driftline.kafka import SensorProducer, ensure_topics
 from driftline.replay import ColumnMapping, replay
 from driftline.settings import Settings
 from driftline.simulator import SensorSimulator
-from models.learner import OnlineLearner
-from models.registry import ModelRegistry
-from models.specs import ModelSpec
-from streams.cleaning import TimePolicy
-from streams.ingest import IngestStage
-from streams.records import FeatureRecord, LabelRecord
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +45,7 @@ def metas(settings: Settings) -> dict[str, dict[str, Any]]:
     async def read() -> dict[str, dict[str, Any]]:
         redis = Redis.from_url(settings.redis_url)
         try:
-            registry = ModelRegistry(redis, settings.namespace, b"unused")
+            registry = settings.registry(redis)
             out = {}
             for name in await registry.model_names():
                 versions = await registry.versions(name)
@@ -59,8 +58,9 @@ def metas(settings: Settings) -> dict[str, dict[str, Any]]:
     return asyncio.run(read())
 
 
-def wait_until_seen(settings: Settings, wait_for: Any, n: int, models: list[str],
-                    timeout: float = 120) -> dict[str, dict[str, Any]]:
+def wait_until_seen(
+    settings: Settings, wait_for: Any, n: int, models: list[str], timeout: float = 120
+) -> dict[str, dict[str, Any]]:
     def done() -> dict[str, dict[str, Any]] | None:
         found = metas(settings)
         if all(found.get(m, {}).get("events_seen", 0) >= n for m in models):
@@ -74,12 +74,16 @@ def wait_until_seen(settings: Settings, wait_for: Any, n: int, models: list[str]
 
 def river_score(rows: list[tuple[dict[str, Any], Any]], spec: ModelSpec) -> float:
     """River's own progressive validation of a fresh model built from ``spec``."""
-    metric = {"MAE": metrics.MAE, "Accuracy": metrics.Accuracy,
-              "ROCAUC": lambda: metrics.ROCAUC(pos_val=spec.positive_label)}[spec.metric_name]()
+    metric = {
+        "MAE": metrics.MAE,
+        "Accuracy": metrics.Accuracy,
+        "ROCAUC": lambda: metrics.ROCAUC(pos_val=spec.positive_label),
+    }[spec.metric_name]()
     return float(evaluate.progressive_val_score(rows, spec.build(), metric).get())
 
 
 # --- fidelity ------------------------------------------------------------------------------------
+
 
 def synthetic_rows(n: int) -> list[dict[str, Any]]:
     """Friedman #1 (regression) with a class (y above its median), and three gauges ``z`` with
@@ -90,17 +94,30 @@ def synthetic_rows(n: int) -> list[dict[str, Any]]:
         odd = i > 50 and rng.random() < 0.03
         readings = {f"x{k}": v for k, v in x.items()}
         readings |= {f"z{k}": rng.uniform(0.4, 0.6) * (3.0 if odd else 1.0) for k in range(3)}
-        rows.append({"readings": readings, "y": y, "high": 1.0 if y > 14.0 else 0.0,
-                     "odd": 1.0 if odd else 0.0})
+        rows.append(
+            {"readings": readings, "y": y, "high": 1.0 if y > 14.0 else 0.0, "odd": 1.0 if odd else 0.0}
+        )
     return rows
 
 
 SYNTHETIC_SPECS = [
     ModelSpec(name="reg", task="regression", features=("x?",), estimator="linear_regression"),
-    ModelSpec(name="cls", task="classification", target="high", features=("x?",),
-              estimator="hoeffding_tree_classifier", positive_label=1.0),
-    ModelSpec(name="odd", task="anomaly", target="odd", features=("z?",),
-              estimator="half_space_trees", positive_label=1.0),
+    ModelSpec(
+        name="cls",
+        task="classification",
+        target="high",
+        features=("x?",),
+        estimator="hoeffding_tree_classifier",
+        positive_label=1.0,
+    ),
+    ModelSpec(
+        name="odd",
+        task="anomaly",
+        target="odd",
+        features=("z?",),
+        estimator="half_space_trees",
+        positive_label=1.0,
+    ),
 ]
 
 
@@ -113,11 +130,18 @@ def test_pipeline_metrics_equal_rivers_progressive_val_score_on_a_generator(
     rows = synthetic_rows(n)
     with SensorProducer(settings) as producer:
         for start in range(0, n, 50):  # batched messages, as a gateway sends them
-            producer.send_batch([
-                {"event_id": f"f-{i}", "device_id": "gen", "ts": START + i,
-                 "readings": {**row["readings"], "high": row["high"], "odd": row["odd"]},
-                 "target": row["y"]}
-                for i, row in enumerate(rows[start:start + 50], start=start)])
+            producer.send_batch(
+                [
+                    {
+                        "event_id": f"f-{i}",
+                        "device_id": "gen",
+                        "ts": START + i,
+                        "readings": {**row["readings"], "high": row["high"], "odd": row["odd"]},
+                        "target": row["y"],
+                    }
+                    for i, row in enumerate(rows[start : start + 50], start=start)
+                ]
+            )
     start_worker(settings)
     found = wait_until_seen(settings, wait_for, n, [s.name for s in SYNTHETIC_SPECS])
 
@@ -139,8 +163,9 @@ def test_pipeline_metrics_equal_rivers_progressive_val_score_on_a_generator(
 #: The dataset's own columns (the worker also computes rolling features, which River never sees).
 PHISHING_COLUMNS = tuple(next(iter(datasets.Phishing()))[0])
 PHISHING_SPECS = [
-    ModelSpec(name="phish", task="classification", estimator="logistic_regression",
-              features=PHISHING_COLUMNS),
+    ModelSpec(
+        name="phish", task="classification", estimator="logistic_regression", features=PHISHING_COLUMNS
+    ),
     ModelSpec(name="phish-hst", task="anomaly", estimator="half_space_trees", features=PHISHING_COLUMNS),
 ]
 
@@ -151,18 +176,25 @@ def test_pipeline_metrics_equal_rivers_on_a_dataset_shipped_with_river(
     settings = make_settings(models=PHISHING_SPECS, target="y")
     ensure_topics(settings)
     start_worker(settings)
-    sent = replay(settings, "river:Phishing", ColumnMapping("river:Phishing", target_column="y"),
-                  progress=False, batch=20)
+    sent = replay(
+        settings,
+        "river:Phishing",
+        ColumnMapping("river:Phishing", target_column="y"),
+        progress=False,
+        batch=20,
+    )
     rows = list(datasets.Phishing())
     assert sent == len(rows) == 1250
     found = wait_until_seen(settings, wait_for, sent, [s.name for s in PHISHING_SPECS])
     for spec in PHISHING_SPECS:
         assert found[spec.name]["metric"]["value"] == pytest.approx(
-            river_score(rows, spec), rel=1e-12, abs=1e-12), spec.name
+            river_score(rows, spec), rel=1e-12, abs=1e-12
+        ), spec.name
     assert found["phish"]["metric"]["value"] > 0.85
 
 
 # --- SIGKILL while learning ----------------------------------------------------------------------
+
 
 def test_sigkill_at_three_random_moments_learns_every_event_exactly_once(
     make_settings: Any, start_worker: Any, wait_for: Any
@@ -171,7 +203,7 @@ def test_sigkill_at_three_random_moments_learns_every_event_exactly_once(
     settings = make_settings(snapshot_every_events=200, snapshot_every_seconds=0.5)
     ensure_topics(settings)
     events = list(SensorSimulator(devices=1, seed=21, start=datetime.fromtimestamp(START, UTC)).events(n))
-    messages = [events[i:i + 10] for i in range(0, n, 10)]
+    messages = [events[i : i + 10] for i in range(0, n, 10)]
     rng = random.Random()  # a new draw each run: the moments are random, the outcome must not be
     done = threading.Event()
 
@@ -189,8 +221,11 @@ def test_sigkill_at_three_random_moments_learns_every_event_exactly_once(
     seen_at_kill = []
     for _ in range(3):
         before = metas(settings).get("default", {}).get("version", 0)
-        wait_for(lambda b=before: metas(settings).get("default", {}).get("version", 0) > b,
-                 timeout=90, what="the restarted worker to publish a snapshot")
+        wait_for(
+            lambda b=before: metas(settings).get("default", {}).get("version", 0) > b,
+            timeout=90,
+            what="the restarted worker to publish a snapshot",
+        )
         time.sleep(rng.uniform(0.0, 1.5))
         worker.kill()
         seen_at_kill.append(metas(settings)["default"]["events_seen"])
@@ -205,13 +240,20 @@ def test_sigkill_at_three_random_moments_learns_every_event_exactly_once(
     assert meta["events_seen"] == meta["events_learned"] == n, worker.log_tail()
 
     # the same events through the same pure stages in one process, and River's loop on them
-    stage = IngestStage(models=settings.model_specs(), target=settings.target,
-                        features=settings.features, max_message_bytes=settings.max_message_bytes,
-                        catalog=settings.catalog(),
-                        time_policy=TimePolicy(settings.allowed_lateness_seconds, 1e12))
-    records = [r for offset, batch in enumerate(messages)
-               for r in stage.handle(json.dumps(batch).encode(), 0, offset)
-               if isinstance(r, FeatureRecord)]
+    stage = IngestStage(
+        models=settings.model_specs(),
+        target=settings.target,
+        features=settings.features,
+        max_message_bytes=settings.max_message_bytes,
+        catalog=settings.catalog(),
+        time_policy=TimePolicy(settings.allowed_lateness_seconds, 1e12),
+    )
+    records = [
+        r
+        for offset, batch in enumerate(messages)
+        for r in stage.handle(json.dumps(batch).encode(), 0, offset)
+        if isinstance(r, FeatureRecord)
+    ]
     assert len(records) == n
     spec = settings.model_specs()[0]
     expected = river_score([(spec.select(r.features), r.target) for r in records], spec)
@@ -219,6 +261,7 @@ def test_sigkill_at_three_random_moments_learns_every_event_exactly_once(
 
 
 # --- delayed labels ------------------------------------------------------------------------------
+
 
 def test_delayed_labels_are_learned_once_and_missing_ones_expire(
     make_settings: Any, start_worker: Any, wait_for: Any
@@ -230,8 +273,13 @@ def test_delayed_labels_are_learned_once_and_missing_ones_expire(
 
     def event(i: int, target: float | None) -> dict[str, Any]:
         ts = START + i if i < 200 else START + 1000 + i
-        return {"event_id": f"ev-{i}", "device_id": "lab", "ts": ts,
-                "readings": {"temperature": 20.0 + i % 7, "vibration": 0.1 * (i % 3)}, "target": target}
+        return {
+            "event_id": f"ev-{i}",
+            "device_id": "lab",
+            "ts": ts,
+            "readings": {"temperature": 20.0 + i % 7, "vibration": 0.1 * (i % 3)},
+            "target": target,
+        }
 
     truth = {i: 1.0 + 0.2 * (i % 7) for i in range(400)}
     labelled = [i for i in range(200) if i % 2 == 0 and i % 10 != 0]  # 90; the rest never come
@@ -246,8 +294,11 @@ def test_delayed_labels_are_learned_once_and_missing_ones_expire(
         producer.send_label(f"ev-{labelled[0]}", truth[labelled[0]])  # a device retried: a duplicate
         producer.send_raw(b"x", b'{"event_id": "ev-1"}', settings.labels_topic)  # no label: DLQ
         producer.send_label("ev-3", 1.0, model="nobody")  # an unknown model: DLQ
-    wait_for(lambda: metas(settings)["late"]["labels"]["received"] == len(labelled) + 1,
-             timeout=60, what="the labels to be learned")
+    wait_for(
+        lambda: metas(settings)["late"]["labels"]["received"] == len(labelled) + 1,
+        timeout=60,
+        what="the labels to be learned",
+    )
     with SensorProducer(settings) as producer:  # event time moves 1000 s on: the rest expire
         for i in range(200, 400):
             producer.send(event(i, truth[i]))
@@ -255,13 +306,22 @@ def test_delayed_labels_are_learned_once_and_missing_ones_expire(
     time.sleep(1.5)
     meta = metas(settings)["late"]
     assert meta["events_learned"] == len(labelled) + 200, worker.log_tail()
-    assert meta["labels"] == {"received": len(labelled) + 1, "pending": 0,
-                              "expired": 200 - len(labelled), "unmatched": 1}
+    assert meta["labels"] == {
+        "received": len(labelled) + 1,
+        "pending": 0,
+        "expired": 200 - len(labelled),
+        "unmatched": 1,
+    }
 
     # exactly what the pure learner does with the same records in the same order
-    stage = IngestStage(models=(spec,), target=settings.target, features=settings.features,
-                        max_message_bytes=settings.max_message_bytes, catalog=settings.catalog(),
-                        time_policy=TimePolicy(settings.allowed_lateness_seconds, 1e12))
+    stage = IngestStage(
+        models=(spec,),
+        target=settings.target,
+        features=settings.features,
+        max_message_bytes=settings.max_message_bytes,
+        catalog=settings.catalog(),
+        time_policy=TimePolicy(settings.allowed_lateness_seconds, 1e12),
+    )
     learner = OnlineLearner.create(spec)
     offsets = itertools.count()
     for i in range(200):
@@ -273,8 +333,12 @@ def test_delayed_labels_are_learned_once_and_missing_ones_expire(
     assert learner.events_learned == meta["events_learned"]
     assert meta["metric"]["value"] == pytest.approx(learner.metric, rel=1e-12)
 
-    consumer = KafkaConsumer(settings.dlq_topic, bootstrap_servers=settings.kafka_bootstrap,
-                             auto_offset_reset="earliest", consumer_timeout_ms=3000)
+    consumer = KafkaConsumer(
+        settings.dlq_topic,
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=3000,
+    )
     reasons = sorted(dict(r.headers)["dl-reason"].decode() for r in consumer)
     consumer.close()
     assert reasons == ["invalid_label", "unknown_model"]

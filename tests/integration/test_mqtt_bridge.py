@@ -13,12 +13,12 @@ from urllib.parse import urlparse
 
 import paho.mqtt.client as mqtt
 import pytest
+from driftline.streams.schema import SensorEvent
 from kafka import KafkaConsumer
 
 from driftline.embedded import EmbeddedMqtt, port_open
 from driftline.kafka import ensure_topics
 from driftline.mqtt_bridge import run_bridge
-from streams.schema import SensorEvent
 
 pytestmark = pytest.mark.integration
 
@@ -47,13 +47,21 @@ def test_bridge_forwards_every_mqtt_message_and_fills_what_devices_leave_out(
     device = f"mq-{run}"
     stop, ready = threading.Event(), threading.Event()
     results: list[Any] = []
-    bridge = threading.Thread(target=lambda: results.append(run_bridge(
-        settings, mqtt_url, topics=(f"sensors/{device}/#",), stop=stop, ready=ready)))
+    bridge = threading.Thread(
+        target=lambda: results.append(
+            run_bridge(settings, mqtt_url, topics=(f"sensors/{device}/#",), stop=stop, ready=ready)
+        )
+    )
     bridge.start()
     try:
         assert ready.wait(20), "the bridge subscribed"
-        full = {"event_id": f"{device}-1", "device_id": device, "ts": "2026-01-01T00:00:00Z",
-                "readings": {"temperature": 20.5}, "target": 1.5}
+        full = {
+            "event_id": f"{device}-1",
+            "device_id": device,
+            "ts": "2026-01-01T00:00:00Z",
+            "readings": {"temperature": 20.5},
+            "target": 1.5,
+        }
         sent = [
             (f"sensors/{device}", json.dumps(full).encode()),
             (f"sensors/{device}", b'{"temperature": 21.0, "humidity": null}'),
@@ -69,8 +77,12 @@ def test_bridge_forwards_every_mqtt_message_and_fills_what_devices_leave_out(
         publisher.disconnect()
         publisher.loop_stop()
 
-        consumer = KafkaConsumer(settings.events_topic, bootstrap_servers=settings.kafka_bootstrap,
-                                 auto_offset_reset="earliest", consumer_timeout_ms=1000)
+        consumer = KafkaConsumer(
+            settings.events_topic,
+            bootstrap_servers=settings.kafka_bootstrap,
+            auto_offset_reset="earliest",
+            consumer_timeout_ms=1000,
+        )
         records: list[Any] = []
         wait_for(lambda: records.extend(consumer) or len(records) >= 4, timeout=30, what="4 events in Kafka")
         records.extend(consumer)
@@ -85,9 +97,10 @@ def test_bridge_forwards_every_mqtt_message_and_fills_what_devices_leave_out(
     values = [r.value for r in sorted(records, key=lambda r: r.offset)]  # one device: one partition
     assert json.loads(values[0]) == full
     readings_only = SensorEvent.model_validate_json(values[1])
-    assert readings_only.device_id == device and readings_only.readings == {"temperature": 21.0,
-                                                                            "humidity": None}
+    assert readings_only.device_id == device and readings_only.readings == {
+        "temperature": 21.0,
+        "humidity": None,
+    }
     bare = SensorEvent.model_validate_json(values[2])
     assert bare.readings == {"vibration": 0.42}
     assert values[3] == b"\x00 definitely not json", "unreadable payloads are forwarded unchanged"
-

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from driftline.models.specs import ModelSpec
 from river import datasets, evaluate, metrics
 
 from driftline.settings import Settings
-from models.specs import ModelSpec
 
 from .conftest import settings_env
 
@@ -45,35 +45,45 @@ def run_case(name: str, settings: Settings, cwd: Path, done: str, timeout: float
     *body, last = readme_case(name)
     look = re.sub(r"\s+#.*$", "", last)  # its comment would swallow the $( ) below
     tries = int(timeout // 2)
-    script = "\n".join([
-        "set -euo pipefail",
-        "trap 'kill $(jobs -p) 2>/dev/null; wait' EXIT",  # stop the stack `up` started
-        *body,
-        f"for _ in $(seq {tries}); do",
-        f"  out=$({look} 2>&1) || true",
-        f"  if grep -qF -- {shlex.quote(done)} <<<\"$out\"; then printf '%s\\n' \"$out\"; exit 0; fi",
-        "  sleep 2",
-        "done",
-        "printf 'never saw it; last output:\\n%s\\n' \"$out\"; exit 1",
-    ])
+    script = "\n".join(
+        [
+            "set -euo pipefail",
+            "trap 'kill $(jobs -p) 2>/dev/null; wait' EXIT",  # stop the stack `up` started
+            *body,
+            f"for _ in $(seq {tries}); do",
+            f"  out=$({look} 2>&1) || true",
+            f'  if grep -qF -- {shlex.quote(done)} <<<"$out"; then printf \'%s\\n\' "$out"; exit 0; fi',
+            "  sleep 2",
+            "done",
+            "printf 'never saw it; last output:\\n%s\\n' \"$out\"; exit 1",
+        ]
+    )
     env = {**settings_env(settings), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     del env["DRIFTLINE_DATA_DIR"]  # as for a user: the default, .driftline in the current folder
-    finished = subprocess.run(["bash", "-c", script], cwd=cwd, env=env, capture_output=True, text=True,
-                              timeout=timeout + 90)
+    finished = subprocess.run(
+        ["bash", "-c", script], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout + 90
+    )
     assert finished.returncode == 0, (
-        f"README case {name}:\n{finished.stdout[-4000:]}\n{finished.stderr[-4000:]}")
+        f"README case {name}:\n{finished.stdout[-4000:]}\n{finished.stderr[-4000:]}"
+    )
     return finished.stdout
 
 
 def newest_version(settings: Settings, model: str) -> dict[str, Any]:
-    shown = subprocess.run([sys.executable, "-m", "driftline", "models", "show", model, "--json"],
-                           env=settings_env(settings), capture_output=True, text=True, timeout=60)
+    shown = subprocess.run(
+        [sys.executable, "-m", "driftline", "models", "show", model, "--json"],
+        env=settings_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert shown.returncode == 0, shown.stderr
     return dict(json.loads(shown.stdout)["versions"][-1])
 
 
 def test_my_own_model_on_a_csv_file_with_a_target_column(
-    make_settings: Callable[..., Settings], tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
 ) -> None:
     # plant.csv as the README describes it: site, t, kw, and the sensors.
     start = datetime.now(UTC) - timedelta(days=2)
@@ -82,8 +92,15 @@ def test_my_own_model_on_a_csv_file_with_a_target_column(
         writer.writerow(["site", "t", "kw", "temp", "vibration"])
         for i in range(200):
             temp, vibration = 15 + (i * 7) % 13, 0.1 + (i % 9) / 20
-            writer.writerow(["a" if i % 2 else "b", (start + timedelta(minutes=i)).isoformat(),
-                             round(0.8 + 0.05 * temp + 1.5 * vibration, 4), temp, vibration])
+            writer.writerow(
+                [
+                    "a" if i % 2 else "b",
+                    (start + timedelta(minutes=i)).isoformat(),
+                    round(0.8 + 0.05 * temp + 1.5 * vibration, 4),
+                    temp,
+                    vibration,
+                ]
+            )
     out = run_case("csv", make_settings(), tmp_path, done="200 events learned")
     assert "model kw: champion follows latest; newest v" in out
     meta = newest_version(make_settings(), "kw")
@@ -94,7 +111,8 @@ def test_my_own_model_on_a_csv_file_with_a_target_column(
 
 
 def test_a_river_dataset_raw_readings_only_gives_rivers_own_score(
-    make_settings: Callable[..., Settings], tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
 ) -> None:
     settings = make_settings()
     out = run_case("river", settings, tmp_path, done="1001 events learned")

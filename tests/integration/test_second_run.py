@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 import redis
+from driftline.api.main import create_app
 from fastapi.testclient import TestClient
 
-from api.main import create_app
 from driftline.embedded import EmbeddedBroker
 from driftline.kafka import ensure_topics
 from driftline.settings import Settings
@@ -35,8 +35,7 @@ N = 300
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that makes ``python -m driftline`` read exactly ``settings``."""
-    return {**{k: v for k, v in os.environ.items() if not k.startswith("DRIFTLINE_")},
-            **settings.as_env()}
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("DRIFTLINE_")}, **settings.as_env()}
 
 
 @pytest.fixture
@@ -62,8 +61,11 @@ def seen_by_the_user(settings: Settings) -> dict[str, Any]:
         model = client.get(f"/models/{settings.default_model}")
     versions = model.json().get("versions", []) if model.status_code == 200 else []
     learned = max((v.get("events_learned", 0) for v in versions), default=0)
-    return {"totals": stats["totals"], "learned": learned,
-            "version": max((v["version"] for v in versions), default=None)}
+    return {
+        "totals": stats["totals"],
+        "learned": learned,
+        "version": max((v["version"] for v in versions), default=None),
+    }
 
 
 def one_run(settings: Settings, start_worker: Any, wait_for: Any, learned_before: int) -> dict[str, Any]:
@@ -71,10 +73,14 @@ def one_run(settings: Settings, start_worker: Any, wait_for: Any, learned_before
     topic_ids = ensure_topics(settings)
     worker = start_worker(settings)
     assert run_simulator(settings, count=N, rate=400, progress=False) == N
-    wait_for(lambda: seen_by_the_user(settings)["learned"] >= learned_before + N, timeout=90,
-             what=f"{learned_before + N} events learned")
-    wait_for(lambda: seen_by_the_user(settings)["totals"]["received"] >= N, timeout=30,
-             what=f"{N} events counted")
+    wait_for(
+        lambda: seen_by_the_user(settings)["learned"] >= learned_before + N,
+        timeout=90,
+        what=f"{learned_before + N} events learned",
+    )
+    wait_for(
+        lambda: seen_by_the_user(settings)["totals"]["received"] >= N, timeout=30, what=f"{N} events counted"
+    )
     time.sleep(2 * settings.snapshot_every_seconds)  # anything extra would show by now
     seen = seen_by_the_user(settings)
     worker.stop()
@@ -98,9 +104,11 @@ def test_a_second_run_with_the_same_redis_is_learned_and_reset_starts_clean(
         second = make_settings(kafka_url=new_broker().url, sim_devices=5)
         assert second.namespace == first.namespace and second.events_topic == first.events_topic
         said = describe_state(client, second)
-        assert said.startswith(f"continuing the state in {second.redis_url} namespace "
-                               f"'{second.namespace}': model 'default' v{run1['version']} "
-                               f"({N} events learned), 5 devices"), said
+        assert said.startswith(
+            f"continuing the state in {second.redis_url} namespace "
+            f"'{second.namespace}': model 'default' v{run1['version']} "
+            f"({N} events learned), 5 devices"
+        ), said
         assert said.endswith("to start clean: stop everything, then driftline reset"), said
 
         run2 = one_run(second, start_worker, wait_for, learned_before=N)
@@ -115,21 +123,39 @@ def test_a_second_run_with_the_same_redis_is_learned_and_reset_starts_clean(
         neighbour = f"{second.namespace}-other:keep"  # shares the prefix, not the namespace
         client.set(neighbour, "1")
         env = settings_env(second)
-        refused = subprocess.run([sys.executable, "-m", "driftline", "reset"], env=env,
-                                 stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+        refused = subprocess.run(
+            [sys.executable, "-m", "driftline", "reset"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert refused.returncode == 2 and "--yes" in refused.stderr, refused
         keys = list(client.scan_iter(match=f"{second.namespace}:*"))
         assert len(keys) > 10, "models, devices, offsets and counters are still there"
 
-        reset = subprocess.run([sys.executable, "-m", "driftline", "reset", "--yes"], env=env,
-                               stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+        reset = subprocess.run(
+            [sys.executable, "-m", "driftline", "reset", "--yes"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert reset.returncode == 0, reset
         assert f"removed {len(keys)} keys" in reset.stdout, reset
         assert list(client.scan_iter(match=f"{second.namespace}:*")) == []
         assert client.get(neighbour) == b"1", "another namespace's keys are left alone"
         assert describe_state(client, second).startswith("no earlier state in ")
-        again = subprocess.run([sys.executable, "-m", "driftline", "reset", "--yes"], env=env,
-                               stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+        again = subprocess.run(
+            [sys.executable, "-m", "driftline", "reset", "--yes"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert again.returncode == 0 and "nothing to remove" in again.stdout, again
     finally:
         client.delete(f"{first.namespace}-other:keep")

@@ -44,32 +44,39 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def test_up_serves_a_prediction_within_60s_and_sigint_stops_everything(
-    services: Any, tmp_path: Path
-) -> None:
+def test_up_serves_a_prediction_within_60s_and_sigint_stops_everything(services: Any, tmp_path: Path) -> None:
     port = free_port()
     run = os.urandom(4).hex()
     env = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTLINE_")}
-    env.update({
-        "DRIFTLINE_REDIS_URL": services.redis_url,  # the embedded broker is up's own
-        "DRIFTLINE_NAMESPACE": f"test-up-{run}",
-        "DRIFTLINE_WORKER_ID": f"test-up-{run}",
-        "DRIFTLINE_SIM_RATE": "50",
-        "DRIFTLINE_SNAPSHOT_EVERY_SECONDS": "1",
-    })
+    env.update(
+        {
+            "DRIFTLINE_REDIS_URL": services.redis_url,  # the embedded broker is up's own
+            "DRIFTLINE_NAMESPACE": f"test-up-{run}",
+            "DRIFTLINE_WORKER_ID": f"test-up-{run}",
+            "DRIFTLINE_SIM_RATE": "50",
+            "DRIFTLINE_SNAPSHOT_EVERY_SECONDS": "1",
+        }
+    )
     up = subprocess.Popen(
         [sys.executable, "-m", "driftline", "up", "--port", str(port), "--data-dir", str(tmp_path)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     started = time.monotonic()
     body = None
     try:
         while time.monotonic() - started < 60 and up.poll() is None:
             try:
-                response = httpx.post(f"http://127.0.0.1:{port}/predict", timeout=2, json={
-                    "device_id": "sensor-001",
-                    "readings": {"temperature": 21.5, "humidity": 40, "vibration": 0.3, "voltage": 230},
-                })
+                response = httpx.post(
+                    f"http://127.0.0.1:{port}/predict",
+                    timeout=2,
+                    json={
+                        "device_id": "sensor-001",
+                        "readings": {"temperature": 21.5, "humidity": 40, "vibration": 0.3, "voltage": 230},
+                    },
+                )
                 if response.status_code == 200:
                     body = response.json()
                     break

@@ -7,20 +7,38 @@ import random
 from typing import Any
 
 import pytest
+from driftline.models.learner import OnlineLearner
+from driftline.models.specs import ModelSpec
 from river import metrics
 
-from models.learner import OnlineLearner
-from models.specs import ModelSpec
-from streams.records import FeatureRecord, LabelRecord
+from driftline.core.records import FeatureRecord, LabelRecord
 
 LINEAR = ModelSpec(name="m")
 
 
-def record(offset: int, x: dict[str, float] | None = None, y: Any = 1.0, *, partition: int = 0,
-           index: int = 0, schema: str = "", device: str = "d1", ts: float | None = None) -> FeatureRecord:
-    return FeatureRecord("m", device, f"e{offset}-{index}", float(offset) if ts is None else ts,
-                         x or {"a": 1.0}, y, source_partition=partition, source_offset=offset,
-                         source_index=index, schema=schema)
+def record(
+    offset: int,
+    x: dict[str, float] | None = None,
+    y: Any = 1.0,
+    *,
+    partition: int = 0,
+    index: int = 0,
+    schema: str = "",
+    device: str = "d1",
+    ts: float | None = None,
+) -> FeatureRecord:
+    return FeatureRecord(
+        "m",
+        device,
+        f"e{offset}-{index}",
+        float(offset) if ts is None else ts,
+        x or {"a": 1.0},
+        y,
+        source_partition=partition,
+        source_offset=offset,
+        source_index=index,
+        schema=schema,
+    )
 
 
 def label(offset: int, event_offset: int, y: Any, *, index: int = 0) -> LabelRecord:
@@ -37,6 +55,7 @@ def stream(n: int, seed: int = 0) -> list[tuple[dict[str, float], float]]:
 
 
 # --- prequential order -----------------------------------------------------------------------
+
 
 def test_the_metric_scores_each_prediction_made_before_learning_its_event() -> None:
     rows = stream(300)
@@ -79,6 +98,7 @@ def test_the_model_sees_only_the_features_its_spec_selects() -> None:
 
 
 # --- exactly once over replays ---------------------------------------------------------------
+
 
 def test_the_same_input_offset_twice_is_learned_once() -> None:
     learner = OnlineLearner.create(LINEAR)
@@ -129,6 +149,7 @@ def test_a_re_relayed_label_is_not_learned_twice() -> None:
 
 # --- delayed labels --------------------------------------------------------------------------
 
+
 def test_a_delayed_label_scores_the_prediction_made_when_the_event_came() -> None:
     learner = OnlineLearner.create(LINEAR)
     for offset, (x, y) in enumerate(stream(30)):
@@ -173,6 +194,7 @@ def test_at_most_max_pending_events_wait_for_labels() -> None:
 
 
 # --- tasks -----------------------------------------------------------------------------------
+
 
 def test_classification_scores_labels_with_predict_one_and_roc_auc_with_probabilities() -> None:
     spec = ModelSpec(name="m", task="classification", estimator="logistic_regression")
@@ -233,6 +255,7 @@ def test_a_forecast_learns_each_devices_next_value_from_its_previous_features() 
 
 # --- bookkeeping -----------------------------------------------------------------------------
 
+
 def test_the_feature_schema_of_the_last_record_is_kept() -> None:
     learner = OnlineLearner.create(LINEAR)
     learner.learn(record(0, schema="abc"), 0, 0)
@@ -264,12 +287,18 @@ def test_summary_is_json_serialisable_and_exact() -> None:
     assert metrics_report["cumulative"] == {"MAE": 4.0, "RMSE": 4.0, "R2": 0.0}
     assert metrics_report["labelled"] == 1 and metrics_report["window"] == 1000
     assert summary == {
-        "model": "m", "task": "regression", "estimator": "linear_regression",
-        "events_seen": 2, "events_learned": 1,
+        "model": "m",
+        "task": "regression",
+        "estimator": "linear_regression",
+        "events_seen": 2,
+        "events_learned": 1,
         "labels": {"received": 0, "pending": 1, "expired": 0, "unmatched": 0},
         "metric": {"name": "MAE", "value": 4.0, "rolling": 4.0},
-        "input_offsets": {"1": 8}, "source_positions": {"events/0": [41, 0]},
-        "topic_ids": {"sensor-features": "id-1"}, "feature_schema": "abc", "warnings": [],
+        "input_offsets": {"1": 8},
+        "source_positions": {"events/0": [41, 0]},
+        "topic_ids": {"sensor-features": "id-1"},
+        "feature_schema": "abc",
+        "warnings": [],
     }
 
 

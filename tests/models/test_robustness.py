@@ -18,14 +18,14 @@ from statistics import mean
 from typing import Any
 
 import pytest
+from driftline.models.learner import OnlineLearner
+from driftline.models.robust import BoundedStandardScaler, RobustTargetScaler
+from driftline.models.specs import DEFAULT_SPEC, ESTIMATORS, ModelSpec
+from driftline.streams.ingest import IngestStage
 from river import linear_model, preprocessing
 
+from driftline.core.records import FeatureRecord
 from driftline.simulator import SensorSimulator
-from models.learner import OnlineLearner
-from models.robust import BoundedStandardScaler, RobustTargetScaler
-from models.specs import DEFAULT_SPEC, ESTIMATORS, ModelSpec
-from streams.ingest import IngestStage
-from streams.records import FeatureRecord
 
 #: Stands for "now" in a live run: every event's broker timestamp is its event time.
 NOW = datetime(2026, 3, 10, 14, 0, tzinfo=UTC)
@@ -50,8 +50,15 @@ class Run:
 
 def odd_events(at: datetime, readings: dict[str, float], count: int = 20) -> list[dict[str, Any]]:
     """bar-dev's events: valid, all at the same time, all with the same readings."""
-    return [{"event_id": f"bar-dev-{i:04d}", "device_id": "bar-dev", "ts": at.isoformat(),
-             "readings": dict(readings)} for i in range(count)]
+    return [
+        {
+            "event_id": f"bar-dev-{i:04d}",
+            "device_id": "bar-dev",
+            "ts": at.isoformat(),
+            "readings": dict(readings),
+        }
+        for i in range(count)
+    ]
 
 
 def labelled(event: dict[str, Any], task: str) -> dict[str, Any]:
@@ -70,8 +77,13 @@ def linear_weights(model: Any) -> list[float]:
     return list(getattr(final, "weights", {}).values())
 
 
-def run(spec: ModelSpec, odd_at: str | None, before: int, after: int,
-        odd_readings: dict[str, float] = ODD_READINGS) -> Run:
+def run(
+    spec: ModelSpec,
+    odd_at: str | None,
+    before: int,
+    after: int,
+    odd_readings: dict[str, float] = ODD_READINGS,
+) -> Run:
     """``before`` simulator events, bar-dev's 20 (unless ``odd_at`` is None), ``after`` more."""
     simulator = SensorSimulator(devices=5, start=NOW, step_seconds=STEP_SECONDS)
     stage = IngestStage(models=(spec,), target="power", max_message_bytes=1_000_000)
@@ -111,6 +123,7 @@ def rolling(learner: OnlineLearner) -> float:
 
 # --- the report, on the default model ----------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def undisturbed() -> Run:
     return run(DEFAULT_SPEC, None, before=800, after=3000)
@@ -118,7 +131,8 @@ def undisturbed() -> Run:
 
 @pytest.mark.parametrize("odd_at", list(ODD_TIMES))
 def test_twenty_ordinary_events_from_an_odd_device_cost_the_default_model_little(
-    odd_at: str, undisturbed: Run,
+    odd_at: str,
+    undisturbed: Run,
 ) -> None:
     disturbed = run(DEFAULT_SPEC, odd_at, before=800, after=3000)
     # The rolling window (1000 events) now holds ordinary devices only: the model must be about as
@@ -139,8 +153,9 @@ def test_twenty_ordinary_events_from_an_odd_device_cost_the_default_model_little
 def test_the_default_model_survives_an_odd_label_too() -> None:
     """A device whose label is absurd (a unit error: W for kW) may not rescale everyone else's."""
     undisturbed = run(DEFAULT_SPEC, None, before=800, after=1500)
-    disturbed = run(DEFAULT_SPEC, "same-as-now", before=800, after=1500,
-                    odd_readings={**ODD_READINGS, "power": 3200.0})
+    disturbed = run(
+        DEFAULT_SPEC, "same-as-now", before=800, after=1500, odd_readings={**ODD_READINGS, "power": 3200.0}
+    )
     got, usual = rolling(disturbed.learner), rolling(undisturbed.learner)
     assert got <= 1.5 * usual, f"rolling MAE {got:.3g}, {usual:.3g} without bar-dev"
     worst = max(abs(p) for p in disturbed.predictions)
@@ -149,8 +164,10 @@ def test_the_default_model_survives_an_odd_label_too() -> None:
 
 # --- every named estimator -----------------------------------------------------------------------
 
-NAMED = [ModelSpec(name=name, task=named.task[0], estimator=name, rolling_window=200)
-         for name, named in ESTIMATORS.items()]
+NAMED = [
+    ModelSpec(name=name, task=named.task[0], estimator=name, rolling_window=200)
+    for name, named in ESTIMATORS.items()
+]
 
 
 @pytest.mark.parametrize("spec", NAMED, ids=[s.name for s in NAMED])
@@ -170,6 +187,7 @@ def test_no_named_estimator_is_wrecked_by_twenty_odd_events(spec: ModelSpec) -> 
 
 
 # --- the pieces ----------------------------------------------------------------------------------
+
 
 def test_the_bounded_scaler_is_rivers_within_the_bound_and_the_bound_beyond() -> None:
     rng = random.Random(0)

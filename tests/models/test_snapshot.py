@@ -10,9 +10,9 @@ import struct
 from typing import Any
 
 import pytest
+from driftline.models.snapshot import MAGIC, open_snapshot, read_meta, seal_snapshot
 
-from driftline.errors import DriftlineError, SnapshotError, SnapshotSignatureError
-from models.snapshot import MAGIC, open_snapshot, read_meta, seal_snapshot
+from driftline.core.errors import DriftlineError, SnapshotError, SnapshotSignatureError
 
 SECRET = b"k" * 32
 MAC_SIZE = 32
@@ -46,11 +46,11 @@ def test_the_blob_has_the_documented_layout() -> None:
     blob = sealed()
     meta_bytes = json.dumps(META, sort_keys=True, separators=(",", ":")).encode()
     assert blob.startswith(MAGIC)
-    body = blob[len(MAGIC) + MAC_SIZE:]
-    assert blob[len(MAGIC):len(MAGIC) + MAC_SIZE] == hmac.new(SECRET, body, hashlib.sha256).digest()
+    body = blob[len(MAGIC) + MAC_SIZE :]
+    assert blob[len(MAGIC) : len(MAGIC) + MAC_SIZE] == hmac.new(SECRET, body, hashlib.sha256).digest()
     assert body[:4] == struct.pack(">I", len(meta_bytes))
-    assert body[4:4 + len(meta_bytes)] == meta_bytes
-    assert pickle.loads(body[4 + len(meta_bytes):]) == OBJ
+    assert body[4 : 4 + len(meta_bytes)] == meta_bytes
+    assert pickle.loads(body[4 + len(meta_bytes) :]) == OBJ
 
 
 def test_sealing_is_deterministic() -> None:
@@ -67,12 +67,17 @@ def flip_positions() -> list[tuple[str, int]]:
     meta_len = len(json.dumps(META, sort_keys=True, separators=(",", ":")))
     pickle_start = meta_start + meta_len
     return [
-        ("magic-first", 0), ("magic-newline", len(MAGIC) - 1),
-        ("mac-first", len(MAGIC)), ("mac-middle", len(MAGIC) + 16), ("mac-last", len(MAGIC) + MAC_SIZE - 1),
+        ("magic-first", 0),
+        ("magic-newline", len(MAGIC) - 1),
+        ("mac-first", len(MAGIC)),
+        ("mac-middle", len(MAGIC) + 16),
+        ("mac-last", len(MAGIC) + MAC_SIZE - 1),
         ("meta-length", len(MAGIC) + MAC_SIZE + 3),
-        ("meta-first", meta_start), ("meta-middle", meta_start + meta_len // 2),
+        ("meta-first", meta_start),
+        ("meta-middle", meta_start + meta_len // 2),
         ("meta-last", pickle_start - 1),
-        ("pickle-first", pickle_start), ("pickle-middle", (pickle_start + len(blob)) // 2),
+        ("pickle-first", pickle_start),
+        ("pickle-middle", (pickle_start + len(blob)) // 2),
         ("pickle-last", len(blob) - 1),
     ]
 
@@ -105,8 +110,9 @@ def test_a_snapshot_signed_with_another_secret_is_refused() -> None:
         read_meta(blob, SECRET)
 
 
-@pytest.mark.parametrize("keep", [0, 4, len(MAGIC), len(MAGIC) + 10, len(MAGIC) + MAC_SIZE,
-                                  len(MAGIC) + MAC_SIZE + 2, -1, -20])
+@pytest.mark.parametrize(
+    "keep", [0, 4, len(MAGIC), len(MAGIC) + 10, len(MAGIC) + MAC_SIZE, len(MAGIC) + MAC_SIZE + 2, -1, -20]
+)
 def test_a_truncated_snapshot_is_refused(keep: int) -> None:
     blob = sealed()[:keep]
     with pytest.raises(SnapshotSignatureError):

@@ -10,13 +10,13 @@ import random
 from typing import Any
 
 import pytest
+from driftline.models.learner import OnlineLearner
+from driftline.models.snapshot import MAGIC, open_snapshot, seal_snapshot
+from driftline.models.specs import DEFAULT_SPEC, ESTIMATORS, ModelSpec
 from pydantic import ValidationError
 
-from driftline.errors import SnapshotError, SnapshotSignatureError
-from models.learner import OnlineLearner
-from models.snapshot import MAGIC, open_snapshot, seal_snapshot
-from models.specs import DEFAULT_SPEC, ESTIMATORS, ModelSpec
-from streams.records import FeatureRecord
+from driftline.core.errors import SnapshotError, SnapshotSignatureError
+from driftline.core.records import FeatureRecord
 
 SECRET = b"test-secret-key-0123456789"
 
@@ -42,7 +42,8 @@ def rows_for(task: str, n: int, seed: int) -> list[Row]:
 
 SPECS = [
     ModelSpec(name=name, task=task, target="y" if task == "forecast" else "", estimator=name)
-    for name, named in ESTIMATORS.items() for task in named.task[:1]
+    for name, named in ESTIMATORS.items()
+    for task in named.task[:1]
 ] + [
     ModelSpec(name="pa", estimator="river.linear_model.PARegressor", params={"C": 0.1}),
     ModelSpec(name="nb", task="classification", estimator="river.naive_bayes.GaussianNB"),
@@ -50,12 +51,14 @@ SPECS = [
 specs = pytest.mark.parametrize("spec", SPECS, ids=[s.name for s in SPECS])
 
 
-def trained(spec: ModelSpec, rows: list[Row], start: int = 0,
-            learner: OnlineLearner | None = None) -> OnlineLearner:
+def trained(
+    spec: ModelSpec, rows: list[Row], start: int = 0, learner: OnlineLearner | None = None
+) -> OnlineLearner:
     learner = learner or OnlineLearner.create(spec)
     for offset, (x, y) in enumerate(rows, start=start):
-        record = FeatureRecord(spec.name, "d", f"e{offset}", float(offset), x, y, source_partition=0,
-                               source_offset=offset)
+        record = FeatureRecord(
+            spec.name, "d", f"e{offset}", float(offset), x, y, source_partition=0, source_offset=offset
+        )
         learner.learn(record, input_partition=0, input_offset=offset)
     return learner
 
@@ -67,7 +70,11 @@ def said(learner: OnlineLearner, x: dict[str, float]) -> tuple[Any, Any]:
 
 def test_every_task_has_a_named_estimator_and_the_default_spec_is_regression() -> None:
     assert {task for named in ESTIMATORS.values() for task in named.task} == {
-        "regression", "classification", "anomaly", "forecast"}
+        "regression",
+        "classification",
+        "anomaly",
+        "forecast",
+    }
     assert DEFAULT_SPEC.task == "regression" and DEFAULT_SPEC.estimator in ESTIMATORS
 
 
@@ -109,7 +116,10 @@ def test_learner_survives_a_signed_snapshot_with_identical_predictions(spec: Mod
     assert [said(restored, x) for x in held_out] == [said(learner, x) for x in held_out]
     assert restored.evaluation.report() == learner.evaluation.report()
     assert (restored.events_seen, restored.input_offsets, restored.positions) == (
-        200, {0: 199}, {"events/0": (199, 0)})
+        200,
+        {0: 199},
+        {"events/0": (199, 0)},
+    )
 
 
 @specs
@@ -130,7 +140,7 @@ def test_a_tampered_or_unsigned_snapshot_is_refused(spec: ModelSpec) -> None:
     blob = seal_snapshot(learner, learner.summary(), SECRET)
     flipped = bytearray(blob)
     flipped[-10] ^= 0x01
-    for bad in (bytes(flipped), pickle.dumps(learner), MAGIC + b"\0" * 40 + blob[len(MAGIC) + 32:]):
+    for bad in (bytes(flipped), pickle.dumps(learner), MAGIC + b"\0" * 40 + blob[len(MAGIC) + 32 :]):
         with pytest.raises(SnapshotSignatureError):
             open_snapshot(bad, SECRET)
     with pytest.raises(SnapshotSignatureError):
@@ -150,25 +160,29 @@ def test_spec_tolerates_missing_and_new_features(spec: ModelSpec) -> None:
 
 def test_a_signed_blob_that_does_not_unpickle_is_a_snapshot_error() -> None:
     blob = seal_snapshot({"x": 1}, {}, SECRET)
-    body = blob[len(MAGIC) + 32:-3] + b"bad"
+    body = blob[len(MAGIC) + 32 : -3] + b"bad"
     import hashlib
     import hmac
+
     forged = MAGIC + hmac.new(SECRET, body, hashlib.sha256).digest() + body
     with pytest.raises(SnapshotError, match="cannot be unpickled"):
         open_snapshot(forged, SECRET)
 
 
-@pytest.mark.parametrize(("fields", "message"), [
-    ({"estimator": "no_such_model"}, "unknown estimator 'no_such_model'"),
-    ({"estimator": "river.linear_model.NoSuch"}, "cannot import estimator"),
-    ({"estimator": "collections.OrderedDict"}, "is not a River estimator"),
-    ({"estimator": "linear_regression", "params": {"bogus": 1}}, "bad params for 'linear_regression'"),
-    ({"task": "classification", "estimator": "river.linear_model.PARegressor"}, "not a Classifier"),
-    ({"task": "anomaly"}, "is for regression, forecast, not anomaly"),
-    ({"task": "forecast"}, "a forecast needs the sensor to forecast"),
-    ({"metric": "Accuracy"}, "metric 'Accuracy' is not one of MAE, RMSE, R2"),
-    ({"name": "has space"}, "String should match pattern"),
-])
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"estimator": "no_such_model"}, "unknown estimator 'no_such_model'"),
+        ({"estimator": "river.linear_model.NoSuch"}, "cannot import estimator"),
+        ({"estimator": "collections.OrderedDict"}, "is not a River estimator"),
+        ({"estimator": "linear_regression", "params": {"bogus": 1}}, "bad params for 'linear_regression'"),
+        ({"task": "classification", "estimator": "river.linear_model.PARegressor"}, "not a Classifier"),
+        ({"task": "anomaly"}, "is for regression, forecast, not anomaly"),
+        ({"task": "forecast"}, "a forecast needs the sensor to forecast"),
+        ({"metric": "Accuracy"}, "metric 'Accuracy' is not one of MAE, RMSE, R2"),
+        ({"name": "has space"}, "String should match pattern"),
+    ],
+)
 def test_a_bad_spec_is_a_clear_configuration_error(fields: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         ModelSpec(**{"name": "m", **fields})
@@ -177,6 +191,9 @@ def test_a_bad_spec_is_a_clear_configuration_error(fields: dict[str, Any], messa
 def test_select_keeps_the_record_order_and_never_the_target() -> None:
     spec = ModelSpec(name="m", target="power", features=("t*", "power", "h"))
     assert list(spec.select({"h": 1.0, "power": 2.0, "temp": 3.0, "t_mean": 4.0, "v": 5.0})) == [
-        "h", "temp", "t_mean"]
+        "h",
+        "temp",
+        "t_mean",
+    ]
     forecast = ModelSpec(name="f", task="forecast", target="temp")
     assert list(forecast.select({"temp": 1.0, "v": 2.0})) == ["temp", "v"]

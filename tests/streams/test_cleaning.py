@@ -7,11 +7,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from driftline.streams.cleaning import EMPTY, INVALID, NOT_JSON, TOO_LARGE, Rejection, decode_event
+from driftline.streams.schema import MAX_NAME_LENGTH, MAX_READINGS, SensorEvent
 from hypothesis import given
 from hypothesis import strategies as st
-
-from streams.cleaning import EMPTY, INVALID, NOT_JSON, TOO_LARGE, Rejection, decode_event
-from streams.schema import MAX_NAME_LENGTH, MAX_READINGS, SensorEvent
 
 LIMIT = 1_000_000
 
@@ -116,7 +115,8 @@ def test_an_empty_message_is_rejected_as_empty(data: bytes | None) -> None:
 def test_a_message_over_the_limit_is_rejected_unread() -> None:
     data = raw()
     assert rejected(data, len(data) - 1) == Rejection(
-        TOO_LARGE, f"message is {len(data)} bytes, the limit is {len(data) - 1}")
+        TOO_LARGE, f"message is {len(data)} bytes, the limit is {len(data) - 1}"
+    )
 
 
 def test_size_is_checked_before_parsing() -> None:
@@ -129,8 +129,10 @@ def test_size_is_checked_before_parsing() -> None:
         (b"not json", "not JSON: expected ident at line 1 column 2"),
         (b"\x00\x01\x02\xff", "not JSON: expected value at line 1 column 1"),
         (b"\xff\xfe{}", "not JSON: expected value at line 1 column 1"),
-        (b'{"event_id": "\xff", "device_id": "d", "ts": 0, "readings": {}}',
-         "not JSON: invalid unicode code point at line 1 column 15"),
+        (
+            b'{"event_id": "\xff", "device_id": "d", "ts": 0, "readings": {}}',
+            "not JSON: invalid unicode code point at line 1 column 15",
+        ),
         (b'{"event_id": "e"', "not JSON: EOF while parsing an object at line 1 column 16"),
         (b"   ", "not JSON: EOF while parsing a value at line 1 column 3"),
     ],
@@ -170,12 +172,14 @@ def test_each_required_field_missing_is_named(field: str) -> None:
 
 def test_several_problems_are_reported_together() -> None:
     assert rejected(b'{"event_id": "e"}') == Rejection(
-        INVALID, "device_id: Field required; ts: Field required; readings: Field required")
+        INVALID, "device_id: Field required; ts: Field required; readings: Field required"
+    )
 
 
 def test_more_than_five_problems_are_summarised() -> None:
-    data = json.dumps({"event_id": 1, "device_id": 2, "ts": "x",
-                       "readings": {f"s{i}": "x" for i in range(6)}}).encode()
+    data = json.dumps(
+        {"event_id": 1, "device_id": 2, "ts": "x", "readings": {f"s{i}": "x" for i in range(6)}}
+    ).encode()
     result = rejected(data)
     assert result.reason == INVALID
     assert result.message.endswith(" (+4 more)")
@@ -189,15 +193,26 @@ def test_more_than_five_problems_are_summarised() -> None:
         ({"device_id": ""}, "device_id: String should have at least 1 character"),
         ({"device_id": "d 1"}, "device_id: String should match pattern '^[A-Za-z0-9_.:@/-]+$'"),
         ({"readings": []}, "readings: Input should be an object"),
-        ({"readings": {"t": "warm"}}, "readings.t: Input should be a valid number, "
-                                      "unable to parse string as a number"),
+        (
+            {"readings": {"t": "warm"}},
+            "readings.t: Input should be a valid number, unable to parse string as a number",
+        ),
         ({"readings": {"t": [1]}}, "readings.t: Input should be a valid number"),
         ({"target": [1]}, "target: Input should be a number, a boolean or a class name"),
         ({"schema_version": 2}, "schema_version: Input should be 1"),
         ({"metadata": {"site": 1}}, "metadata.site: Input should be a valid string"),
     ],
-    ids=["int-id", "empty-device", "space-in-device", "readings-list", "reading-text", "reading-list",
-         "target-list", "schema-version", "metadata-int"],
+    ids=[
+        "int-id",
+        "empty-device",
+        "space-in-device",
+        "readings-list",
+        "reading-text",
+        "reading-list",
+        "target-list",
+        "schema-version",
+        "metadata-int",
+    ],
 )
 def test_fields_of_the_wrong_type_are_invalid(overrides: dict[str, Any], message: str) -> None:
     assert rejected(raw(**overrides)) == Rejection(INVALID, message)
@@ -206,7 +221,8 @@ def test_fields_of_the_wrong_type_are_invalid(overrides: dict[str, Any], message
 @pytest.mark.parametrize("word", ["NaN", "Infinity", "-Infinity", "inf", "nan"])
 def test_non_finite_readings_given_as_strings_are_invalid(word: str) -> None:
     assert rejected(raw(readings={"t": word})) == Rejection(
-        INVALID, "readings.t: Input should be a finite number")
+        INVALID, "readings.t: Input should be a finite number"
+    )
 
 
 @pytest.mark.parametrize("token", [b"NaN", b"Infinity", b"-Infinity"])
@@ -225,18 +241,19 @@ def test_a_non_finite_target_is_invalid(token: bytes) -> None:
 def test_a_non_finite_epoch_time_is_invalid(token: bytes, shown: str) -> None:
     data = b'{"event_id": "e", "device_id": "d", "ts": ' + token + b', "readings": {}}'
     assert rejected(data) == Rejection(
-        INVALID, f"ts: Value error, ts {shown} is not a representable epoch time")
+        INVALID, f"ts: Value error, ts {shown} is not a representable epoch time"
+    )
 
 
 def test_a_time_without_a_zone_is_invalid() -> None:
     assert rejected(raw(ts="2026-11-22T10:00:00")) == Rejection(
-        INVALID, "ts: Input should have timezone info")
+        INVALID, "ts: Input should have timezone info"
+    )
 
 
 @pytest.mark.parametrize("value", [True, False])
 def test_a_boolean_time_is_invalid_not_epoch_one_or_zero(value: bool) -> None:
-    assert rejected(raw(ts=value)) == Rejection(
-        INVALID, "ts: Value error, ts must be a time, not a boolean")
+    assert rejected(raw(ts=value)) == Rejection(INVALID, "ts: Value error, ts must be a time, not a boolean")
 
 
 @pytest.mark.parametrize(
@@ -245,7 +262,8 @@ def test_a_boolean_time_is_invalid_not_epoch_one_or_zero(value: bool) -> None:
 )
 def test_an_epoch_time_beyond_the_calendar_is_invalid(value: float, shown: str) -> None:
     assert rejected(raw(ts=value)) == Rejection(
-        INVALID, f"ts: Value error, ts {shown} is not a representable epoch time")
+        INVALID, f"ts: Value error, ts {shown} is not a representable epoch time"
+    )
 
 
 def test_a_time_that_is_not_a_time_is_invalid() -> None:
@@ -256,7 +274,8 @@ def test_a_time_that_is_not_a_time_is_invalid() -> None:
 def test_more_than_the_maximum_number_of_readings_is_invalid() -> None:
     readings = {f"s{i}": 1.0 for i in range(MAX_READINGS + 1)}
     assert rejected(raw(readings=readings)) == Rejection(
-        INVALID, "readings: Dictionary should have at most 64 items after validation, not more")
+        INVALID, "readings: Dictionary should have at most 64 items after validation, not more"
+    )
 
 
 def test_an_unknown_field_is_invalid() -> None:
@@ -266,7 +285,8 @@ def test_an_unknown_field_is_invalid() -> None:
 def test_a_sensor_name_longer_than_allowed_is_invalid() -> None:
     name = "a" * (MAX_NAME_LENGTH + 1)
     assert rejected(raw(readings={name: 1.0})) == Rejection(
-        INVALID, f"readings.{name}.[key]: String should have at most 64 characters")
+        INVALID, f"readings.{name}.[key]: String should have at most 64 characters"
+    )
 
 
 def test_a_sensor_name_with_a_space_is_invalid() -> None:
@@ -279,8 +299,9 @@ def test_a_sensor_name_with_a_space_is_invalid() -> None:
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=5)
-    | st.dictionaries(st.text(max_size=10), children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5)
+    ),
     max_leaves=40,
 )
 
@@ -288,12 +309,20 @@ event_shaped = st.fixed_dictionaries(
     {
         "event_id": st.text(max_size=12) | json_values,
         "device_id": st.sampled_from(["d1", "d2"]) | json_values,
-        "ts": st.integers() | st.floats() | st.booleans() | st.text(max_size=30) | json_values
+        "ts": st.integers()
+        | st.floats()
+        | st.booleans()
+        | st.text(max_size=30)
+        | json_values
         | st.datetimes(timezones=st.none() | st.just(UTC)).map(datetime.isoformat),
         "readings": st.dictionaries(st.text(max_size=70), json_values, max_size=70) | json_values,
     },
-    optional={"target": json_values, "metadata": json_values, "schema_version": json_values,
-              "extra": json_values},
+    optional={
+        "target": json_values,
+        "metadata": json_values,
+        "schema_version": json_values,
+        "extra": json_values,
+    },
 )
 
 

@@ -7,12 +7,11 @@ from collections import deque
 from pathlib import Path
 
 import pytest
+from driftline.streams.catalog import DEFAULT_CATALOG, SensorSpec, load_catalog
+from driftline.streams.cleaning import CleanReadings, Rejection, TimePolicy, check_time, clean_readings
+from driftline.streams.features import DeviceState
+from driftline.streams.ingest import FeatureRecord, IngestStage
 from pydantic import ValidationError
-
-from streams.catalog import DEFAULT_CATALOG, SensorSpec, load_catalog
-from streams.cleaning import CleanReadings, Rejection, TimePolicy, check_time, clean_readings
-from streams.features import DeviceState
-from streams.ingest import FeatureRecord, IngestStage
 
 CATALOG = {
     "t": SensorSpec(unit="C", min=-10, max=50, impute="last", max_gap_seconds=60),
@@ -22,8 +21,7 @@ CATALOG = {
 
 
 def device_with_history() -> DeviceState:
-    state = DeviceState(last={"t": 20.0, "h": 40.0, "v": 0.5},
-                        last_seen={"t": 100.0, "h": 100.0, "v": 100.0})
+    state = DeviceState(last={"t": 20.0, "h": 40.0, "v": 0.5}, last_seen={"t": 100.0, "h": 100.0, "v": 100.0})
     state.windows["h"] = deque([30.0, 40.0, 50.0, 40.0], maxlen=10)
     return state
 
@@ -54,34 +52,51 @@ def test_out_of_range_values_are_clipped_or_refused_by_policy() -> None:
 
 def test_a_device_first_event_has_nothing_to_impute() -> None:
     assert clean_readings({"t": None, "x": 3.0}, 0.0, DeviceState(), CATALOG) == CleanReadings(
-        {"x": 3.0}, (), ())
+        {"x": 3.0}, (), ()
+    )
 
 
-@pytest.mark.parametrize(("ts", "watermark", "now", "reason"), [
-    (1000.0, 1000.0, 1000.0, None),
-    (941.0, 1000.0, 1000.0, None),        # out of order, within the 60 s lateness
-    (939.0, 1000.0, 1000.0, "late"),
-    (1010.0, None, 1000.0, None),         # 10 s ahead: a clock a little fast is fine
-    (1011.0, None, 1000.0, "future"),
-])
+@pytest.mark.parametrize(
+    ("ts", "watermark", "now", "reason"),
+    [
+        (1000.0, 1000.0, 1000.0, None),
+        (941.0, 1000.0, 1000.0, None),  # out of order, within the 60 s lateness
+        (939.0, 1000.0, 1000.0, "late"),
+        (1010.0, None, 1000.0, None),  # 10 s ahead: a clock a little fast is fine
+        (1011.0, None, 1000.0, "future"),
+    ],
+)
 def test_time_checks(ts: float, watermark: float | None, now: float, reason: str | None) -> None:
     result = check_time(ts, watermark, now, TimePolicy(allowed_lateness=60, max_future=10))
     assert (result.reason if result else None) == reason
 
 
 def raw(event_id: str, ts: int, **readings: float | None) -> bytes:
-    return json.dumps({"event_id": event_id, "device_id": "d", "ts": ts, "readings": readings,
-                       "target": 1.0}).encode()
+    return json.dumps(
+        {"event_id": event_id, "device_id": "d", "ts": ts, "readings": readings, "target": 1.0}
+    ).encode()
 
 
 def test_stage_accounts_for_late_and_out_of_order_events_per_device() -> None:
-    stage = IngestStage(models=("m",), target="y", max_message_bytes=10_000, catalog=CATALOG,
-                        time_policy=TimePolicy(allowed_lateness=60, max_future=10))
+    stage = IngestStage(
+        models=("m",),
+        target="y",
+        max_message_bytes=10_000,
+        catalog=CATALOG,
+        time_policy=TimePolicy(allowed_lateness=60, max_future=10),
+    )
     now_ms = 10_000_000
-    outcomes = [stage.handle(raw(f"e{i}", ts, t=20.0 + i), 0, i, now_ms)[0]
-                for i, ts in enumerate([1000, 1100, 1050, 1000, 1101])]
-    assert [type(o).__name__ for o in outcomes] == ["FeatureRecord", "FeatureRecord", "FeatureRecord",
-                                                     "Rejection", "FeatureRecord"]
+    outcomes = [
+        stage.handle(raw(f"e{i}", ts, t=20.0 + i), 0, i, now_ms)[0]
+        for i, ts in enumerate([1000, 1100, 1050, 1000, 1101])
+    ]
+    assert [type(o).__name__ for o in outcomes] == [
+        "FeatureRecord",
+        "FeatureRecord",
+        "FeatureRecord",
+        "Rejection",
+        "FeatureRecord",
+    ]
     assert isinstance(outcomes[3], Rejection) and outcomes[3].reason == "late"
     assert stage.devices["d"].watermark == 1101
     assert dict(stage.devices["d"].counts) == {"accepted": 4, "imputed": 0, "clipped": 0, "late": 1}
@@ -100,8 +115,9 @@ def test_the_target_is_never_a_feature() -> None:
 
 def test_catalog_from_json_text_and_yaml_file(tmp_path: Path) -> None:
     text = '{"t": {"unit": "C", "min": 0, "max": 10, "out_of_range": "reject", "impute": "none"}}'
-    assert load_catalog(text)["t"] == SensorSpec(unit="C", min=0, max=10, out_of_range="reject",
-                                                 impute="none")
+    assert load_catalog(text)["t"] == SensorSpec(
+        unit="C", min=0, max=10, out_of_range="reject", impute="none"
+    )
     path = tmp_path / "catalog.yaml"
     path.write_text("t:\n  unit: C\n  min: 0\n  max: 10\n  max_gap_seconds: 5\n")
     assert load_catalog(path=path)["t"].max_gap_seconds == 5

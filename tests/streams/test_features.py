@@ -7,23 +7,38 @@ import math
 from datetime import UTC, datetime, timedelta
 
 import pytest
-
-from streams.catalog import SensorSpec
-from streams.features import RECENT_IDS, DeviceState, FeatureSpec, featurize
-from streams.ingest import FeatureRecord, IngestStage
+from driftline.streams.catalog import SensorSpec
+from driftline.streams.features import RECENT_IDS, DeviceState, FeatureSpec, featurize
+from driftline.streams.ingest import FeatureRecord, IngestStage
 
 T0 = datetime(2026, 1, 5, 0, 0, tzinfo=UTC)  # a Monday, midnight
 
 #: Only what a test looks at: a 3-reading mean and the delta.
-MEAN_AND_DELTA = FeatureSpec(windows=(3,), time_windows=(), stats=("mean",), ewma_half_lives=(),
-                             rate=False, lags=(), pairs=(), time_of_day=False, day_of_week=False)
+MEAN_AND_DELTA = FeatureSpec(
+    windows=(3,),
+    time_windows=(),
+    stats=("mean",),
+    ewma_half_lives=(),
+    rate=False,
+    lags=(),
+    pairs=(),
+    time_of_day=False,
+    day_of_week=False,
+)
 
 
 def spec(**overrides: object) -> FeatureSpec:
     """A spec computing nothing but what ``overrides`` switch on."""
     values: dict[str, object] = {
-        "windows": (), "time_windows": (), "ewma_half_lives": (), "delta": False, "rate": False,
-        "lags": (), "pairs": (), "time_of_day": False, "day_of_week": False,
+        "windows": (),
+        "time_windows": (),
+        "ewma_half_lives": (),
+        "delta": False,
+        "rate": False,
+        "lags": (),
+        "pairs": (),
+        "time_of_day": False,
+        "day_of_week": False,
     }
     values.update(overrides)
     return FeatureSpec.model_validate(values)
@@ -31,8 +46,9 @@ def spec(**overrides: object) -> FeatureSpec:
 
 def run(values: list[float], feature_spec: FeatureSpec = MEAN_AND_DELTA) -> list[dict[str, float]]:
     state = DeviceState()
-    return [featurize(state, {"t": v}, T0 + timedelta(seconds=10 * i), feature_spec)
-            for i, v in enumerate(values)]
+    return [
+        featurize(state, {"t": v}, T0 + timedelta(seconds=10 * i), feature_spec) for i, v in enumerate(values)
+    ]
 
 
 def test_a_first_event_has_its_reading_and_a_one_point_window_but_no_delta() -> None:
@@ -61,8 +77,14 @@ def test_a_whole_vector_on_a_hand_computed_series() -> None:
 def test_std_min_max_lag_and_rate_on_two_readings() -> None:
     full = spec(windows=(2,), stats=("mean", "std", "min", "max"), delta=True, rate=True, lags=(1,))
     assert run([1.0, 3.0], full)[1] == {
-        "t": 3.0, "t_mean_2": 2.0, "t_std_2": 1.0, "t_min_2": 1.0, "t_max_2": 3.0,
-        "t_delta": 2.0, "t_rate": 0.2, "t_lag_1": 1.0,
+        "t": 3.0,
+        "t_mean_2": 2.0,
+        "t_std_2": 1.0,
+        "t_min_2": 1.0,
+        "t_max_2": 3.0,
+        "t_delta": 2.0,
+        "t_rate": 0.2,
+        "t_lag_1": 1.0,
     }
 
 
@@ -100,8 +122,9 @@ def ingest(stage: IngestStage, offset: int, ts: int, readings: dict[str, float |
 
 
 def new_stage() -> IngestStage:
-    return IngestStage(models=("m",), target="y", max_message_bytes=10_000, features=MEAN_AND_DELTA,
-                       catalog=dict(CATALOG))
+    return IngestStage(
+        models=("m",), target="y", max_message_bytes=10_000, features=MEAN_AND_DELTA, catalog=dict(CATALOG)
+    )
 
 
 def test_a_missing_reading_is_imputed_from_the_last_value() -> None:
@@ -110,8 +133,14 @@ def test_a_missing_reading_is_imputed_from_the_last_value() -> None:
     ingest(stage, 1, 1010, {"t": 8.0, "h": 60.0})
     record = ingest(stage, 2, 1020, {"t": None, "h": 70.0})
     assert record.imputed == ("t",)
-    assert record.features == {"t": 8.0, "t_mean_3": 20 / 3, "t_delta": 0.0,
-                               "h": 70.0, "h_mean_3": 60.0, "h_delta": 10.0}
+    assert record.features == {
+        "t": 8.0,
+        "t_mean_3": 20 / 3,
+        "t_delta": 0.0,
+        "h": 70.0,
+        "h_mean_3": 60.0,
+        "h_delta": 10.0,
+    }
 
 
 def test_a_reading_left_out_is_imputed_like_a_null() -> None:

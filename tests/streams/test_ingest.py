@@ -6,14 +6,14 @@ import json
 from typing import Any
 
 import pytest
+from driftline.models.specs import ModelSpec
+from driftline.streams.cleaning import Rejection
+from driftline.streams.features import FeatureSpec
+from driftline.streams.ingest import COUNTERS, Duplicate, IngestStage, Outcome
 from hypothesis import given
 from hypothesis import strategies as st
 
-from models.specs import ModelSpec
-from streams.cleaning import Rejection
-from streams.features import FeatureSpec
-from streams.ingest import COUNTERS, Duplicate, IngestStage, Outcome
-from streams.records import (
+from driftline.core.records import (
     MAX_RECORDS_PER_MESSAGE,
     MAX_VALUES_PER_MESSAGE,
     FeatureRecord,
@@ -25,20 +25,37 @@ from streams.records import (
 
 NOW_MS = 1_800_000_000_000  # the broker timestamp every message arrives with
 NOW = NOW_MS // 1000
-SMALL = FeatureSpec(windows=(2,), time_windows=(), stats=("mean",), ewma_half_lives=(), rate=False,
-                    lags=(), pairs=(), time_of_day=False, day_of_week=False)
+SMALL = FeatureSpec(
+    windows=(2,),
+    time_windows=(),
+    stats=("mean",),
+    ewma_half_lives=(),
+    rate=False,
+    lags=(),
+    pairs=(),
+    time_of_day=False,
+    day_of_week=False,
+)
 
 
 def make_stage(**overrides: Any) -> IngestStage:
-    values: dict[str, Any] = {"models": ("m",), "target": "power", "max_message_bytes": 10_000,
-                              "features": SMALL}
+    values: dict[str, Any] = {
+        "models": ("m",),
+        "target": "power",
+        "max_message_bytes": 10_000,
+        "features": SMALL,
+    }
     values.update(overrides)
     return IngestStage(**values)
 
 
 def message(event_id: str = "e1", device_id: str = "d1", ts: float = NOW, **fields: Any) -> bytes:
-    body: dict[str, Any] = {"event_id": event_id, "device_id": device_id, "ts": ts,
-                            "readings": {"temperature": 20.0}}
+    body: dict[str, Any] = {
+        "event_id": event_id,
+        "device_id": device_id,
+        "ts": ts,
+        "readings": {"temperature": 20.0},
+    }
     body.update(fields)
     return json.dumps(body).encode()
 
@@ -60,25 +77,33 @@ def test_every_message_of_a_mixed_sequence_is_counted_once() -> None:
     stage = make_stage()
     batch = json.dumps([json.loads(message("b1")), {"oops": 1}, json.loads(message("b2"))]).encode()
     sequence = [
-        message("e1"),                                          # accepted
-        message("e1"),                                          # duplicate
-        b"\xff not json",                                       # rejected: not_json
-        b"",                                                    # rejected: empty
-        message("e2", readings={"temperature": "hot"}),         # rejected: invalid
-        message("e3", readings={"vibration": 99.0}),            # rejected: out_of_range
-        message("e4", ts=NOW + 3600),                           # rejected: future
-        message("e5", ts=NOW - 3600),                           # late (older than the watermark allows)
-        message("e6", device_id="d2"),                          # accepted
-        batch,                                                  # two accepted, one rejected
-        b"x" * 20_000,                                          # rejected: too_large
+        message("e1"),  # accepted
+        message("e1"),  # duplicate
+        b"\xff not json",  # rejected: not_json
+        b"",  # rejected: empty
+        message("e2", readings={"temperature": "hot"}),  # rejected: invalid
+        message("e3", readings={"vibration": 99.0}),  # rejected: out_of_range
+        message("e4", ts=NOW + 3600),  # rejected: future
+        message("e5", ts=NOW - 3600),  # late (older than the watermark allows)
+        message("e6", device_id="d2"),  # accepted
+        batch,  # two accepted, one rejected
+        b"x" * 20_000,  # rejected: too_large
     ]
     for offset, raw in enumerate(sequence):
         stage.handle(raw, partition=0, offset=offset, timestamp_ms=NOW_MS)
     totals = stage.totals()
     assert {k: v for k, v in totals.items() if v} == {
-        "received": 13, "accepted": 4, "deduplicated": 1, "rejected": 7, "late": 1,
-        "rejected:not_json": 1, "rejected:empty": 1, "rejected:invalid": 2, "rejected:out_of_range": 1,
-        "rejected:future": 1, "rejected:too_large": 1,
+        "received": 13,
+        "accepted": 4,
+        "deduplicated": 1,
+        "rejected": 7,
+        "late": 1,
+        "rejected:not_json": 1,
+        "rejected:empty": 1,
+        "rejected:invalid": 2,
+        "rejected:out_of_range": 1,
+        "rejected:future": 1,
+        "rejected:too_large": 1,
     }
     assert identity_holds(stage)
 
@@ -94,8 +119,14 @@ def test_the_device_keeps_its_own_counts() -> None:
     stage.handle(message("e2", readings={"vibration": 99.0}), 0, 2, NOW_MS)
     stage.handle(message("e3", ts=NOW - 3600), 0, 3, NOW_MS)
     assert dict(stage.devices["d1"].counts) == {
-        "accepted": 1, "imputed": 0, "clipped": 0, "deduplicated": 1, "rejected": 1,
-        "rejected:out_of_range": 1, "late": 1}
+        "accepted": 1,
+        "imputed": 0,
+        "clipped": 0,
+        "deduplicated": 1,
+        "rejected": 1,
+        "rejected:out_of_range": 1,
+        "late": 1,
+    }
 
 
 def test_clipped_and_imputed_readings_are_counted() -> None:
@@ -114,8 +145,8 @@ def test_a_replayed_offset_is_ignored_and_not_counted() -> None:
     stage = make_stage()
     assert len(stage.handle(message("e1"), 0, 5, NOW_MS)) == 1
     before = stage.totals()
-    assert stage.handle(message("e2"), 0, 5, NOW_MS) == []   # the same offset
-    assert stage.handle(message("e3"), 0, 2, NOW_MS) == []   # an earlier one
+    assert stage.handle(message("e2"), 0, 5, NOW_MS) == []  # the same offset
+    assert stage.handle(message("e3"), 0, 2, NOW_MS) == []  # an earlier one
     assert stage.totals() == before
     assert stage.offsets == {0: 5}
     assert set(stage.devices["d1"].recent_ids) == {"e1"}
@@ -268,14 +299,30 @@ def test_a_message_that_never_names_a_device_dirties_nothing() -> None:
 
 
 def test_feature_record_round_trips_through_a_features_message() -> None:
-    record = FeatureRecord("m", "d1", "e1", 1.8e9, {"t": 1.5, "t_delta": -0.25}, 3.0, source_partition=2,
-                           source_offset=41, source_index=3, imputed=("h",), clipped=("t",), schema="abc")
+    record = FeatureRecord(
+        "m",
+        "d1",
+        "e1",
+        1.8e9,
+        {"t": 1.5, "t_delta": -0.25},
+        3.0,
+        source_partition=2,
+        source_offset=41,
+        source_index=3,
+        imputed=("h",),
+        clipped=("t",),
+        schema="abc",
+    )
     assert decode(encode("m", [record])) == [record]
 
 
 def test_feature_records_keep_class_labels_and_missing_targets() -> None:
-    batch = [FeatureRecord("m", "d1", f"e{i}", 0.0, {}, target, source_partition=0, source_offset=9,
-                           source_index=i) for i, target in enumerate([None, True, "open", 2.5])]
+    batch = [
+        FeatureRecord(
+            "m", "d1", f"e{i}", 0.0, {}, target, source_partition=0, source_offset=9, source_index=i
+        )
+        for i, target in enumerate([None, True, "open", 2.5])
+    ]
     assert decode(encode("m", batch)) == batch
 
 
@@ -284,8 +331,16 @@ def test_labels_round_trip_through_a_features_message() -> None:
     assert decode(encode("m", [label])) == [label]
 
 
-@pytest.mark.parametrize("raw", [b"", b"[]", b'{"model": "m"}', b'{"model": "m", "src": ["x", 0, 0]}',
-                                 b'{"model": "m", "src": ["events", 0, 0], "records": [{}]}'])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"[]",
+        b'{"model": "m"}',
+        b'{"model": "m", "src": ["x", 0, 0]}',
+        b'{"model": "m", "src": ["events", 0, 0], "records": [{}]}',
+    ],
+)
 def test_a_message_that_is_not_a_features_message_is_a_value_error(raw: bytes) -> None:
     with pytest.raises(ValueError, match="not a features message"):
         decode(raw)
@@ -299,31 +354,39 @@ def test_a_features_message_with_values_missing_or_left_over_is_refused() -> Non
 
 
 def test_records_of_different_shapes_share_one_message_exactly() -> None:
-    batch = [FeatureRecord("m", "d", f"e{i}", 0.0, x, 1.0, 0, 5, source_index=i)
-             for i, x in enumerate([{"a": 0.1}, {"a": 1 / 3, "b": -2.5e-300}, {"a": 7.0}, {}])]
+    batch = [
+        FeatureRecord("m", "d", f"e{i}", 0.0, x, 1.0, 0, 5, source_index=i)
+        for i, x in enumerate([{"a": 0.1}, {"a": 1 / 3, "b": -2.5e-300}, {"a": 7.0}, {}])
+    ]
     assert decode(encode("m", batch)) == batch
 
 
 def test_records_of_many_source_messages_of_one_partition_share_one_message() -> None:
     # One features message per batch of source messages: each record keeps its own offset.
-    batch = [FeatureRecord("m", "d", f"e{i}", float(i), {"a": float(i)}, 1.0, 4, 100 + i // 2,
-                           source_index=i % 2) for i in range(6)]
+    batch = [
+        FeatureRecord("m", "d", f"e{i}", float(i), {"a": float(i)}, 1.0, 4, 100 + i // 2, source_index=i % 2)
+        for i in range(6)
+    ]
     labels = [LabelRecord("m", f"e{i}", 1.0, source_partition=2, source_offset=7 + i) for i in range(3)]
     assert decode(encode("m", batch)) == batch
     assert decode(encode("m", labels)) == labels
 
 
 def test_a_features_message_never_mixes_source_partitions() -> None:
-    mixed = [FeatureRecord("m", "d", "e1", 0.0, {}, None, 0, 1),
-             FeatureRecord("m", "d", "e2", 0.0, {}, None, 1, 1)]
+    mixed = [
+        FeatureRecord("m", "d", "e1", 0.0, {}, None, 0, 1),
+        FeatureRecord("m", "d", "e2", 0.0, {}, None, 1, 1),
+    ]
     with pytest.raises(ValueError, match="one source partition"):
         encode("m", mixed)
 
 
 def test_chunks_bound_records_and_values_per_message_and_keep_the_order() -> None:
     wide = {f"f{k}": float(k) for k in range(MAX_VALUES_PER_MESSAGE // 3 + 1)}
-    batch = [FeatureRecord("m", "d", f"e{i}", 0.0, wide if i < 4 else {"x": 1.0}, None, 0, i)
-             for i in range(4 + MAX_RECORDS_PER_MESSAGE + 1)]
+    batch = [
+        FeatureRecord("m", "d", f"e{i}", 0.0, wide if i < 4 else {"x": 1.0}, None, 0, i)
+        for i in range(4 + MAX_RECORDS_PER_MESSAGE + 1)
+    ]
     pieces = list(chunks(batch))
     assert [len(p) for p in pieces] == [2, MAX_RECORDS_PER_MESSAGE, 3]  # 2 wide; 2 wide + 998; 3
     assert [r for p in pieces for r in p] == batch
@@ -333,8 +396,16 @@ def test_chunks_bound_records_and_values_per_message_and_keep_the_order() -> Non
 
 def test_records_from_the_stage_round_trip_through_one_message_per_model() -> None:
     stage = make_stage(models=("a", "b"))
-    events = [{"event_id": f"e{i}", "device_id": "d1", "ts": NOW - 10 + i,
-               "readings": {"temperature": 20.0 + i}, "target": 2.0} for i in range(3)]
+    events = [
+        {
+            "event_id": f"e{i}",
+            "device_id": "d1",
+            "ts": NOW - 10 + i,
+            "readings": {"temperature": 20.0 + i},
+            "target": 2.0,
+        }
+        for i in range(3)
+    ]
     out = records(stage.handle(json.dumps(events).encode(), 0, 0, NOW_MS))
     for model in ("a", "b"):
         mine = [r for r in out if r.model == model]
@@ -345,10 +416,16 @@ def test_records_from_the_stage_round_trip_through_one_message_per_model() -> No
 # --- never raises, never loses count ------------------------------------------------------------
 
 _event = st.fixed_dictionaries(
-    {"event_id": st.sampled_from(["e1", "e2", "e3"]), "device_id": st.sampled_from(["d1", "d2"]),
-     "ts": st.integers(NOW - 1000, NOW + 100) | st.sampled_from([True, "2026-01-01T00:00:00", 1e30]),
-     "readings": st.dictionaries(st.sampled_from(["temperature", "humidity", "vibration", "power"]),
-                                 st.none() | st.floats(-100, 100) | st.just("NaN"), max_size=4)},
+    {
+        "event_id": st.sampled_from(["e1", "e2", "e3"]),
+        "device_id": st.sampled_from(["d1", "d2"]),
+        "ts": st.integers(NOW - 1000, NOW + 100) | st.sampled_from([True, "2026-01-01T00:00:00", 1e30]),
+        "readings": st.dictionaries(
+            st.sampled_from(["temperature", "humidity", "vibration", "power"]),
+            st.none() | st.floats(-100, 100) | st.just("NaN"),
+            max_size=4,
+        ),
+    },
     optional={"target": st.none() | st.floats(allow_nan=False, allow_infinity=False)},
 )
 _messages = st.one_of(

@@ -5,34 +5,41 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from driftline.streams.cleaning import Rejection, decode_event
+from driftline.streams.ingest import Duplicate, FeatureRecord, IngestStage
+from driftline.streams.schema import SensorEvent
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streams.cleaning import Rejection, decode_event
-from streams.ingest import Duplicate, FeatureRecord, IngestStage
-from streams.schema import SensorEvent
-
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children,
-                                                                        max_size=5),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5)
+    ),
     max_leaves=30,
 )
 
 readings = st.dictionaries(
     st.sampled_from(["temperature", "humidity", "vibration", "voltage", "power", "x"]) | st.text(max_size=70),
-    st.none() | st.floats() | st.integers(-10**6, 10**6) | st.text(max_size=5),
+    st.none() | st.floats() | st.integers(-(10**6), 10**6) | st.text(max_size=5),
     max_size=8,
 )
 
 event_like = st.fixed_dictionaries(
-    {"event_id": st.sampled_from(["e1", "e2", "e3"]) | st.text(max_size=10),
-     "device_id": st.sampled_from(["d1", "d2"]) | st.text(max_size=10),
-     "ts": st.integers(-10**12, 10**12) | st.floats() | st.sampled_from(
-         ["2026-01-01T00:00:00Z", "2026-01-01T00:00:00", "yesterday", ""]) | st.none(),
-     "readings": readings},
-    optional={"target": st.none() | st.floats() | st.text(max_size=3),
-              "metadata": json_values, "schema_version": st.integers(0, 3)},
+    {
+        "event_id": st.sampled_from(["e1", "e2", "e3"]) | st.text(max_size=10),
+        "device_id": st.sampled_from(["d1", "d2"]) | st.text(max_size=10),
+        "ts": st.integers(-(10**12), 10**12)
+        | st.floats()
+        | st.sampled_from(["2026-01-01T00:00:00Z", "2026-01-01T00:00:00", "yesterday", ""])
+        | st.none(),
+        "readings": readings,
+    },
+    optional={
+        "target": st.none() | st.floats() | st.text(max_size=3),
+        "metadata": json_values,
+        "schema_version": st.integers(0, 3),
+    },
 )
 
 
@@ -69,8 +76,9 @@ def test_ingest_never_raises_and_every_event_is_accounted_for(batch: list[bytes]
             records += isinstance(outcome, FeatureRecord)
     totals = stage.totals()
     assert totals["received"] >= len(batch), "every message counts at least once"
-    assert totals["received"] == (totals["accepted"] + totals["deduplicated"]
-                                  + totals["rejected"] + totals["late"])
+    assert totals["received"] == (
+        totals["accepted"] + totals["deduplicated"] + totals["rejected"] + totals["late"]
+    )
     assert records == 2 * totals["accepted"], "one record per model per accepted event"
     by_reason = sum(v for k, v in totals.items() if k.startswith("rejected:"))
     assert by_reason == totals["rejected"]
@@ -93,5 +101,6 @@ def test_a_batched_message_counts_each_of_its_events(events: list[dict[str, Any]
     stage.handle(as_bytes(events), partition=0, offset=0, timestamp_ms=1_800_000_000_000)
     totals = stage.totals()
     assert totals["received"] == len(events)
-    assert totals["received"] == (totals["accepted"] + totals["deduplicated"]
-                                  + totals["rejected"] + totals["late"])
+    assert totals["received"] == (
+        totals["accepted"] + totals["deduplicated"] + totals["rejected"] + totals["late"]
+    )

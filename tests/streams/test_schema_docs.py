@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from streams.schema import MAX_READINGS, SensorEvent
+from driftline.streams.schema import MAX_READINGS, SensorEvent
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "event.schema.json"
 
 
 def test_the_documented_schema_is_the_enforced_one() -> None:
     assert json.loads(DOC.read_text()) == SensorEvent.model_json_schema(), (
-        "regenerate docs/event.schema.json from streams.schema.SensorEvent")
+        "regenerate docs/event.schema.json from driftline.streams.schema.SensorEvent"
+    )
 
 
 def test_the_schema_states_its_bounds() -> None:

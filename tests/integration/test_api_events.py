@@ -7,11 +7,11 @@ import time
 from typing import Any
 
 import pytest
+from driftline.api.main import create_app
 from fastapi.testclient import TestClient
 from kafka import KafkaConsumer
 
-from api.main import create_app
-from driftline.errors import ServiceUnavailable
+from driftline.core.errors import ServiceUnavailable
 from driftline.kafka import SensorProducer, ensure_topics
 
 pytestmark = pytest.mark.integration
@@ -20,13 +20,22 @@ KEY = {"X-API-Key": "test-key-1"}
 
 
 def event(i: int, **changes: Any) -> dict[str, Any]:
-    return {"event_id": f"api-{i}", "device_id": "dev-api", "ts": "2026-01-01T00:00:00Z",
-            "readings": {"temperature": 20.0 + i}, **changes}
+    return {
+        "event_id": f"api-{i}",
+        "device_id": "dev-api",
+        "ts": "2026-01-01T00:00:00Z",
+        "readings": {"temperature": 20.0 + i},
+        **changes,
+    }
 
 
 def consume(settings: Any, expected: int) -> list[Any]:
-    consumer = KafkaConsumer(settings.events_topic, bootstrap_servers=settings.kafka_bootstrap,
-                             auto_offset_reset="earliest", consumer_timeout_ms=1000)
+    consumer = KafkaConsumer(
+        settings.events_topic,
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=1000,
+    )
     records: list[Any] = []
     deadline = time.monotonic() + 15
     while len(records) < expected and time.monotonic() < deadline:
@@ -54,15 +63,19 @@ def test_a_batch_is_validated_and_only_valid_events_reach_kafka(make_settings: A
     assert {r.key for r in records} == {b"dev-api"}
 
 
-@pytest.mark.parametrize(("headers", "body", "status"), [
-    ({}, [event(1)], 401),
-    ({"X-API-Key": "wrong"}, [event(1)], 401),
-    (KEY, [{"device_id": "x"}], 422),
-    (KEY, [], 422),
-    (KEY, [event(i) for i in range(6)], 413),
-])
-def test_bad_requests_get_4xx_with_a_message(make_settings: Any, headers: dict[str, str],
-                                             body: Any, status: int) -> None:
+@pytest.mark.parametrize(
+    ("headers", "body", "status"),
+    [
+        ({}, [event(1)], 401),
+        ({"X-API-Key": "wrong"}, [event(1)], 401),
+        (KEY, [{"device_id": "x"}], 422),
+        (KEY, [], 422),
+        (KEY, [event(i) for i in range(6)], 413),
+    ],
+)
+def test_bad_requests_get_4xx_with_a_message(
+    make_settings: Any, headers: dict[str, str], body: Any, status: int
+) -> None:
     settings = make_settings(api_keys="test-key-1", max_batch_events=5)
     with TestClient(create_app(settings)) as client:
         response = client.post("/events", json=body, headers=headers)
@@ -72,8 +85,9 @@ def test_bad_requests_get_4xx_with_a_message(make_settings: Any, headers: dict[s
 
 def test_not_json_is_a_422(make_settings: Any) -> None:
     with TestClient(create_app(make_settings(api_keys="test-key-1"))) as client:
-        response = client.post("/events", content=b"{not json",
-                               headers={**KEY, "content-type": "application/json"})
+        response = client.post(
+            "/events", content=b"{not json", headers={**KEY, "content-type": "application/json"}
+        )
     assert response.status_code == 422
 
 

@@ -9,17 +9,17 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import pytest
+from driftline.api.main import create_app
+from driftline.models.learner import OnlineLearner
+from driftline.models.registry import CHALLENGER, CHAMPION, LATEST, ModelRegistry
+from driftline.models.specs import ModelSpec
 from fastapi.testclient import TestClient
 from redis.asyncio import Redis
 
-from api.main import create_app
 from driftline.cli import main as cli
-from driftline.errors import RegistryError
+from driftline.core.errors import RegistryError
+from driftline.core.records import FeatureRecord
 from driftline.settings import Settings
-from models.learner import OnlineLearner
-from models.registry import CHALLENGER, CHAMPION, LATEST, ModelRegistry
-from models.specs import ModelSpec
-from streams.records import FeatureRecord
 
 pytestmark = pytest.mark.integration
 
@@ -31,9 +31,7 @@ def on_registry(settings: Settings, action: Callable[[ModelRegistry], Awaitable[
     async def go() -> T:
         redis = Redis.from_url(settings.redis_url)
         try:
-            return await action(ModelRegistry(redis, settings.namespace,
-                                              settings.secret_key.get_secret_value().encode(),
-                                              settings.keep_versions))
+            return await action(settings.registry(redis))
         finally:
             await redis.aclose()
 
@@ -49,8 +47,10 @@ def learner_after(n: int, name: str = "default") -> OnlineLearner:
 
 
 def publish_versions(settings: Settings, count: int, name: str = "default") -> list[dict[str, Any]]:
-    return [on_registry(settings, lambda r, n=n: r.publish(learner_after(10 * n, name)))
-            for n in range(1, count + 1)]
+    return [
+        on_registry(settings, lambda r, n=n: r.publish(learner_after(10 * n, name)))
+        for n in range(1, count + 1)
+    ]
 
 
 def test_a_snapshot_carries_what_an_operator_needs_to_know(make_settings: Any) -> None:
@@ -86,7 +86,8 @@ def test_promote_pins_the_champion_and_rollback_walks_back(make_settings: Any) -
     assert on_registry(settings, lambda r: r.rollback("default")) == 4  # from latest: the one before
     audit = on_registry(settings, lambda r: r.audit("default"))
     assert [e["action"] for e in audit] == ["rollback"] * 3 + ["publish", "promote", "promote"] + [
-        "publish"] * 4
+        "publish"
+    ] * 4
     assert audit[-5]["reason"] == "v2 is better" and audit[-5]["alias"] == CHAMPION and audit[-5]["by"]
 
 
@@ -118,7 +119,7 @@ def test_retention_keeps_the_newest_and_every_aliased_or_rollback_version(make_s
 
 
 def test_history_keeps_every_publish_even_past_retention(make_settings: Any, monkeypatch: Any) -> None:
-    monkeypatch.setattr("models.registry.AUDIT_PAGE", 2)  # so the log is walked back over pages
+    monkeypatch.setattr("driftline.models.registry.AUDIT_PAGE", 2)  # so the log is walked back over pages
     settings = make_settings(keep_versions=2)
     publish_versions(settings, 4)
     on_registry(settings, lambda r: r.promote("default", 4))  # not a point: only publishes are
@@ -166,19 +167,31 @@ def test_the_api_serves_the_champion_and_follows_promote_and_rollback(make_setti
         assert [v["version"] for v in model["versions"]] == [1, 2, 3]
 
 
-def test_the_cli_lists_shows_promotes_and_rolls_back(make_settings: Any, monkeypatch: Any,
-                                                      capsys: Any) -> None:
+def test_the_cli_lists_shows_promotes_and_rolls_back(
+    make_settings: Any, monkeypatch: Any, capsys: Any
+) -> None:
     settings = make_settings()
     publish_versions(settings, 2)
     for name, value in settings.as_env().items():
         monkeypatch.setenv(name, value)
     from driftline.settings import get_settings
+
     get_settings.cache_clear()
     try:
         assert cli(["models", "list"]) == 0
         listing = capsys.readouterr().out.splitlines()
-        assert listing[0].split() == ["model", "task", "estimator", "latest", "champion", "challenger",
-                                      "events", "metric", "versions", "status"]
+        assert listing[0].split() == [
+            "model",
+            "task",
+            "estimator",
+            "latest",
+            "champion",
+            "challenger",
+            "events",
+            "metric",
+            "versions",
+            "status",
+        ]
         assert listing[1].split()[:5] == ["default", "regression", "linear_regression", "2", "2"]
         assert cli(["models", "promote", "default", "1", "--reason", "canary"]) == 0
         assert "champion is now v1" in capsys.readouterr().out

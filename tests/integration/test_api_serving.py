@@ -9,18 +9,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from driftline.api.main import create_app
+from driftline.models.learner import OnlineLearner
+from driftline.models.registry import ModelRegistry
+from driftline.models.snapshot import seal_snapshot
+from driftline.models.specs import ModelSpec
+from driftline.streams.checkpoint import save_checkpoint
+from driftline.streams.features import DeviceState, featurize
+from driftline.streams.ingest import FeatureRecord
 from fastapi.testclient import TestClient
 from redis.asyncio import Redis
 
-from api.main import create_app
 from driftline.settings import Settings
-from models.learner import OnlineLearner
-from models.registry import ModelRegistry
-from models.snapshot import seal_snapshot
-from models.specs import ModelSpec
-from streams.checkpoint import save_checkpoint
-from streams.features import DeviceState, featurize
-from streams.ingest import FeatureRecord
 
 pytestmark = pytest.mark.integration
 
@@ -42,8 +42,7 @@ def run(settings: Settings, action: Any) -> Any:
     async def go() -> Any:
         redis = Redis.from_url(settings.redis_url)
         try:
-            registry = ModelRegistry(redis, settings.namespace,
-                                     settings.secret_key.get_secret_value().encode())
+            registry = settings.registry(redis)
             return await action(registry, redis)
         finally:
             await redis.aclose()
@@ -94,12 +93,10 @@ def test_predict_serves_the_newest_snapshot_and_swaps_when_one_is_announced(make
         assert isinstance(first.json()["prediction"], float)
 
         publish(settings, trained_learner("default", 80))
-        body = wait_until(lambda: (r := client.post("/predict", json=READING).json())
-                          ["version"] == 2 and r)
+        body = wait_until(lambda: (r := client.post("/predict", json=READING).json())["version"] == 2 and r)
         assert body["events_learned"] == 80
         models = client.get("/models").json()
-        assert [(m["name"], m["served_version"], m["latest_version"]) for m in models] == [
-            ("default", 2, 2)]
+        assert [(m["name"], m["served_version"], m["latest_version"]) for m in models] == [("default", 2, 2)]
 
 
 @pytest.mark.parametrize("corrupt", ["flip_last_byte", "flip_meta_byte", "unsigned_pickle", "other_key"])
@@ -110,8 +107,9 @@ def test_a_tampered_snapshot_is_refused_and_the_last_good_model_keeps_serving(
     publish(settings, trained_learner("default", 50))
     good = run(settings, lambda registry, redis: registry.load("default"))[0]
     altered = trained_learner("default", 90)
-    blob = seal_snapshot(altered, {"version": 2, "model": "default"},
-                         settings.secret_key.get_secret_value().encode())
+    blob = seal_snapshot(
+        altered, {"version": 2, "model": "default"}, settings.secret_key.get_secret_value().encode()
+    )
     if corrupt == "flip_last_byte":
         blob = blob[:-1] + bytes([blob[-1] ^ 0xFF])
     elif corrupt == "flip_meta_byte":
@@ -144,17 +142,23 @@ def test_serving_features_equal_the_stream_featurizer_on_the_stored_device_state
     publish(settings, trained_learner("default", 20))
     state = DeviceState()
     for i, t in enumerate([18.0, 19.0, 23.0]):
-        featurize(state, {"temperature": t, "vibration": 0.2 * i},
-                  datetime(2026, 1, 1, 12, i, tzinfo=UTC), settings.features)
+        featurize(
+            state,
+            {"temperature": t, "vibration": 0.2 * i},
+            datetime(2026, 1, 1, 12, i, tzinfo=UTC),
+            settings.features,
+        )
 
     async def store(registry: ModelRegistry, redis: Redis) -> None:
-        await save_checkpoint(redis, settings.namespace, "t", "id", {}, {"dev-1": state})
+        await save_checkpoint(redis, settings.keys, "t", "id", {}, {"dev-1": state})
 
     run(settings, store)
-    expected = featurize(DeviceState.from_json(state.to_json()),
-                         {"temperature": 20.0, "vibration": 0.5},
-                         datetime(2026, 1, 2, 6, tzinfo=UTC),
-                         settings.features)
+    expected = featurize(
+        DeviceState.from_json(state.to_json()),
+        {"temperature": 20.0, "vibration": 0.5},
+        datetime(2026, 1, 2, 6, tzinfo=UTC),
+        settings.features,
+    )
     with TestClient(create_app(settings)) as client:
         body = client.post("/predict", json={**READING, "ts": "2026-01-02T06:00:00Z"}).json()
         again = client.post("/predict", json={**READING, "ts": "2026-01-02T06:00:00Z"}).json()
@@ -163,16 +167,19 @@ def test_serving_features_equal_the_stream_featurizer_on_the_stored_device_state
     assert again["features"] == body["features"], "serving must not change the stream's state"
 
 
-@pytest.mark.parametrize("payload", [
-    {"readings": {"temperature": 1.0}},
-    {"device_id": "d", "readings": {"temperature": "NaN"}},
-    {"device_id": "d", "readings": {"temperature": "Infinity"}},
-    {"device_id": "d", "readings": {"temperature": "warm"}},
-    {"device_id": "d", "readings": "nope"},
-    {"device_id": "d", "readings": {}, "ts": "2026-01-01T00:00:00"},
-    {"device_id": "", "readings": {}},
-    {"device_id": "d", "readings": {}, "surprise": 1},
-])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"readings": {"temperature": 1.0}},
+        {"device_id": "d", "readings": {"temperature": "NaN"}},
+        {"device_id": "d", "readings": {"temperature": "Infinity"}},
+        {"device_id": "d", "readings": {"temperature": "warm"}},
+        {"device_id": "d", "readings": "nope"},
+        {"device_id": "d", "readings": {}, "ts": "2026-01-01T00:00:00"},
+        {"device_id": "", "readings": {}},
+        {"device_id": "d", "readings": {}, "surprise": 1},
+    ],
+)
 def test_bad_requests_get_a_422_with_a_reason(make_settings: Any, payload: dict[str, Any]) -> None:
     with TestClient(create_app(make_settings())) as client:
         response = client.post("/predict", json=payload)
@@ -234,8 +241,12 @@ def test_predict_answers_from_the_challenger_or_a_stored_version_when_asked(make
         publish(settings, trained_learner("default", n))
     with TestClient(create_app(settings)) as client:
         no_challenger = client.post("/predict", json={**READING, "alias": "challenger"})
-        run(settings, lambda registry, redis: registry.promote("default", 1, alias="challenger",
-                                                                by="test", reason="compare"))
+        run(
+            settings,
+            lambda registry, redis: registry.promote(
+                "default", 1, alias="challenger", by="test", reason="compare"
+            ),
+        )
         champion = client.post("/predict", json=READING).json()
         challenger = client.post("/predict", json={**READING, "alias": "challenger"}).json()
         second = client.post("/predict", json={**READING, "version": 2}).json()

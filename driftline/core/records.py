@@ -75,8 +75,12 @@ class LabelRecord:
     source: str = LABELS
 
     def item(self) -> dict[str, Any]:
-        return {"o": self.source_offset, "i": self.source_index, "event_id": self.event_id,
-                "label": self.label}
+        return {
+            "o": self.source_offset,
+            "i": self.source_index,
+            "event_id": self.event_id,
+            "label": self.label,
+        }
 
 
 Record = FeatureRecord | LabelRecord
@@ -101,8 +105,7 @@ def encode(model: str, records: list[FeatureRecord] | list[LabelRecord]) -> byte
     True
     """
     first = records[0]
-    header: dict[str, Any] = {"model": model,
-                              "src": [first.source, first.source_partition]}
+    header: dict[str, Any] = {"model": model, "src": [first.source, first.source_partition]}
     values: list[float] = []
     if isinstance(first, FeatureRecord):
         shapes: dict[tuple[str, ...], int] = {}
@@ -115,10 +118,19 @@ def encode(model: str, records: list[FeatureRecord] | list[LabelRecord]) -> byte
             names = tuple(record.features)
             shape = shapes.setdefault(names, len(shapes))
             values.extend(record.features.values())
-            items.append({"o": record.source_offset, "i": record.source_index, "device_id": record.device_id,
-                          "event_id": record.event_id, "ts": record.ts, "target": record.target,
-                          "shape": shape, "imputed": list(record.imputed),
-                          "clipped": list(record.clipped)})
+            items.append(
+                {
+                    "o": record.source_offset,
+                    "i": record.source_index,
+                    "device_id": record.device_id,
+                    "event_id": record.event_id,
+                    "ts": record.ts,
+                    "target": record.target,
+                    "shape": shape,
+                    "imputed": list(record.imputed),
+                    "clipped": list(record.clipped),
+                }
+            )
         header |= {"schema": first.schema, "shapes": [list(n) for n in shapes], "records": items}
     else:
         header["labels"] = [r.item() for r in records if isinstance(r, LabelRecord)]
@@ -148,8 +160,9 @@ def chunks(records: list[FeatureRecord]) -> Iterator[list[FeatureRecord]]:
     piece: list[FeatureRecord] = []
     values = 0
     for record in records:
-        if piece and (len(piece) == MAX_RECORDS_PER_MESSAGE
-                      or values + len(record.features) > MAX_VALUES_PER_MESSAGE):
+        if piece and (
+            len(piece) == MAX_RECORDS_PER_MESSAGE or values + len(record.features) > MAX_VALUES_PER_MESSAGE
+        ):
             yield piece
             piece, values = [], 0
         piece.append(record)
@@ -165,11 +178,11 @@ def decode(raw: bytes | None) -> list[Record]:
             raise ValueError("no features header")
         (head_len,) = _HEADER_LEN.unpack_from(raw, len(MAGIC))
         start = len(MAGIC) + _HEADER_LEN.size
-        body = json.loads(raw[start:start + head_len])
+        body = json.loads(raw[start : start + head_len])
         model = str(body["model"])
         source, partition = body["src"]
         if source == EVENTS:
-            payload = raw[start + head_len:]
+            payload = raw[start + head_len :]
             values = struct.unpack(f"<{len(payload) // 8}d", payload)
             shapes = [tuple(names) for names in body["shapes"]]
             schema = str(body.get("schema", ""))
@@ -181,17 +194,31 @@ def decode(raw: bytes | None) -> list[Record]:
                 end = at + len(names)
                 if end > len(values):  # checked here, so the zip below needs no strict check
                     raise ValueError("fewer feature values than names")
-                out.append(FeatureRecord(
-                    model, str(r["device_id"]), str(r["event_id"]), float(r["ts"]),
-                    dict(zip(names, values[at:end], strict=False)), r.get("target"), partition, int(r["o"]),
-                    int(r["i"]), tuple(r.get("imputed", ())), tuple(r.get("clipped", ())), schema))
+                out.append(
+                    FeatureRecord(
+                        model,
+                        str(r["device_id"]),
+                        str(r["event_id"]),
+                        float(r["ts"]),
+                        dict(zip(names, values[at:end], strict=False)),
+                        r.get("target"),
+                        partition,
+                        int(r["o"]),
+                        int(r["i"]),
+                        tuple(r.get("imputed", ())),
+                        tuple(r.get("clipped", ())),
+                        schema,
+                    )
+                )
                 at = end
             if at != len(values):
                 raise ValueError(f"{len(values) - at} feature values left over")
             return out
         if source == LABELS:
-            return [LabelRecord(model, str(r["event_id"]), r["label"], int(partition), int(r["o"]),
-                                int(r["i"])) for r in body["labels"]]
+            return [
+                LabelRecord(model, str(r["event_id"]), r["label"], int(partition), int(r["o"]), int(r["i"]))
+                for r in body["labels"]
+            ]
     except (KeyError, TypeError, ValueError, IndexError, struct.error) as exc:
         raise ValueError(f"not a features message: {exc!r}") from exc
     raise ValueError(f"not a features message: unknown source {source!r}")

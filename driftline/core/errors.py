@@ -8,7 +8,8 @@
     ├── SnapshotError             a model snapshot cannot be used
     │   └── SnapshotSignatureError   its HMAC does not match (tampered, or another secret)
     ├── ModelNotReady             no verified snapshot of the model exists yet
-    └── FeatureSchemaMismatch     a model was trained on other features than the API computes
+    ├── FeatureSchemaMismatch     a model was trained on other features than the API computes
+    └── RegistryError             a registry operation cannot be done as asked (no such version)
 """
 
 from __future__ import annotations

@@ -1,0 +1,250 @@
+"""The exactly-once batch protocol of both stages, apart from Faust, Kafka and Redis.
+
+Each stage keeps its state in memory and makes a batch durable in this order (docs/design.md,
+"Exactly once"):
+
+1. **handle** the batch in memory; each stage skips offsets its state already reflects;
+2. **make the effect durable**: the ingest stage sends its feature records and rejects, flushes
+   the producer, then checkpoints device states + offsets + counters in one Redis transaction;
+   the learn stage publishes a signed snapshot of each changed model, which carries its offsets;
+3. only then **acknowledge** the batch's messages, so the committed offset never runs ahead of
+   a checkpoint.
+
+A crash between any two steps replays messages from the committed offset on restart: the
+restored state skips what it already holds (by source offset), and records re-emitted downstream
+are dropped by the learner (by source position). :class:`IngestBatch` and :class:`LearnBatch` are
+those steps; the I/O they need comes in as small protocols, which the Faust agents implement with
+the broker and Redis (:mod:`driftline.streams.agents`) and unit tests implement in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from driftline.models.learner import OnlineLearner
+from driftline.models.specs import ModelSpec
+from driftline.streams.cleaning import Rejection
+from driftline.streams.features import DeviceState
+from driftline.streams.ingest import IngestStage
+
+from driftline.core import records
+from driftline.core.meta import SnapshotMeta
+from driftline.core.records import FeatureRecord
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One consumed message: what the stages need of it, whatever client read it."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+    key: bytes | None = None
+    #: The broker's timestamp (ms); ``None`` when unknown.
+    timestamp_ms: int | None = None
+    #: The client's own handle for acknowledging it (a Faust message).
+    handle: Any = None
+
+
+# --- ingest ----------------------------------------------------------------------------------
+
+
+class IngestEffects(Protocol):
+    """What the ingest stage does to the world, in the order :class:`IngestBatch` calls it."""
+
+    async def send_features(self, model: str, value: bytes) -> None: ...
+
+    async def dead_letter(self, message: Incoming, rejection: Rejection) -> None: ...
+
+    async def flush(self) -> None: ...
+
+    async def checkpoint(
+        self,
+        offsets: Mapping[int, int],
+        devices: Mapping[str, DeviceState],
+        stats: Mapping[int, Counter[str]],
+    ) -> None: ...
+
+
+@dataclass
+class IngestBatch:
+    """Steps 1 and 2 of the protocol for the ingest stage; the caller acknowledges after :meth:`run`.
+
+    Examples
+    --------
+    >>> import asyncio
+    >>> class Memory:
+    ...     sent, checkpoints = [], []
+    ...     async def send_features(self, model, value): self.sent.append(model)
+    ...     async def dead_letter(self, message, rejection): pass
+    ...     async def flush(self): pass
+    ...     async def checkpoint(self, offsets, devices, stats): self.checkpoints.append(dict(offsets))
+    >>> effects = Memory()
+    >>> batch = IngestBatch(IngestStage(models=("m",), target="y", max_message_bytes=10_000), effects)
+    >>> raw = b'{"event_id": "a", "device_id": "d", "ts": 0, "readings": {"x": 1}}'
+    >>> asyncio.run(batch.run([Incoming("sensor-events", 0, 7, raw, timestamp_ms=0)]))
+    >>> effects.sent, effects.checkpoints
+    (['m'], [{0: 7}])
+    """
+
+    stage: IngestStage
+    effects: IngestEffects
+
+    async def run(self, messages: Sequence[Incoming]) -> None:
+        # One features message per model and source partition for the whole batch: per-message
+        # costs (send, fetch, dispatch) are paid once, not per event.
+        out: dict[tuple[str, int], list[FeatureRecord]] = {}
+        for message in messages:
+            for outcome in self.stage.handle(
+                message.value, message.partition, message.offset, message.timestamp_ms
+            ):
+                if isinstance(outcome, FeatureRecord):
+                    out.setdefault((outcome.model, outcome.source_partition), []).append(outcome)
+                elif isinstance(outcome, Rejection):
+                    await self.effects.dead_letter(message, outcome)
+        for (model, _), feature_records in out.items():
+            for piece in records.chunks(feature_records):
+                await self.effects.send_features(model, records.encode(model, piece))
+        # Output first, then the checkpoint: a crash in between re-emits (the learner drops
+        # the repeats by position), never loses.
+        await self.effects.flush()
+        await self.effects.checkpoint(self.stage.offsets, self.stage.take_dirty(), self.stage.stats)
+
+    def restore(
+        self,
+        offsets: Mapping[int, int],
+        stats: Mapping[int, Counter[str]],
+        devices: Mapping[str, DeviceState],
+    ) -> None:
+        """Take the checkpoint of newly assigned partitions: the stage resumes exactly there."""
+        self.stage.offsets = dict(offsets)
+        self.stage.stats = dict(stats)
+        self.stage.devices = dict(devices)
+        self.stage.dirty = set()
+
+
+# --- learn -----------------------------------------------------------------------------------
+
+
+class LearnEffects(Protocol):
+    """What the learn stage does to the world, in the order :class:`LearnBatch` calls it."""
+
+    async def publish(self, learner: OnlineLearner) -> SnapshotMeta: ...
+
+    def ack(self, message: Incoming) -> None: ...
+
+
+@dataclass
+class LearnBatch:
+    """The learn stage's protocol: learn (step 1), publish snapshots (2), then acknowledge (3).
+
+    Messages are held, unacknowledged, until a published snapshot contains what they taught:
+    :meth:`handle` learns and holds, :meth:`publish` publishes every changed model and then
+    acknowledges everything held.
+    """
+
+    specs: dict[str, ModelSpec]
+    effects: LearnEffects
+    snapshot_every_events: int = 1000
+    snapshot_every_seconds: float = 5.0
+    topic_ids: dict[str, str] = field(default_factory=dict)
+    learners: dict[str, OnlineLearner] = field(default_factory=dict)
+    #: Learners with news since their last snapshot.
+    changed: set[str] = field(default_factory=set)
+    #: Learned from, not yet in a published snapshot.
+    unacked: list[Incoming] = field(default_factory=list)
+    unpublished_events: int = 0
+    last_snapshot: float = field(default_factory=time.monotonic)
+    #: Models whose warnings have been logged (said once, and again if they come back).
+    warned: set[str] = field(default_factory=set)
+
+    def restore(self, loaded: Iterable[OnlineLearner]) -> None:
+        """Resume from the learners of the newest snapshots; nothing is held any more."""
+        self.unacked.clear()
+        self.unpublished_events = 0
+        self.changed.clear()
+        self.learners = {}
+        for learner in loaded:
+            learner.align_topics(self.topic_ids)
+            self.learners[learner.name] = learner
+
+    def learner_for(self, name: str) -> OnlineLearner | None:
+        learner = self.learners.get(name)
+        if learner is None and name in self.specs:
+            learner = self.learners[name] = OnlineLearner.create(self.specs[name])
+            learner.align_topics(self.topic_ids)
+        return learner
+
+    def handle(self, messages: Sequence[Incoming]) -> None:
+        """Step 1: learn from each features message, holding it until a snapshot has it."""
+        for message in messages:
+            try:
+                items = records.decode(message.value)
+            except ValueError as exc:
+                # Only driftline writes this topic; a foreign message must not stop us.
+                log.error(
+                    "unreadable features message %s:%s:%s skipped: %s",
+                    message.topic,
+                    message.partition,
+                    message.offset,
+                    exc,
+                )
+                items = []
+            learner = self.learner_for(items[0].model) if items else None
+            if learner is not None:
+                learner.learn_message(message.partition, message.offset, items)
+                self.changed.add(learner.name)
+            elif items:
+                log.warning(
+                    "features for model %r, which this worker does not learn: skipped", items[0].model
+                )
+            self.unacked.append(message)
+            self.unpublished_events += max(len(items), 1)
+
+    def snapshot_due(self, now: float | None = None) -> bool:
+        if not self.unacked:
+            return False
+        now = time.monotonic() if now is None else now
+        return (
+            self.unpublished_events >= self.snapshot_every_events
+            or now - self.last_snapshot >= self.snapshot_every_seconds
+        )
+
+    async def publish(self) -> None:
+        """Steps 2 and 3: publish every changed learner, then acknowledge what they contain."""
+        for name in sorted(self.changed):
+            learner = self.learners[name]
+            meta = await self.effects.publish(learner)
+            value = meta["metric"]["value"]
+            log.info(
+                "snapshot %s v%s: %d events learned, %s=%s",
+                name,
+                meta["version"],
+                learner.events_learned,
+                meta["metric"]["name"],
+                "no data yet" if value is None else value,
+            )
+            self._say_warnings(name, meta["warnings"])
+        self.changed.clear()
+        for message in self.unacked:
+            self.effects.ack(message)
+        self.unacked.clear()
+        self.unpublished_events = 0
+        self.last_snapshot = time.monotonic()
+
+    def _say_warnings(self, name: str, warnings: list[str]) -> None:
+        # Said once when it starts (and again if it comes back), not at every snapshot.
+        if not warnings:
+            self.warned.discard(name)
+        elif name not in self.warned:
+            self.warned.add(name)
+            for warning in warnings:
+                log.warning("%s", warning)

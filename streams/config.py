@@ -1,0 +1,61 @@
+"""What the stream worker needs to know, as plain values: no settings are read below this line.
+
+:func:`driftline.worker.worker_config` builds a :class:`WorkerConfig` from the settings (the
+entry point reads them once); the Faust app, its agents and the batch protocol take it as given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from driftline.models.specs import ModelSpec
+from driftline.streams.catalog import DEFAULT_CATALOG, SensorSpec
+from driftline.streams.cleaning import TimePolicy
+from driftline.streams.features import FeatureSpec
+
+
+@dataclass(frozen=True)
+class Topics:
+    """The Kafka topics of one deployment."""
+
+    events: str = "sensor-events"
+    features: str = "sensor-features"
+    dlq: str = "sensor-dlq"
+    labels: str = "sensor-labels"
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """One stream worker's configuration (see :class:`driftline.settings.Settings` for each value)."""
+
+    #: Faust's broker URL (``kafka://host:port;...``).
+    broker: str
+    redis_url: str
+    namespace: str
+    secret: bytes
+    #: The consumer group (and Faust app id).
+    group_id: str
+    #: ``("ingest",)``, ``("learn",)`` or both.
+    stages: tuple[str, ...] = ("ingest", "learn")
+    topics: Topics = Topics()
+    specs: tuple[ModelSpec, ...] = (ModelSpec(name="default"),)
+    target: str = "power"
+    features: FeatureSpec = FeatureSpec()
+    catalog: dict[str, SensorSpec] = field(default_factory=lambda: dict(DEFAULT_CATALOG))
+    time_policy: TimePolicy = TimePolicy(allowed_lateness=300.0, max_future=60.0)
+    max_message_bytes: int = 1_000_000
+    max_batch_events: int = 1000
+    dlq_max_bytes: int = 4 * 1024 * 1024
+    device_ttl_seconds: int = 7 * 24 * 3600
+    batch_size: int = 500
+    batch_within: float = 0.5
+    snapshot_every_events: int = 1000
+    snapshot_every_seconds: float = 5.0
+    keep_versions: int = 20
+    broker_session_timeout: float = 10.0
+    broker_rebalance_timeout: float = 10.0
+    broker_heartbeat_interval: float = 1.0
+    consumer_fetch_max_wait_ms: int = 100
+    #: Faust's own local files go under it.
+    data_dir: Path = Path(".driftline")
