@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from driftline.api.model_store import ModelStore
-from driftline.api.publisher import EventPublisher
-from driftline.models.registry import ModelRegistry
 from fastapi import Depends, Request
 from redis.asyncio import Redis
 
+from driftline.api.model_store import ModelStore
+from driftline.api.publisher import EventPublisher
+from driftline.models.registry import ModelRegistry
 from driftline.settings import Settings
 
 

@@ -7,14 +7,14 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-from driftline.api.model_store import ModelStore
-from driftline.api.publisher import EventPublisher
-from driftline.api.routes import router
 from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from driftline.api.model_store import ModelStore
+from driftline.api.publisher import EventPublisher
+from driftline.api.routes import router
 from driftline.core.errors import (
     DriftlineError,
     FeatureSchemaMismatch,

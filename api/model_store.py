@@ -14,12 +14,12 @@ import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from driftline.models.learner import OnlineLearner
-from driftline.models.registry import CHAMPION, ModelRegistry
 from redis.exceptions import RedisError
 
 from driftline.core.errors import ModelNotReady, RegistryError, SnapshotError
 from driftline.core.meta import SnapshotMeta
+from driftline.models.learner import OnlineLearner
+from driftline.models.registry import CHAMPION, ModelRegistry
 
 log = logging.getLogger(__name__)
 

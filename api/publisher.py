@@ -10,12 +10,12 @@ import asyncio
 import json
 from typing import Any
 
-from driftline.streams.schema import SensorEvent
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from driftline.kafka import SensorProducer
 from driftline.settings import Settings
+from driftline.streams.schema import SensorEvent
 
 
 class EventPublisher:

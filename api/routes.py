@@ -10,24 +10,24 @@ from functools import cache
 from importlib.resources import files
 from typing import Annotated, Any
 
-from driftline.api.deps import ModelStoreDep, PublisherDep, RedisDep, RegistryDep, SettingsDep
-from driftline.api.model_store import ModelStore
-from driftline.api.stats import ingest_totals, prometheus_text
-from driftline.models.evaluation import Prediction
-from driftline.models.registry import CHAMPION, LATEST, ModelRegistry
-from driftline.streams.checkpoint import load_device_states
-from driftline.streams.cleaning import Rejection
-from driftline.streams.features import DeviceState
-from driftline.streams.ingest import featurize_reading, label_readings
-from driftline.streams.schema import Reading, SensorEvent
 from fastapi import APIRouter, Body, Header, HTTPException, Query, Response, status
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
+from driftline.api.deps import ModelStoreDep, PublisherDep, RedisDep, RegistryDep, SettingsDep
+from driftline.api.model_store import ModelStore
+from driftline.api.stats import ingest_totals, prometheus_text
 from driftline.core.errors import FeatureSchemaMismatch
 from driftline.core.meta import SnapshotMeta
+from driftline.models.evaluation import Prediction
+from driftline.models.registry import CHAMPION, LATEST, ModelRegistry
 from driftline.settings import Settings
+from driftline.streams.checkpoint import load_device_states
+from driftline.streams.cleaning import Rejection
+from driftline.streams.features import DeviceState
+from driftline.streams.ingest import featurize_reading, label_readings
+from driftline.streams.schema import Reading, SensorEvent
 
 router = APIRouter()
 
@@ -269,6 +269,25 @@ async def _device_state(device_id: str, settings: Settings, redis: Redis) -> Dev
     if raw is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no events seen from device {device_id!r}")
     return DeviceState.from_json(json.loads(raw))
+
+
+@router.get("/alerts")
+async def list_alerts(
+    registry: RegistryDep,
+    model: Annotated[str | None, Query(description="one model's alerts only")] = None,
+    signal: Annotated[str | None, Query(description="error, score or feature:<name>")] = None,
+    severity: Annotated[str | None, Query(pattern="^(warning|drift)$")] = None,
+    alert_status: Annotated[str | None, Query(alias="status", pattern="^(firing|resolved)$")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[dict[str, Any]]:
+    """Drift alerts, newest first: each change a model's detectors saw, once."""
+    return await registry.alerts(model, limit, signal=signal, severity=severity, status=alert_status)
+
+
+@router.get("/alerts/{alert_id:path}", responses={404: {"description": "no such alert"}})
+async def show_alert(alert_id: str, registry: RegistryDep) -> dict[str, Any]:
+    """One drift alert (404 if there is none with that id). Ids hold a ``/`` (``events/3``)."""
+    return await registry.alert(alert_id)
 
 
 @router.get("/stats")

@@ -9,13 +9,13 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from driftline.streams.checkpoint import load_stats
-from driftline.streams.ingest import COUNTERS
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from redis.asyncio import Redis
 
 from driftline.settings import Settings
+from driftline.streams.checkpoint import load_stats
+from driftline.streams.ingest import COUNTERS
 
 
 async def ingest_totals(redis: Redis, settings: Settings) -> dict[str, Any]:

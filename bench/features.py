@@ -19,14 +19,13 @@ import time
 import tracemalloc
 from datetime import datetime
 
-from driftline.models.learner import OnlineLearner
-from driftline.models.specs import DEFAULT_SPEC
-from driftline.streams.features import DeviceState, FeatureSpec, featurize
-from driftline.streams.ingest import IngestStage
-
 from bench.common import report
 from driftline.core.records import FeatureRecord
+from driftline.models.learner import OnlineLearner
+from driftline.models.specs import DEFAULT_SPEC
 from driftline.simulator import SensorSimulator
+from driftline.streams.features import DeviceState, FeatureSpec, featurize
+from driftline.streams.ingest import IngestStage
 
 
 def timed(fn, repeats: int) -> list[float]:  # type: ignore[no-untyped-def]

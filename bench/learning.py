@@ -31,17 +31,17 @@ import time
 from typing import Any
 
 import redis
-from driftline.models.learner import OnlineLearner
-from driftline.models.registry import ModelRegistry
-from driftline.models.specs import ESTIMATORS, ModelSpec
-from driftline.streams.ingest import IngestStage
 from redis.asyncio import Redis as AsyncRedis
 
 from bench.common import RESULTS, bench_settings, report, services, stream_bench_args, worker
 from bench.ingest import make_events, publish
 from driftline.core.records import FeatureRecord
 from driftline.kafka import ensure_topics
+from driftline.models.learner import OnlineLearner
+from driftline.models.registry import ModelRegistry
+from driftline.models.specs import ESTIMATORS, ModelSpec
 from driftline.settings import Settings
+from driftline.streams.ingest import IngestStage
 
 
 def feature_vectors(settings: Settings, events: list[dict[str, Any]]) -> list[FeatureRecord]:

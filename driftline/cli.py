@@ -10,6 +10,7 @@
     driftline replay     publish a CSV / JSON-lines file or a River dataset as events
     driftline mqtt-bridge  forward MQTT sensor topics into Kafka
     driftline models     the model registry: list | show | promote | rollback
+    driftline alerts     drift alerts: list | show
     driftline config     what the settings make the worker do (models, features, catalog)
 
 Every command reads its settings from ``DRIFTLINE_*`` variables and ``.env``; flags override them.
@@ -179,6 +180,17 @@ def cmd_mqtt_bridge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_alerts(args: argparse.Namespace) -> int:
+    from driftline import model_commands
+
+    settings = _settings()
+    if args.action == "list":
+        print(model_commands.alerts_list(settings, args.model, args.limit, as_json=args.json))
+    else:
+        print(model_commands.alerts_show(settings, args.id))
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     """Print what a worker would do with these settings (the lines it logs at startup)."""
     print("\n".join(_settings().describe()))
@@ -317,6 +329,16 @@ def build_parser() -> argparse.ArgumentParser:
     bridge.add_argument("--topic", action="append", help="topic filter, repeatable (default: sensors/#)")
     bridge.add_argument("--qos", type=int, default=1, choices=[0, 1, 2])
     bridge.set_defaults(func=cmd_mqtt_bridge)
+
+    alerts = sub.add_parser("alerts", help="drift alerts: list, show")
+    alert_actions = alerts.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = alert_actions.add_parser("list", help="the newest alerts, newest first")
+    listing.add_argument("--model", help="one model's alerts only")
+    listing.add_argument("--limit", type=int, default=20)
+    listing.add_argument("--json", action="store_true", help="everything, as JSON")
+    shown = alert_actions.add_parser("show", help="one alert, as JSON")
+    shown.add_argument("id")
+    alerts.set_defaults(func=cmd_alerts)
 
     config = sub.add_parser(
         "config",

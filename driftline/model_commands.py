@@ -215,3 +215,34 @@ def models_rollback(settings: Settings, name: str, reason: str) -> str:
     if target is None:
         return f"model {name}: champion follows latest again"
     return f"model {name}: champion rolled back to v{target}"
+
+
+def alerts_list(settings: Settings, model: str | None, limit: int, as_json: bool = False) -> str:
+    """The newest drift alerts as a table (or JSON)."""
+    found = _with_registry(settings, lambda registry: registry.alerts(model, limit))
+    if as_json:
+        return json.dumps(found, indent=2)
+    if not found:
+        return "no drift alerts" + (f" for model {model}" if model else "")
+    rows = [
+        {
+            "id": a["id"],
+            "severity": a["severity"],
+            "status": a["status"],
+            "detector": a["detector"],
+            "position": a["position"],
+            "change_point": a.get("change_point"),
+            "mean": f"{_figure(a.get('before'))} -> {_figure(a.get('after'))}",
+            "version": a.get("version"),
+        }
+        for a in found
+    ]
+    return format_table(rows, list(rows[0]))
+
+
+def alerts_show(settings: Settings, alert_id: str) -> str:
+    return json.dumps(_with_registry(settings, lambda registry: registry.alert(alert_id)), indent=2)
+
+
+def _figure(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"

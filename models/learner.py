@@ -20,11 +20,28 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from driftline.core.meta import LearnerSummary
+from driftline.core.records import FeatureRecord, Label, LabelRecord, Record
+from driftline.models.drift import DriftMonitor, DriftSpec
 from driftline.models.evaluation import Evaluation, Prediction
 from driftline.models.specs import ModelSpec
 
-from driftline.core.meta import LearnerSummary
-from driftline.core.records import FeatureRecord, Label, LabelRecord, Record
+
+def prediction_error(task: str, label: Label, prediction: Prediction) -> float | None:
+    """The error signal drift detectors watch: absolute error, or 0/1 for a classifier.
+
+    >>> prediction_error("regression", 3.0, Prediction(2.5))
+    0.5
+    >>> prediction_error("classification", "a", Prediction("b"))
+    1.0
+    """
+    if task == "classification":
+        return None if prediction.value is None else float(prediction.value != label)
+    numeric = isinstance(prediction.value, int | float) and isinstance(label, int | float)
+    if task in ("regression", "forecast") and numeric and not isinstance(label, bool):
+        return abs(float(label) - float(prediction.value))
+    return None  # anomaly models are watched on their scores
+
 
 #: Events a model may see without learning from any before it is reported as not learning.
 NOT_LEARNING_AFTER = 100
@@ -81,6 +98,10 @@ class OnlineLearner:
     orphan_labels: OrderedDict[str, tuple[float, Label]] = field(default_factory=OrderedDict)
     #: forecast: each device's last event, waiting for the next one to say what came.
     last_by_device: OrderedDict[str, Pending] = field(default_factory=OrderedDict)
+    #: The drift detectors on this model's signals, and the alerts not yet in a snapshot.
+    drift: DriftMonitor = field(default_factory=lambda: DriftMonitor.create("", "regression", DriftSpec()))
+    #: Where the record being learned came from: (source, offset, index, event time).
+    _at: tuple[str, int, int, float] = ("", -1, -1, 0.0)
 
     @classmethod
     def create(cls, spec: ModelSpec) -> OnlineLearner:
@@ -88,7 +109,23 @@ class OnlineLearner:
             spec=spec,
             model=spec.build(),
             evaluation=Evaluation.create(spec.task, spec.rolling_window, spec.positive_label),
+            drift=DriftMonitor.create(spec.name, spec.task, spec.drift),
         )
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A learner pickled before drift detection existed: its spec gains the new fields'
+        # defaults (so it equals the configured spec and resumes), and it gets a monitor.
+        spec = state["spec"]
+        if "drift" not in spec.__dict__:
+            state["spec"] = spec = ModelSpec.model_validate(dict(spec.__dict__))
+        if state.get("drift") is None:
+            state["drift"] = DriftMonitor.create(spec.name, spec.task, spec.drift)
+        self.__dict__.update(state)
+
+    def _metric_now(self) -> dict[str, Any]:
+        report = self.evaluation.report()
+        name = self.spec.metric_name
+        return {"name": name, "value": report["cumulative"][name], "rolling": report["rolling"][name]}
 
     @property
     def name(self) -> str:
@@ -120,6 +157,12 @@ class OnlineLearner:
             if position <= self.positions.get(key, (-1, -1)):
                 continue  # re-emitted by a restarted ingest stage or label relay
             self.positions[key] = position
+            self._at = (
+                key,
+                record.source_offset,
+                record.source_index,
+                record.ts if isinstance(record, FeatureRecord) else self.stream_time,
+            )
             started = time.perf_counter()
             if isinstance(record, FeatureRecord):
                 self._observe(record)
@@ -138,6 +181,7 @@ class OnlineLearner:
         self.stream_time = max(self.stream_time, record.ts)
         self.feature_schema = record.schema or self.feature_schema
         x = self.spec.select(record.features)
+        self.drift.on_features(x, *self._at, self._metric_now)
         task = self.spec.task
         if task == "forecast":
             self._forecast(record, x)
@@ -147,6 +191,7 @@ class OnlineLearner:
         if task == "anomaly":
             # Unsupervised: learn every event now; a label, if any, only scores the detector.
             self.evaluation.observe_score(prediction.value)
+            self.drift.on_score(prediction.value, *self._at, self._metric_now)
             self.model.learn_one(x)
             self.events_learned += 1
             to_learn = None
@@ -180,6 +225,9 @@ class OnlineLearner:
 
     def _score_and_learn(self, x: dict[str, float] | None, label: Label, prediction: Prediction) -> None:
         self.evaluation.update(label, prediction)
+        error = prediction_error(self.spec.task, label, prediction)
+        if error is not None:
+            self.drift.on_error(error, *self._at, self._metric_now)
         if x is not None:
             self.model.learn_one(x, label)
             self.events_learned += 1
@@ -260,4 +308,8 @@ class OnlineLearner:
             "feature_schema": self.feature_schema,
             "learn_us_per_event": 1e6 * self.learn_seconds / max(self.events_seen, 1),
             "warnings": self.warnings(),
+            "drift": {
+                signal: {"detector": w.spec.detector, "seen": w.seen, "alerts": w.alerts}
+                for signal, w in self.drift.watches.items()
+            },
         }

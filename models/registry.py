@@ -25,13 +25,13 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 import river
-from driftline.models.learner import OnlineLearner
-from driftline.models.snapshot import open_snapshot, seal_pickled
 from redis.asyncio import Redis
 
 from driftline.core.errors import ModelNotReady, RegistryError, SnapshotError
 from driftline.core.keys import Keys
 from driftline.core.meta import SignedMeta, SnapshotMeta
+from driftline.models.learner import OnlineLearner
+from driftline.models.snapshot import open_snapshot, seal_pickled
 
 LATEST = "latest"
 CHAMPION = "champion"
@@ -39,6 +39,8 @@ CHALLENGER = "challenger"
 ALIASES = (LATEST, CHAMPION, CHALLENGER)
 #: Champions remembered for rollback.
 CHAMPION_HISTORY = 20
+#: Drift alerts the Redis stream keeps (about).
+ALERT_HISTORY = 10_000
 #: Audit entries read per Redis call when walking the log back.
 AUDIT_PAGE = 500
 
@@ -97,7 +99,14 @@ class ModelRegistry:
         started = time.perf_counter()
         name = learner.name
         version = int(await self.redis.incr(self._model_key(name, "next_version")))
-        payload = pickle.dumps(learner, protocol=5)
+        # The alerts raised since the last snapshot are recorded in the same transaction as the
+        # snapshot that no longer holds them: both land, or neither (a replay raises them again).
+        alerts = learner.drift.take_outbox()
+        try:
+            payload = pickle.dumps(learner, protocol=5)
+        except BaseException:
+            learner.drift.outbox[:0] = alerts
+            raise
         meta: SignedMeta = {
             **learner.summary(),
             "version": version,
@@ -117,6 +126,15 @@ class ModelRegistry:
             tx.hset(self._model_key(name, "aliases"), LATEST, version)
             tx.sadd(self.keys.models(), name)
             tx.hset(self._model_key(name, "meta"), str(version), json.dumps(listing))
+            for alert in alerts:
+                record = json.dumps({**alert.to_json(), "version": version})
+                tx.hsetnx(self.keys.alert_records(), alert.id, record)
+                tx.xadd(
+                    self.keys.alerts(),
+                    {"id": alert.id, "alert": record},
+                    maxlen=ALERT_HISTORY,
+                    approximate=True,
+                )
             self._audit(
                 tx,
                 "publish",
@@ -126,7 +144,11 @@ class ModelRegistry:
                 events_learned=learner.events_learned,
                 size_bytes=len(blob),
             )
-            await tx.execute()
+            try:
+                await tx.execute()
+            except BaseException:
+                learner.drift.outbox[:0] = alerts  # not recorded: the next snapshot carries them
+                raise
         await self._drop_old_versions(name)
         return listing
 
@@ -296,6 +318,38 @@ class ModelRegistry:
             if len(out) == points:
                 break
         return out[::-1]
+
+    async def alerts(
+        self, model: str | None = None, count: int = 100, **match: str | None
+    ) -> list[dict[str, Any]]:
+        """The newest drift alerts (of one model, or all), newest first, in their current state;
+        ``match`` keeps those whose fields equal the values given (signal, severity, status)."""
+        out: list[dict[str, Any]] = []
+        newest = "+"
+        while len(out) < count:
+            page = await self.redis.xrevrange(self.keys.alerts(), max=newest, count=AUDIT_PAGE)
+            if not page:
+                break
+            ids = [_text(dict(fields or {})[b"id"]) for _, fields in page]
+            for record in await self.redis.hmget(self.keys.alert_records(), ids):
+                alert = json.loads(record) if record else None
+                if (
+                    alert
+                    and (model is None or alert["model"] == model)
+                    and all(str(alert.get(k)) == v for k, v in match.items() if v is not None)
+                ):
+                    out.append(alert)
+            if len(page) < AUDIT_PAGE:
+                break
+            newest = f"({_text(page[-1][0])}"
+        return out[:count]
+
+    async def alert(self, alert_id: str) -> dict[str, Any]:
+        """One alert in its current state; :class:`RegistryError` if there is none."""
+        record = await self.redis.hget(self.keys.alert_records(), alert_id)
+        if record is None:
+            raise RegistryError(f"no alert {alert_id!r}")
+        return dict(json.loads(record))
 
     async def _audit_entries(self, name: str | None) -> AsyncIterator[dict[str, Any]]:
         """Audit entries (of one model, or all), newest first, read a page at a time."""

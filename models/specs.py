@@ -23,9 +23,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Annotated, Any, Literal
 
-from driftline.models.robust import BoundedStandardScaler, RobustTargetScaler
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from river import anomaly, base, forest, linear_model, optim, preprocessing, tree
+
+from driftline.models.drift import DriftSpec
+from driftline.models.robust import BoundedStandardScaler, RobustTargetScaler
 
 Task = Literal["regression", "classification", "anomaly", "forecast"]
 TASKS: tuple[Task, ...] = ("regression", "classification", "anomaly", "forecast")
@@ -166,6 +168,8 @@ class ModelSpec(BaseModel):
     #: far past them, or when more than ``max_pending`` wait.
     label_ttl_seconds: float = Field(3600.0, gt=0)
     max_pending: int = Field(10_000, ge=1)
+    #: Drift detectors on the model's error, its features and (anomaly) its scores.
+    drift: DriftSpec = DriftSpec()
 
     @model_validator(mode="after")
     def _buildable(self) -> ModelSpec:
@@ -178,6 +182,20 @@ class ModelSpec(BaseModel):
             )
         if self.task == "forecast" and not self.target:
             raise ValueError(f"model {self.name!r}: a forecast needs the sensor to forecast (target)")
+        for signal, detector in (
+            ("features", self.drift.features),
+            ("scores", self.drift.scores),
+            ("error", self.drift.error),
+        ):
+            if (
+                detector is not None
+                and detector.binary
+                and (signal != "error" or self.task != "classification")
+            ):
+                raise ValueError(
+                    f"model {self.name!r}: drift detector {detector.detector!r} reads 0/1 values: "
+                    "it can watch a classifier's error only"
+                )
         self.build()  # raises ValueError with the reason
         return self
 

@@ -9,12 +9,11 @@ offsets in Redis together; :mod:`~driftline.streams.agents` wires all of it to F
 Faust app. See docs/design.md.
 """
 
+from driftline.core.records import FeatureRecord, LabelRecord
 from driftline.streams.cleaning import Rejection, decode_event
 from driftline.streams.features import DeviceState, featurize
 from driftline.streams.ingest import IngestStage
 from driftline.streams.schema import Reading, SensorEvent
-
-from driftline.core.records import FeatureRecord, LabelRecord
 
 __all__ = [
     "DeviceState",

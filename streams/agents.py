@@ -16,6 +16,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import faust
+from faust.types import EventT
+from pydantic import ValidationError
+from redis.asyncio import Redis
+
+from driftline.core import records
+from driftline.core.errors import ModelNotReady, SnapshotError
+from driftline.core.keys import Keys
+from driftline.core.meta import SnapshotMeta
+from driftline.core.records import LabelRecord
 from driftline.models.learner import OnlineLearner
 from driftline.models.registry import ModelRegistry
 from driftline.streams.app import StreamTopics, build_app
@@ -31,15 +40,6 @@ from driftline.streams.config import WorkerConfig
 from driftline.streams.features import DeviceState
 from driftline.streams.ingest import IngestStage
 from driftline.streams.schema import LabelEvent
-from faust.types import EventT
-from pydantic import ValidationError
-from redis.asyncio import Redis
-
-from driftline.core import records
-from driftline.core.errors import ModelNotReady, SnapshotError
-from driftline.core.keys import Keys
-from driftline.core.meta import SnapshotMeta
-from driftline.core.records import LabelRecord
 
 log = logging.getLogger(__name__)
 

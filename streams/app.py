@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import faust
-from driftline.streams.config import WorkerConfig
 from faust.transport.drivers import aiokafka as faust_kafka
+
+from driftline.streams.config import WorkerConfig
 
 
 class _PromptFetchThread(faust_kafka.AIOKafkaConsumerThread):

@@ -26,15 +26,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from driftline.core import records
+from driftline.core.meta import SnapshotMeta
+from driftline.core.records import FeatureRecord
 from driftline.models.learner import OnlineLearner
 from driftline.models.specs import ModelSpec
 from driftline.streams.cleaning import Rejection
 from driftline.streams.features import DeviceState
 from driftline.streams.ingest import IngestStage
-
-from driftline.core import records
-from driftline.core.meta import SnapshotMeta
-from driftline.core.records import FeatureRecord
 
 log = logging.getLogger(__name__)
 
@@ -200,8 +199,21 @@ class LearnBatch:
                 items = []
             learner = self.learner_for(items[0].model) if items else None
             if learner is not None:
+                raised = len(learner.drift.outbox)
                 learner.learn_message(message.partition, message.offset, items)
                 self.changed.add(learner.name)
+                for alert in learner.drift.outbox[raised:]:
+                    # Recorded (Redis) with the snapshot that holds it; said here as it happens.
+                    log.warning(
+                        "drift alert %s: %s %s on %s (%s), mean %s -> %s",
+                        alert.id,
+                        alert.severity,
+                        alert.detector,
+                        alert.signal,
+                        alert.model,
+                        alert.before,
+                        alert.after,
+                    )
             elif items:
                 log.warning(
                     "features for model %r, which this worker does not learn: skipped", items[0].model

@@ -11,10 +11,10 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Mapping
 
-from driftline.streams.features import DeviceState
 from redis.asyncio import Redis
 
 from driftline.core.keys import Keys
+from driftline.streams.features import DeviceState
 
 
 async def save_checkpoint(

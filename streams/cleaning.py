@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from pydantic import ValidationError
+from pydantic_core import from_json
+
 from driftline.streams.catalog import SensorSpec
 from driftline.streams.features import DeviceState
 from driftline.streams.schema import SensorEvent
-from pydantic import ValidationError
-from pydantic_core import from_json
 
 #: Reason codes a rejected event carries in the DLQ (header ``dl-reason``).
 TOO_LARGE = "too_large"

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from driftline.core.records import FeatureRecord
 from driftline.models.specs import ModelSpec
 from driftline.streams.catalog import DEFAULT_CATALOG, SensorSpec
 from driftline.streams.cleaning import (
@@ -33,8 +34,6 @@ from driftline.streams.cleaning import (
 )
 from driftline.streams.features import DeviceState, FeatureSpec, featurize
 from driftline.streams.schema import SensorEvent
-
-from driftline.core.records import FeatureRecord
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,8 @@ several deployments, or test runs, share one Redis; ``ns:*`` (with the colon) is
     ns:model:<name>:champions              LIST    champions as promoted, oldest first (rollback)
     ns:audit                               STREAM  every publish, promote and rollback
     ns:snapshots                           PUBSUB  {"model", "version", "action"} per change
+    ns:alerts                              STREAM  drift alerts, newest last (bounded)
+    ns:alert-records                       HASH    alert id -> alert JSON (its latest status)
     ns:configured-models                   HASH    name -> spec JSON, as the workers learn them
     ns:device:<device_id>                  STRING  DeviceState JSON (also the API's feature store)
     ns:ingest:offsets:<topic>:<topic_id>   HASH    partition -> last offset in the device states
@@ -62,6 +64,12 @@ class Keys:
 
     def snapshots_channel(self) -> str:
         return self.key("snapshots")
+
+    def alerts(self) -> str:
+        return self.key("alerts")
+
+    def alert_records(self) -> str:
+        return self.key("alert-records")
 
     def configured_models(self) -> str:
         return self.key("configured-models")

@@ -47,6 +47,8 @@ class LearnerSummary(TypedDict):
     feature_schema: str
     learn_us_per_event: float
     warnings: list[str]
+    #: signal (``error``, ``score``, ``feature:<name>``) -> {detector, seen, alerts}
+    drift: dict[str, dict[str, Any]]
 
 
 class SignedMeta(LearnerSummary):

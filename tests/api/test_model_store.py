@@ -12,8 +12,9 @@ import asyncio
 import time
 from typing import Any
 
-from driftline.api.model_store import ModelStore
 from redis.exceptions import ConnectionError as RedisConnectionError
+
+from driftline.api.model_store import ModelStore
 
 
 class SwallowingPubSub:

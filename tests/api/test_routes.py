@@ -14,20 +14,20 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
+
 from driftline.api import deps
 from driftline.api.main import create_app
 from driftline.api.model_store import ModelStore, ServedModel
+from driftline.core.errors import RegistryError
+from driftline.core.records import FeatureRecord
 from driftline.models.learner import OnlineLearner
 from driftline.models.registry import LATEST
 from driftline.models.specs import ModelSpec
+from driftline.settings import Settings
 from driftline.streams.cleaning import Rejection
 from driftline.streams.features import DeviceState
 from driftline.streams.ingest import featurize_reading, label_readings
-from fastapi.testclient import TestClient
-
-from driftline.core.errors import RegistryError
-from driftline.core.records import FeatureRecord
-from driftline.settings import Settings
 
 KEY = "k1"
 T0 = datetime(2026, 1, 1, 12, tzinfo=UTC)

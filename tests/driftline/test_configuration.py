@@ -10,11 +10,11 @@ import os
 from datetime import UTC, datetime
 
 import pytest
-from driftline.streams.catalog import DEFAULT_CATALOG
-from driftline.streams.features import DeviceState, FeatureSpec, featurize
 
 from driftline.cli import main
 from driftline.settings import Settings
+from driftline.streams.catalog import DEFAULT_CATALOG
+from driftline.streams.features import DeviceState, FeatureSpec, featurize
 
 
 @pytest.fixture(autouse=True)

@@ -7,12 +7,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from driftline.streams.schema import SensorEvent
 
 from driftline.cli import build_parser, main, replay_mapping
 from driftline.core.errors import DriftlineError
 from driftline.mqtt_bridge import mqtt_to_event
 from driftline.replay import ColumnMapping, read_rows, row_to_event, with_times
+from driftline.streams.schema import SensorEvent
 
 AT = datetime(2026, 3, 1, 12, tzinfo=UTC)
 

@@ -6,10 +6,10 @@ import os
 from collections.abc import Callable
 
 import pytest
-from driftline.streams.features import FeatureSpec
 from pydantic import ValidationError
 
 from driftline.settings import DEV_API_KEY, DEV_SECRET, Settings
+from driftline.streams.features import FeatureSpec
 
 GOOD_SECRET = "a-real-secret-of-32-characters!!"
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from driftline.streams.schema import SensorEvent
-
 from driftline.simulator import SensorSimulator
+from driftline.streams.schema import SensorEvent
 
 START = datetime(2026, 3, 1, tzinfo=UTC)
 

@@ -7,10 +7,10 @@ import time
 from typing import Any
 
 import pytest
-from driftline.api.main import create_app
 from fastapi.testclient import TestClient
 from kafka import KafkaConsumer
 
+from driftline.api.main import create_app
 from driftline.core.errors import ServiceUnavailable
 from driftline.kafka import SensorProducer, ensure_topics
 

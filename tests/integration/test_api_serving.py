@@ -9,18 +9,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
+from redis.asyncio import Redis
+
 from driftline.api.main import create_app
 from driftline.models.learner import OnlineLearner
 from driftline.models.registry import ModelRegistry
 from driftline.models.snapshot import seal_snapshot
 from driftline.models.specs import ModelSpec
+from driftline.settings import Settings
 from driftline.streams.checkpoint import save_checkpoint
 from driftline.streams.features import DeviceState, featurize
 from driftline.streams.ingest import FeatureRecord
-from fastapi.testclient import TestClient
-from redis.asyncio import Redis
-
-from driftline.settings import Settings
 
 pytestmark = pytest.mark.integration
 

@@ -8,10 +8,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from driftline.api.main import create_app
 from fastapi.testclient import TestClient
 from kafka import KafkaConsumer
 
+from driftline.api.main import create_app
 from driftline.kafka import SensorProducer, ensure_topics
 from driftline.settings import Settings
 

@@ -7,11 +7,11 @@ import time
 from typing import Any
 
 import pytest
-from driftline.api.main import create_app
 from fastapi.testclient import TestClient
 from kafka import KafkaConsumer
 from redis.asyncio import Redis
 
+from driftline.api.main import create_app
 from driftline.kafka import SensorProducer, ensure_topics
 from driftline.settings import Settings
 from driftline.simulator import SensorSimulator

@@ -10,19 +10,19 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from driftline.api.main import create_app
-from driftline.models.learner import OnlineLearner
-from driftline.streams.checkpoint import save_checkpoint
-from driftline.streams.features import DeviceState
-from driftline.streams.ingest import IngestStage
 from fastapi.testclient import TestClient
 from kafka import KafkaConsumer
 from redis.asyncio import Redis
 
+from driftline.api.main import create_app
 from driftline.core.records import FeatureRecord, decode
 from driftline.kafka import SensorProducer, ensure_topics
+from driftline.models.learner import OnlineLearner
 from driftline.settings import Settings
 from driftline.simulator import SensorSimulator
+from driftline.streams.checkpoint import save_checkpoint
+from driftline.streams.features import DeviceState
+from driftline.streams.ingest import IngestStage
 
 pytestmark = pytest.mark.integration
 

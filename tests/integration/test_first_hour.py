@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 import redis
-from driftline.api.main import create_app
 from fastapi.testclient import TestClient
 
+from driftline.api.main import create_app
 from driftline.kafka import SensorProducer
 from driftline.settings import Settings
 from driftline.simulator import SensorSimulator

@@ -19,10 +19,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from driftline.models.learner import OnlineLearner
-from driftline.models.specs import ModelSpec
-from driftline.streams.cleaning import TimePolicy
-from driftline.streams.ingest import IngestStage
 from kafka import KafkaConsumer
 from redis.asyncio import Redis
 from river import datasets, evaluate, metrics
@@ -30,9 +26,13 @@ from river.datasets import synth
 
 from driftline.core.records import FeatureRecord, LabelRecord
 from driftline.kafka import SensorProducer, ensure_topics
+from driftline.models.learner import OnlineLearner
+from driftline.models.specs import ModelSpec
 from driftline.replay import ColumnMapping, replay
 from driftline.settings import Settings
 from driftline.simulator import SensorSimulator
+from driftline.streams.cleaning import TimePolicy
+from driftline.streams.ingest import IngestStage
 
 pytestmark = pytest.mark.integration
 

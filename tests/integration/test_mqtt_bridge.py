@@ -13,12 +13,12 @@ from urllib.parse import urlparse
 
 import paho.mqtt.client as mqtt
 import pytest
-from driftline.streams.schema import SensorEvent
 from kafka import KafkaConsumer
 
 from driftline.embedded import EmbeddedMqtt, port_open
 from driftline.kafka import ensure_topics
 from driftline.mqtt_bridge import run_bridge
+from driftline.streams.schema import SensorEvent
 
 pytestmark = pytest.mark.integration
 

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from driftline.models.specs import ModelSpec
 from river import datasets, evaluate, metrics
 
+from driftline.models.specs import ModelSpec
 from driftline.settings import Settings
 
 from .conftest import settings_env

@@ -9,16 +9,16 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import pytest
-from driftline.api.main import create_app
-from driftline.models.learner import OnlineLearner
-from driftline.models.registry import CHALLENGER, CHAMPION, LATEST, ModelRegistry
-from driftline.models.specs import ModelSpec
 from fastapi.testclient import TestClient
 from redis.asyncio import Redis
 
+from driftline.api.main import create_app
 from driftline.cli import main as cli
 from driftline.core.errors import RegistryError
 from driftline.core.records import FeatureRecord
+from driftline.models.learner import OnlineLearner
+from driftline.models.registry import CHALLENGER, CHAMPION, LATEST, ModelRegistry
+from driftline.models.specs import ModelSpec
 from driftline.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from driftline.api.main import create_app
 from fastapi.testclient import TestClient
 
+from driftline.api.main import create_app
 from driftline.kafka import ensure_topics
 from driftline.settings import Settings
 

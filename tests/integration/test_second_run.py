@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 import redis
-from driftline.api.main import create_app
 from fastapi.testclient import TestClient
 
+from driftline.api.main import create_app
 from driftline.embedded import EmbeddedBroker
 from driftline.kafka import ensure_topics
 from driftline.settings import Settings

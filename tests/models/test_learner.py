@@ -7,11 +7,11 @@ import random
 from typing import Any
 
 import pytest
-from driftline.models.learner import OnlineLearner
-from driftline.models.specs import ModelSpec
 from river import metrics
 
 from driftline.core.records import FeatureRecord, LabelRecord
+from driftline.models.learner import OnlineLearner
+from driftline.models.specs import ModelSpec
 
 LINEAR = ModelSpec(name="m")
 
@@ -299,6 +299,10 @@ def test_summary_is_json_serialisable_and_exact() -> None:
         "topic_ids": {"sensor-features": "id-1"},
         "feature_schema": "abc",
         "warnings": [],
+        "drift": {
+            "error": {"detector": "adwin", "seen": 1, "alerts": 0},
+            "feature:a": {"detector": "adwin", "seen": 2, "alerts": 0},
+        },
     }
 
 

@@ -18,14 +18,14 @@ from statistics import mean
 from typing import Any
 
 import pytest
-from driftline.models.learner import OnlineLearner
-from driftline.models.robust import BoundedStandardScaler, RobustTargetScaler
-from driftline.models.specs import DEFAULT_SPEC, ESTIMATORS, ModelSpec
-from driftline.streams.ingest import IngestStage
 from river import linear_model, preprocessing
 
 from driftline.core.records import FeatureRecord
+from driftline.models.learner import OnlineLearner
+from driftline.models.robust import BoundedStandardScaler, RobustTargetScaler
+from driftline.models.specs import DEFAULT_SPEC, ESTIMATORS, ModelSpec
 from driftline.simulator import SensorSimulator
+from driftline.streams.ingest import IngestStage
 
 #: Stands for "now" in a live run: every event's broker timestamp is its event time.
 NOW = datetime(2026, 3, 10, 14, 0, tzinfo=UTC)

@@ -10,9 +10,9 @@ import struct
 from typing import Any
 
 import pytest
-from driftline.models.snapshot import MAGIC, open_snapshot, read_meta, seal_snapshot
 
 from driftline.core.errors import DriftlineError, SnapshotError, SnapshotSignatureError
+from driftline.models.snapshot import MAGIC, open_snapshot, read_meta, seal_snapshot
 
 SECRET = b"k" * 32
 MAC_SIZE = 32

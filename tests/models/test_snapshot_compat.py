@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from driftline.models.learner import OnlineLearner
 from driftline.models.snapshot import open_snapshot
 
@@ -53,3 +54,17 @@ def test_the_sealing_module_imports_neither_settings_nor_river_nor_the_stream_co
         "driftline.models",
         "driftline.models.snapshot",
     ]
+
+
+def test_a_learner_from_before_drift_detection_resumes_with_its_spec_and_a_monitor() -> None:
+    from driftline.core.records import FeatureRecord
+    from driftline.models.specs import ModelSpec
+
+    fixture = FIXTURES["snapshots"]["default-4994b9b"]
+    learner, _ = open_snapshot((DATA / fixture["file"]).read_bytes(), FIXTURES["secret"].encode())
+    # equal to the configured spec, so a restarted worker resumes it instead of starting afresh
+    assert learner.spec == ModelSpec(name="default")
+    before = learner.events_learned
+    record = FeatureRecord("default", "d", "new", 1.8e9, fixture["features"], 2.0, 9, 0)
+    assert learner.learn(record, 9, 0) and learner.events_learned == before + 1
+    assert set(learner.drift.watches) >= {"error"}

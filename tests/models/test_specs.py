@@ -10,13 +10,13 @@ import random
 from typing import Any
 
 import pytest
-from driftline.models.learner import OnlineLearner
-from driftline.models.snapshot import MAGIC, open_snapshot, seal_snapshot
-from driftline.models.specs import DEFAULT_SPEC, ESTIMATORS, ModelSpec
 from pydantic import ValidationError
 
 from driftline.core.errors import SnapshotError, SnapshotSignatureError
 from driftline.core.records import FeatureRecord
+from driftline.models.learner import OnlineLearner
+from driftline.models.snapshot import MAGIC, open_snapshot, seal_snapshot
+from driftline.models.specs import DEFAULT_SPEC, ESTIMATORS, ModelSpec
 
 SECRET = b"test-secret-key-0123456789"
 

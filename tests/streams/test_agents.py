@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from driftline.streams.agents import build_worker, dead_letter
 from driftline.streams.batches import Incoming
 from driftline.streams.cleaning import Rejection

@@ -20,16 +20,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+
+from driftline.core import records
+from driftline.core.meta import SnapshotMeta
 from driftline.models.learner import OnlineLearner
 from driftline.models.specs import ModelSpec
+from driftline.simulator import SensorSimulator
 from driftline.streams.batches import Incoming, IngestBatch, LearnBatch
 from driftline.streams.cleaning import Rejection
 from driftline.streams.features import DeviceState
 from driftline.streams.ingest import IngestStage
-
-from driftline.core import records
-from driftline.core.meta import SnapshotMeta
-from driftline.simulator import SensorSimulator
 
 SPECS = (ModelSpec(name="default"),)
 BATCH = 40

@@ -7,10 +7,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from driftline.streams.cleaning import EMPTY, INVALID, NOT_JSON, TOO_LARGE, Rejection, decode_event
-from driftline.streams.schema import MAX_NAME_LENGTH, MAX_READINGS, SensorEvent
 from hypothesis import given
 from hypothesis import strategies as st
+
+from driftline.streams.cleaning import EMPTY, INVALID, NOT_JSON, TOO_LARGE, Rejection, decode_event
+from driftline.streams.schema import MAX_NAME_LENGTH, MAX_READINGS, SensorEvent
 
 LIMIT = 1_000_000
 

@@ -7,11 +7,12 @@ from collections import deque
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
+
 from driftline.streams.catalog import DEFAULT_CATALOG, SensorSpec, load_catalog
 from driftline.streams.cleaning import CleanReadings, Rejection, TimePolicy, check_time, clean_readings
 from driftline.streams.features import DeviceState
 from driftline.streams.ingest import FeatureRecord, IngestStage
-from pydantic import ValidationError
 
 CATALOG = {
     "t": SensorSpec(unit="C", min=-10, max=50, impute="last", max_gap_seconds=60),

@@ -7,9 +7,10 @@ import math
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from driftline.streams.features import DeviceState, FeatureSpec, SensorPair, featurize
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from driftline.streams.features import DeviceState, FeatureSpec, SensorPair, featurize
 
 T0 = datetime(2026, 1, 5, 6, 0, tzinfo=UTC)  # a Monday, 06:00
 SPEC = FeatureSpec(

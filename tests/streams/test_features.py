@@ -7,6 +7,7 @@ import math
 from datetime import UTC, datetime, timedelta
 
 import pytest
+
 from driftline.streams.catalog import SensorSpec
 from driftline.streams.features import RECENT_IDS, DeviceState, FeatureSpec, featurize
 from driftline.streams.ingest import FeatureRecord, IngestStage

@@ -6,10 +6,6 @@ import json
 from typing import Any
 
 import pytest
-from driftline.models.specs import ModelSpec
-from driftline.streams.cleaning import Rejection
-from driftline.streams.features import FeatureSpec
-from driftline.streams.ingest import COUNTERS, Duplicate, IngestStage, Outcome
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -22,6 +18,10 @@ from driftline.core.records import (
     decode,
     encode,
 )
+from driftline.models.specs import ModelSpec
+from driftline.streams.cleaning import Rejection
+from driftline.streams.features import FeatureSpec
+from driftline.streams.ingest import COUNTERS, Duplicate, IngestStage, Outcome
 
 NOW_MS = 1_800_000_000_000  # the broker timestamp every message arrives with
 NOW = NOW_MS // 1000

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from driftline.streams.cleaning import Rejection, decode_event
 from driftline.streams.ingest import Duplicate, FeatureRecord, IngestStage
 from driftline.streams.schema import SensorEvent
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),

@@ -1,0 +1,93 @@
+"""A drift alert: what an operator is told when a model's world changes. Pure data, JSON in and out.
+
+The learner raises alerts as it learns (:mod:`driftline.models.drift`); they travel inside the
+model's state until the snapshot that contains them is published, which writes them to Redis in
+the same transaction (:mod:`driftline.models.registry`): an alert is recorded exactly once, and a
+replay after a crash raises the same alert with the same id at the same position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Severity = Literal["warning", "drift"]
+Status = Literal["firing", "resolved"]
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One change detected on one signal of one model.
+
+    Examples
+    --------
+    >>> alert = Alert.create("m", "error", "adwin", {}, "drift", "events/0", 120, 0, 1.7e9, 900)
+    >>> alert.id
+    'm:error:events/0:120:0'
+    >>> Alert.from_json(alert.to_json()) == alert
+    True
+    """
+
+    #: ``model:signal:source:offset:index``: the same event stream gives the same id.
+    id: str
+    model: str
+    #: ``error`` (the prequential error), ``score`` (an anomaly model's score) or ``feature:<name>``.
+    signal: str
+    detector: str
+    params: dict[str, Any]
+    severity: Severity
+    #: Where the detection happened: the source partition (``events/3``), offset and index.
+    source: str
+    offset: int
+    index: int
+    #: Event time of the record whose signal value raised it (epoch seconds).
+    event_time: float
+    #: The signal's values seen when it fired, and the estimated change point (same count), when
+    #: the detector can tell (ADWIN: where its dropped window ended).
+    position: int
+    change_point: int | None = None
+    #: The signal's mean before the change and over the recent values after it.
+    before: float | None = None
+    after: float | None = None
+    #: The model's headline metric (cumulative and rolling) when it fired.
+    metric: dict[str, Any] = field(default_factory=dict)
+    status: Status = "firing"
+    #: The model version whose snapshot recorded it (set by the registry).
+    version: int | None = None
+
+    @classmethod
+    def create(
+        cls,
+        model: str,
+        signal: str,
+        detector: str,
+        params: dict[str, Any],
+        severity: Severity,
+        source: str,
+        offset: int,
+        index: int,
+        event_time: float,
+        position: int,
+        **details: Any,
+    ) -> Alert:
+        return cls(
+            f"{model}:{signal}:{source}:{offset}:{index}",
+            model,
+            signal,
+            detector,
+            dict(params),
+            severity,
+            source,
+            offset,
+            index,
+            event_time,
+            position,
+            **details,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Alert:
+        return cls(**data)

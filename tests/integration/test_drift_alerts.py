@@ -1,0 +1,165 @@
+"""Drift alerts through the real broker, worker and Redis: the same alerts as in-process, each
+recorded once, also when the worker is killed between a detection and its snapshot."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from redis.asyncio import Redis
+from river.datasets import synth
+
+from driftline.api.main import create_app
+from driftline.core.records import FeatureRecord
+from driftline.kafka import SensorProducer
+from driftline.models.learner import OnlineLearner
+from driftline.settings import Settings
+
+from .conftest import WorkerProcess, settings_env
+
+pytestmark = pytest.mark.integration
+
+SEA = {"name": "sea", "task": "classification", "estimator": "logistic_regression"}
+BEFORE, AFTER = 3000, 2000
+
+
+def sea_events() -> list[dict[str, Any]]:
+    """SEA concept 0, then concept 3: one device, times one second apart ending now."""
+    rows = itertools.chain(
+        itertools.islice(synth.SEA(variant=0, seed=7), BEFORE),
+        itertools.islice(synth.SEA(variant=3, seed=8), AFTER),
+    )
+    start = datetime.now(UTC) - timedelta(seconds=BEFORE + AFTER)
+    return [
+        {
+            "event_id": f"sea-{i}",
+            "device_id": "sea-1",
+            "ts": (start + timedelta(seconds=i)).isoformat(),
+            "readings": {f"x{k}": float(v) for k, v in x.items()},
+            "target": bool(y),
+        }
+        for i, (x, y) in enumerate(rows)
+    ]
+
+
+def in_process(settings: Settings, events: list[dict[str, Any]], partition: int) -> list[str]:
+    spec = settings.model_specs()[0]
+    learner = OnlineLearner.create(spec)
+    for offset, event in enumerate(events):
+        record = FeatureRecord(
+            spec.name,
+            event["device_id"],
+            event["event_id"],
+            0.0,
+            event["readings"],
+            event["target"],
+            partition,
+            offset,
+        )
+        learner.learn(record, 0, offset)
+    return [alert.id for alert in learner.drift.outbox]
+
+
+def recorded(settings: Settings) -> list[dict[str, Any]]:
+    async def read() -> list[dict[str, Any]]:
+        client = Redis.from_url(settings.redis_url)
+        try:
+            return await settings.registry(client).alerts(count=1000)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(read())
+
+
+def stream_ids(settings: Settings) -> list[str]:
+    client = redis.Redis.from_url(settings.redis_url)
+    return [fields[b"id"].decode() for _, fields in client.xrange(settings.keys.alerts())]
+
+
+def seen(settings: Settings) -> int:
+    client = redis.Redis.from_url(settings.redis_url)
+    version = client.hget(settings.keys.model("sea", "aliases"), "latest")
+    if version is None:
+        return 0
+    import json
+
+    return int(json.loads(client.hget(settings.keys.model("sea", "meta"), version))["events_seen"])
+
+
+def publish(settings: Settings, events: list[dict[str, Any]]) -> None:
+    with SensorProducer(settings) as producer:
+        for event in events:
+            producer.send(event)
+
+
+def test_the_pipeline_raises_the_alerts_the_model_raises_in_process(
+    make_settings: Callable[..., Settings],
+    start_worker: Callable[[Settings], WorkerProcess],
+    wait_for: Callable[..., object],
+) -> None:
+    settings = make_settings(models=[SEA], features="raw", sensor_catalog="none")
+    start_worker(settings)
+    events = sea_events()
+    publish(settings, events)
+    wait_for(lambda: seen(settings) == len(events), 120, "every event to be learned")
+    alerts = recorded(settings)
+    partition = int(alerts[0]["source"].split("/")[1]) if alerts else 0
+    expected = in_process(settings, events, partition)
+    assert sorted(a["id"] for a in alerts) == sorted(expected)
+    error = [a for a in alerts if a["signal"] == "error"]
+    assert len(error) == 1 and BEFORE <= error[0]["offset"] <= BEFORE + 300, error
+    assert error[0]["version"] >= 1 and error[0]["status"] == "firing"
+    assert stream_ids(settings).count(error[0]["id"]) == 1
+    # what operators read: the API and the CLI
+    with TestClient(create_app(settings)) as client:
+        assert [a["id"] for a in client.get("/alerts", params={"model": "sea"}).json()] == [
+            a["id"] for a in alerts
+        ]
+        assert client.get("/alerts", params={"signal": "error"}).json() == error
+        assert client.get(f"/alerts/{error[0]['id']}").json() == error[0]
+        assert client.get("/alerts/nope").status_code == 404
+        assert client.get("/alerts", params={"severity": "bad"}).status_code == 422
+    listing = subprocess.run(
+        [sys.executable, "-m", "driftline", "alerts", "list"],
+        env=settings_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert listing.returncode == 0 and error[0]["id"] in listing.stdout, listing.stderr
+
+
+def test_a_worker_killed_between_a_detection_and_its_snapshot_records_the_alert_once(
+    make_settings: Callable[..., Settings],
+    start_worker: Callable[[Settings], WorkerProcess],
+    wait_for: Callable[..., object],
+) -> None:
+    # Snapshots only when told to: the detection is in memory only when the worker dies.
+    late = make_settings(
+        models=[SEA],
+        features="raw",
+        sensor_catalog="none",
+        snapshot_every_events=1_000_000,
+        snapshot_every_seconds=3600,
+    )
+    worker = start_worker(late)
+    events = sea_events()
+    publish(late, events)
+    wait_for(lambda: "drift alert sea:error" in worker.log_tail(2000), 120, "the detection")
+    assert stream_ids(late) == []  # not recorded yet: no snapshot since
+    worker.kill()
+    time.sleep(late.broker_session_timeout + 1)  # the dead member leaves the group
+    start_worker(late.model_copy(update={"snapshot_every_events": 100, "snapshot_every_seconds": 1.0}))
+    wait_for(lambda: seen(late) == len(events), 180, "every event to be learned after the restart")
+    ids = stream_ids(late)
+    error = [i for i in ids if i.startswith("sea:error:")]
+    assert len(error) == 1 and len(ids) == len(set(ids)), ids
