@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -37,8 +38,16 @@ def get_publisher(request: Request) -> EventPublisher:
     return publisher
 
 
+def app_stopping(request: Request) -> asyncio.Event:
+    """Set when the app shuts down: long-lived responses (the alert stream) end on it. An app
+    whose lifespan has not run (a test's) never stops: a fresh event."""
+    stopping: asyncio.Event | None = getattr(request.app.state, "stopping", None)
+    return stopping if stopping is not None else asyncio.Event()
+
+
 SettingsDep = Annotated[Settings, Depends(app_settings)]
 RedisDep = Annotated[Redis, Depends(get_redis)]
 ModelStoreDep = Annotated[ModelStore, Depends(get_model_store)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 PublisherDep = Annotated[EventPublisher, Depends(get_publisher)]
+StoppingDep = Annotated[asyncio.Event, Depends(app_stopping)]

@@ -49,6 +49,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except RedisError as exc:  # start anyway: /health says degraded, follow() retries
             log.warning("Redis unavailable at start (%s); models load when it answers", exc)
         stop_following = asyncio.Event()
+        # Long-lived responses (GET /alerts/stream) end on it too (deps.app_stopping).
+        app.state.stopping = stop_following
         follower = asyncio.create_task(
             store.follow(stop_following, FOLLOW_POLL_SECONDS), name="snapshot-follower"
         )

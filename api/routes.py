@@ -2,20 +2,34 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
+import logging
+import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from functools import cache
 from importlib.resources import files
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Header, HTTPException, Query, Response, status
+import anyio
+from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Response, status
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from driftline.api.deps import ModelStoreDep, PublisherDep, RedisDep, RegistryDep, SettingsDep
+from driftline.api.deps import (
+    ModelStoreDep,
+    PublisherDep,
+    RedisDep,
+    RegistryDep,
+    SettingsDep,
+    StoppingDep,
+)
 from driftline.api.model_store import ModelStore
 from driftline.api.stats import ingest_totals, prometheus_text
 from driftline.core.errors import FeatureSchemaMismatch
@@ -30,6 +44,7 @@ from driftline.streams.ingest import featurize_reading, label_readings
 from driftline.streams.schema import Reading, SensorEvent
 
 router = APIRouter()
+log = logging.getLogger(__name__)
 
 
 class PredictionResponse(BaseModel):
@@ -209,6 +224,24 @@ def _check_api_key(settings: Settings, key: str | None) -> None:
         )
 
 
+def api_key_name(key: str) -> str:
+    """How an API key is named where it is recorded (an alert's ack): never the key itself.
+
+    >>> api_key_name("driftline-dev-key")
+    'key-e1b0d7'
+    """
+    return "key-" + hashlib.sha256(key.encode()).hexdigest()[:6]
+
+
+def api_key_holder(settings: SettingsDep, x_api_key: Annotated[str | None, Header()] = None) -> str:
+    """The caller's API key, checked (401 without a valid one), by its :func:`api_key_name`."""
+    _check_api_key(settings, x_api_key)
+    return api_key_name(str(x_api_key))
+
+
+ApiKeyNameDep = Annotated[str, Depends(api_key_holder)]
+
+
 @router.post(
     "/events",
     status_code=status.HTTP_202_ACCEPTED,
@@ -284,10 +317,130 @@ async def list_alerts(
     return await registry.alerts(model, limit, signal=signal, severity=severity, status=alert_status)
 
 
+#: How long one XREAD of the alert stream blocks: the longest a stream takes to notice the app
+#: stopping (a new alert is sent as soon as it is recorded).
+ALERT_STREAM_BLOCK_MS = 1000
+#: Alert stream entries read per XREAD.
+ALERT_STREAM_BATCH = 100
+#: The reconnection delay the alert stream asks EventSource clients for.
+ALERT_STREAM_RETRY_MS = 1000
+_STREAM_ID = re.compile(r"\d+(-\d+)?")
+
+
+@router.get(
+    "/alerts/stream",
+    response_class=EventSourceResponse,
+    responses={
+        200: {"description": "server-sent events: `event: alert`, `id`: stream entry id, `data`: alert JSON"},
+        422: {"description": "Last-Event-ID is not a stream entry id"},
+        503: {"description": "Redis unavailable"},
+    },
+)
+async def alert_stream(
+    settings: SettingsDep,
+    redis: RedisDep,
+    stopping: StoppingDep,
+    model: Annotated[str | None, Query(description="one model's alerts only")] = None,
+    last_event_id: Annotated[
+        str | None, Header(description="resume after this stream entry id (EventSource sends it)")
+    ] = None,
+) -> EventSourceResponse:
+    """Drift alerts as they are recorded, as server-sent events: ``event: alert``, ``id`` the
+    entry's id in the alert stream, ``data`` the alert as recorded (a resolution is recorded, and
+    sent, again). From now, or after ``Last-Event-ID`` (what EventSource sends when it reconnects:
+    exactly what was missed, as far back as the stream keeps). The first message carries no data,
+    only the position (``id``) and the reconnection delay (``retry``), so a reconnect before the
+    first alert misses nothing either."""
+    if last_event_id is not None and not _STREAM_ID.fullmatch(last_event_id.strip()):
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"Last-Event-ID {last_event_id!r} is not an alert stream entry id (like 1790000000000-0)",
+        )
+    key = settings.keys.alerts()
+    # Before the response starts: Redis down is a 503 (the app's RedisError handler), not a
+    # stream that breaks.
+    newest = await redis.xrevrange(key, count=1)
+    if last_event_id is not None:
+        position = last_event_id.strip()
+    else:
+        position = _text(newest[0][0]) if newest else "0-0"  # "0-0": any entry is new
+    shutdown = anyio.Event()  # set by sse-starlette when the server is told to exit (SIGTERM)
+    return EventSourceResponse(
+        _follow_alerts(redis, key, position, model, stopping, shutdown),
+        shutdown_event=shutdown,
+        shutdown_grace_period=ALERT_STREAM_BLOCK_MS / 1000 + 1,
+    )
+
+
+async def _follow_alerts(
+    redis: Redis,
+    key: str,
+    position: str,
+    model: str | None,
+    stopping: asyncio.Event,
+    shutdown: anyio.Event,
+) -> AsyncIterator[ServerSentEvent]:
+    """Alert stream entries after ``position``, until the app stops (a disconnecting client
+    cancels it). A Redis outage mid-stream is waited out, resuming where it was."""
+    yield ServerSentEvent(id=position, retry=ALERT_STREAM_RETRY_MS, comment=f"drift alerts after {position}")
+    backoff = 0.5
+    while not (stopping.is_set() or shutdown.is_set()):
+        try:
+            replies = await redis.xread(
+                {key: position}, count=ALERT_STREAM_BATCH, block=ALERT_STREAM_BLOCK_MS
+            )
+        except RedisError as exc:
+            log.warning("alert stream: Redis unavailable (%s); retrying in %.1fs", exc, backoff)
+            yield ServerSentEvent(comment=f"Redis unavailable, retrying: {exc}")
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+            continue
+        backoff = 0.5
+        for _, entries in replies or []:
+            for entry_id, fields in entries:
+                position = _text(entry_id)
+                record = fields.get(b"alert") or fields.get("alert")
+                if record is None:
+                    continue
+                text = _text(record)
+                if model is not None and json.loads(text).get("model") != model:
+                    continue
+                yield ServerSentEvent(data=text, event="alert", id=position)
+
+
+def _text(value: bytes | str) -> str:
+    """A Redis reply as text (the app's client answers bytes)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 @router.get("/alerts/{alert_id:path}", responses={404: {"description": "no such alert"}})
 async def show_alert(alert_id: str, registry: RegistryDep) -> dict[str, Any]:
     """One drift alert (404 if there is none with that id). Ids hold a ``/`` (``events/3``)."""
     return await registry.alert(alert_id)
+
+
+class AckRequest(BaseModel):
+    #: Who acknowledges (a person, a team); without it, the API key's name.
+    by: str | None = Field(default=None, min_length=1, max_length=100)
+
+
+@router.post(
+    "/alerts/{alert_id:path}/ack",
+    responses={401: {"description": "no valid X-API-Key"}, 404: {"description": "no such alert"}},
+)
+async def ack_alert(
+    alert_id: str,
+    key_name: ApiKeyNameDep,
+    registry: RegistryDep,
+    body: Annotated[AckRequest | None, Body()] = None,
+) -> dict[str, Any]:
+    """Acknowledge an alert (header ``X-API-Key``, as for ``POST /events``): its record gains
+    ``acked_by`` (the body's ``by``, else the key's name ``key-<6 hex of its SHA-256>``),
+    ``acked_at`` and ``acked_key`` (the key's name), and the audit log an ``ack`` entry. An alert
+    already acknowledged keeps its first ack: the answer is its record either way."""
+    by = body.by.strip() if body is not None and body.by and body.by.strip() else key_name
+    alert, _ = await registry.ack_alert(alert_id, by=by, key=key_name)
+    return alert
 
 
 @router.get("/stats")
@@ -350,5 +503,5 @@ async def metrics(
 ) -> Response:
     """Prometheus exposition of ingest counters and served-model figures."""
     models = [await _describe(name, store, registry) for name in await registry.model_names()]
-    body = prometheus_text(await ingest_totals(redis, settings), models)
+    body = prometheus_text(await ingest_totals(redis, settings), models, await registry.alert_counts())
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -62,9 +62,15 @@ def summarize(per_partition: dict[int, Counter[str]]) -> dict[str, Any]:
 class _Snapshot:
     """A one-shot Prometheus collector over figures already read."""
 
-    def __init__(self, ingest: dict[str, Any], models: list[dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        ingest: dict[str, Any],
+        models: list[dict[str, Any]],
+        alerts: dict[tuple[str, str, str, str], int] | None = None,
+    ) -> None:
         self.ingest = ingest
         self.models = models
+        self.alerts = alerts or {}
 
     def collect(self) -> Any:
         events = CounterMetricFamily(
@@ -126,9 +132,22 @@ class _Snapshot:
                         scores.add_metric([model["name"], stat], value)
             refused.add_metric([model["name"]], model["refused_snapshots"])
         yield from (learned, version, metric, labels, scores, refused)
+        drift = CounterMetricFamily(
+            "driftline_drift_alerts",
+            "Drift alerts recorded (firing, and resolved)",
+            labels=["model", "signal", "severity", "status"],
+        )
+        for key, count in sorted(self.alerts.items()):
+            drift.add_metric([*key], count)
+        yield drift
 
 
-def prometheus_text(ingest: dict[str, Any], models: list[dict[str, Any]]) -> bytes:
+def prometheus_text(
+    ingest: dict[str, Any],
+    models: list[dict[str, Any]],
+    alerts: dict[tuple[str, str, str, str], int] | None = None,
+) -> bytes:
+    """The exposition; ``alerts`` counts drift alerts by (model, signal, severity, status)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Snapshot(ingest, models))
+    registry.register(_Snapshot(ingest, models, alerts))
     return generate_latest(registry)

@@ -10,7 +10,7 @@
     driftline replay     publish a CSV / JSON-lines file or a River dataset as events
     driftline mqtt-bridge  forward MQTT sensor topics into Kafka
     driftline models     the model registry: list | show | promote | rollback
-    driftline alerts     drift alerts: list | show
+    driftline alerts     drift alerts: list | show | tail | ack
     driftline config     what the settings make the worker do (models, features, catalog)
 
 Every command reads its settings from ``DRIFTLINE_*`` variables and ``.env``; flags override them.
@@ -186,6 +186,13 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     settings = _settings()
     if args.action == "list":
         print(model_commands.alerts_list(settings, args.model, args.limit, as_json=args.json))
+    elif args.action == "tail":
+        try:
+            model_commands.alerts_tail(settings, args.model, write=lambda line: print(line, flush=True))
+        except KeyboardInterrupt:
+            pass
+    elif args.action == "ack":
+        print(model_commands.alerts_ack(settings, args.id, args.by))
     else:
         print(model_commands.alerts_show(settings, args.id))
     return 0
@@ -330,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     bridge.add_argument("--qos", type=int, default=1, choices=[0, 1, 2])
     bridge.set_defaults(func=cmd_mqtt_bridge)
 
-    alerts = sub.add_parser("alerts", help="drift alerts: list, show")
+    alerts = sub.add_parser("alerts", help="drift alerts: list, show, tail, ack")
     alert_actions = alerts.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = alert_actions.add_parser("list", help="the newest alerts, newest first")
     listing.add_argument("--model", help="one model's alerts only")
@@ -338,6 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true", help="everything, as JSON")
     shown = alert_actions.add_parser("show", help="one alert, as JSON")
     shown.add_argument("id")
+    tail = alert_actions.add_parser("tail", help="follow new alerts, one line each, until Ctrl-C")
+    tail.add_argument("--model", help="one model's alerts only")
+    ack = alert_actions.add_parser("ack", help="acknowledge an alert (who and when, in its record)")
+    ack.add_argument("id")
+    ack.add_argument("--by", help="who acknowledges (default: your user name)")
     alerts.set_defaults(func=cmd_alerts)
 
     config = sub.add_parser(

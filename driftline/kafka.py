@@ -25,6 +25,7 @@ def topic_plan(settings: Settings) -> dict[str, int]:
         settings.features_topic: settings.features_partitions,
         settings.dlq_topic: settings.events_partitions,
         settings.labels_topic: settings.labels_partitions,
+        settings.alerts_topic: 1,
     }
 
 

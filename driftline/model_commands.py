@@ -1,4 +1,5 @@
-"""``driftline models list|show|promote|rollback``: the registry from a terminal.
+"""``driftline models list|show|promote|rollback`` and ``driftline alerts list|show|tail|ack``: the
+registry from a terminal.
 
 The same registry the worker publishes to and the API serves from; every promote and rollback
 goes to its audit log with the user's name and the reason given.
@@ -8,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from redis.asyncio import Redis
@@ -242,6 +245,80 @@ def alerts_list(settings: Settings, model: str | None, limit: int, as_json: bool
 
 def alerts_show(settings: Settings, alert_id: str) -> str:
     return json.dumps(_with_registry(settings, lambda registry: registry.alert(alert_id)), indent=2)
+
+
+def alerts_ack(settings: Settings, alert_id: str, by: str | None = None) -> str:
+    """Acknowledge an alert in the registry (``by``: default the user's name); the first ack stays."""
+    alert, acked = _with_registry(settings, lambda registry: registry.ack_alert(alert_id, by=by))
+    said = "acked" if acked else "was already acked"
+    return f"alert {alert_id}: {said} by {alert.get('acked_by')} at {alert.get('acked_at')}"
+
+
+#: How long one read of the alert stream blocks (Ctrl-C is answered at once either way).
+TAIL_BLOCK_MS = 1000
+
+
+def alerts_tail(settings: Settings, model: str | None = None, write: Callable[[str], None] = print) -> None:
+    """Follow the alerts recorded from now on, one line each (``write``), until interrupted. A
+    Redis that stops answering is waited out; one that does not answer at the start is an error."""
+
+    async def follow() -> None:
+        redis = Redis.from_url(settings.redis_url, socket_connect_timeout=5)
+        key = settings.keys.alerts()
+        try:
+            try:
+                newest = await redis.xrevrange(key, count=1)
+            except (RedisError, OSError) as exc:
+                raise ServiceUnavailable("Redis", settings.redis_url, str(exc)) from exc
+            position = _reply_text(newest[0][0]) if newest else "0-0"
+            print(
+                f"following drift alerts{f' of model {model}' if model else ''} (Ctrl-C stops)",
+                file=sys.stderr,
+                flush=True,
+            )
+            backoff = 0.5
+            while True:
+                try:
+                    replies = await redis.xread({key: position}, count=100, block=TAIL_BLOCK_MS)
+                except (RedisError, OSError) as exc:
+                    print(f"Redis unavailable ({exc}); retrying in {backoff:.1f}s", file=sys.stderr)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+                backoff = 0.5
+                for _, entries in replies or []:
+                    for entry_id, fields in entries:
+                        position = _reply_text(entry_id)
+                        alert = json.loads(fields.get(b"alert") or "{}")
+                        if alert and (model is None or alert.get("model") == model):
+                            write(alert_line(alert))
+        finally:
+            await redis.aclose()
+
+    asyncio.run(follow())
+
+
+def alert_line(alert: Mapping[str, Any]) -> str:
+    """One alert on one line: when (event time, UTC), model, signal, severity, status, the
+    signal's mean before -> after, who acked it, its id.
+
+    >>> print(alert_line({"id": "m:error:events/0:7:0", "model": "m", "signal": "error",
+    ...     "severity": "drift", "status": "firing", "event_time": 1790000000.0, "before": 0.02,
+    ...     "after": 0.15}))
+    2026-09-21T14:13:20Z  m  error  drift  firing  0.02 -> 0.15  m:error:events/0:7:0
+    """
+    when = alert.get("event_time")
+    at = "-" if when is None else datetime.fromtimestamp(float(when), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    acked = f"  acked by {alert['acked_by']}" if alert.get("acked_at") else ""
+    return (
+        f"{at}  {alert.get('model')}  {alert.get('signal')}  {alert.get('severity')}  "
+        f"{alert.get('status')}  {_figure(alert.get('before'))} -> {_figure(alert.get('after'))}"
+        f"{acked}  {alert.get('id')}"
+    )
+
+
+def _reply_text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _figure(value: float | None) -> str:

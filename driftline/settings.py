@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     dlq_topic: str = "sensor-dlq"
     #: Ground truth that arrives after its event: ``{"event_id": ..., "label": ...}``.
     labels_topic: str = "sensor-labels"
+    #: Drift alerts, as recorded (JSON, keyed by model).
+    alerts_topic: str = "drift-alerts"
     labels_partitions: int = Field(2, ge=1)
     events_partitions: int = Field(4, ge=1)
     features_partitions: int = Field(2, ge=1)
@@ -111,6 +113,12 @@ class Settings(BaseSettings):
     #: Versions kept per model besides the aliased ones.
     keep_versions: int = Field(20, ge=1)
     secret_key: SecretStr = SecretStr(DEV_SECRET)
+
+    #: Webhooks that get every drift alert (comma-separated URLs); ``alertmanager+http://…`` posts
+    #: Alertmanager's body (``/api/v2/alerts``), any other URL driftline's alert JSON.
+    alert_webhooks: str = ""
+    #: Longest wait for a webhook's answer (seconds); a failure is retried with backoff.
+    alert_webhook_timeout: float = Field(5.0, gt=0)
 
     # --- API ---------------------------------------------------------------------------------
     api_host: str = "127.0.0.1"
@@ -190,6 +198,9 @@ class Settings(BaseSettings):
     def faust_broker(self) -> str:
         """The broker URL in Faust's form (``kafka://host:port;host:port``)."""
         return ";".join(f"kafka://{hp}" for hp in self.kafka_bootstrap.split(","))
+
+    def webhook_urls(self) -> tuple[str, ...]:
+        return tuple(url.strip() for url in self.alert_webhooks.split(",") if url.strip())
 
     def api_key_set(self) -> frozenset[str]:
         """The accepted API keys."""

@@ -34,6 +34,7 @@ def worker_config(settings: Settings) -> WorkerConfig:
         group_id=settings.worker_id if len(stages) == 2 else f"{settings.worker_id}-{stages[0]}",
         stages=stages,
         topics=Topics(
+            alerts=settings.alerts_topic,
             events=settings.events_topic,
             features=settings.features_topic,
             dlq=settings.dlq_topic,
@@ -58,6 +59,8 @@ def worker_config(settings: Settings) -> WorkerConfig:
         broker_heartbeat_interval=settings.broker_heartbeat_interval,
         consumer_fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms,
         data_dir=settings.data_dir,
+        alert_webhooks=settings.webhook_urls(),
+        alert_webhook_timeout=settings.alert_webhook_timeout,
     )
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -39,7 +39,8 @@ DETECTORS: dict[str, tuple[type, bool]] = {
     "fhddm": (drift.binary.FHDDM, True),
 }
 
-#: The model's headline metric when an alert fires (called only then: it costs a report).
+#: What the model says of itself when an alert fires: ``{"metric": {...}, "events_learned": n}``
+#: (called only then: a metrics report costs more than a detector update).
 MetricNow = Callable[[], dict[str, Any]]
 
 #: Features made from time alone: never watched by default (a clock always "drifts").
@@ -128,24 +129,35 @@ class Watch:
     since_alert: stats.Mean = field(default_factory=stats.Mean)
     recent: Any = field(default_factory=lambda: utils.Rolling(stats.Mean(), window_size=100))
     alerts: int = 0
+    #: The alert of the change this signal is in, until a cooldown passes without another.
+    firing: Alert | None = None
 
-    def update(self, value: float, worse_only: bool) -> tuple[bool, int | None, float | None]:
-        """Feed one value; (alert?, estimated change point, mean before the change)."""
+    def update(self, value: float, worse_only: bool) -> tuple[bool, int | None, float | None, float | None]:
+        """Feed one value; (alert?, estimated change point, mean before and after the change).
+
+        ADWIN says both means itself: its window's mean before the update, and after it dropped
+        the part before the change. Other detectors: the mean since the last alert, and over the
+        last 100 values.
+        """
         self.seen += 1
-        before = self.since_alert.get() if self.since_alert.n else None
-        width = getattr(self.detector, "width", None)
-        self.detector.update(value)
+        detector = self.detector
+        estimated, width = getattr(detector, "estimation", None), getattr(detector, "width", None)
+        before = (
+            estimated if estimated is not None else (self.since_alert.get() if self.since_alert.n else None)
+        )
+        detector.update(value)
         self.since_alert.update(value)
         self.recent.update(value)
-        if not self.detector.drift_detected or self.seen <= self.quiet_until:
-            return False, None, before
-        if worse_only and before is not None and self.recent.get() <= before:
-            return False, None, before
+        if not detector.drift_detected or self.seen <= self.quiet_until:
+            return False, None, before, None
+        after = getattr(detector, "estimation", None) if estimated is not None else self.recent.get()
+        if worse_only and before is not None and after is not None and after <= before:
+            return False, None, before, after  # a change for the better: the model is improving
         change = None
-        new_width = getattr(self.detector, "width", None)
+        new_width = getattr(detector, "width", None)
         if width is not None and new_width is not None and new_width < width:
             change = self.seen - int(new_width)  # ADWIN keeps the window since the change
-        return True, change, before
+        return True, change, before, after
 
 
 @dataclass
@@ -192,8 +204,16 @@ class DriftMonitor:
         ts: float,
         metric: MetricNow,
     ) -> Alert | None:
-        fired, change, before = watch.update(value, worse_only)
+        fired, change, before, after = watch.update(value, worse_only)
         if not fired:
+            if watch.firing is not None and watch.seen >= watch.quiet_until:
+                # Stable for a whole cooldown since the change: the alert is resolved.
+                self.outbox.append(
+                    replace(
+                        watch.firing, status="resolved", resolved_position=watch.seen, resolved_event_time=ts
+                    )
+                )
+                watch.firing = None
             return None
         watch.quiet_until = watch.seen + self.spec.cooldown
         watch.alerts += 1
@@ -211,9 +231,10 @@ class DriftMonitor:
             watch.seen,
             change_point=change,
             before=before,
-            after=watch.recent.get(),
-            metric=metric(),
+            after=after,
+            **metric(),
         )
+        watch.firing = alert
         self.outbox.append(alert)
         return alert
 

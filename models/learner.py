@@ -123,9 +123,11 @@ class OnlineLearner:
         self.__dict__.update(state)
 
     def _metric_now(self) -> dict[str, Any]:
+        """What an alert records of the model when it fires."""
         report = self.evaluation.report()
         name = self.spec.metric_name
-        return {"name": name, "value": report["cumulative"][name], "rolling": report["rolling"][name]}
+        metric = {"name": name, "value": report["cumulative"][name], "rolling": report["rolling"][name]}
+        return {"metric": metric, "events_learned": self.events_learned}
 
     @property
     def name(self) -> str:

@@ -27,6 +27,7 @@ from typing import Any, cast
 import river
 from redis.asyncio import Redis
 
+from driftline.core.alerts import Alert
 from driftline.core.errors import ModelNotReady, RegistryError, SnapshotError
 from driftline.core.keys import Keys
 from driftline.core.meta import SignedMeta, SnapshotMeta
@@ -120,20 +121,29 @@ class ModelRegistry:
             "size_bytes": len(blob),
             "seal_ms": round(1000 * (time.perf_counter() - started), 3),
         }
+        records = await self._alert_records(alerts, version)
         async with self.redis.pipeline(transaction=True) as tx:
             tx.set(self._model_key(name, "blob", str(version)), blob)
             tx.zadd(self._model_key(name, "versions"), {str(version): version})
             tx.hset(self._model_key(name, "aliases"), LATEST, version)
             tx.sadd(self.keys.models(), name)
             tx.hset(self._model_key(name, "meta"), str(version), json.dumps(listing))
-            for alert in alerts:
-                record = json.dumps({**alert.to_json(), "version": version})
-                tx.hsetnx(self.keys.alert_records(), alert.id, record)
+            for alert, record in zip(alerts, records, strict=True):
+                text = json.dumps(record)
+                if alert.status == "firing":
+                    tx.hsetnx(self.keys.alert_records(), alert.id, text)  # once per id, ever
+                else:
+                    tx.hset(self.keys.alert_records(), alert.id, text)
                 tx.xadd(
                     self.keys.alerts(),
-                    {"id": alert.id, "alert": record},
+                    {"id": alert.id, "alert": text},
                     maxlen=ALERT_HISTORY,
                     approximate=True,
+                )
+                tx.hincrby(
+                    self.keys.alert_counts(),
+                    f"{alert.model}|{alert.signal}|{alert.severity}|{alert.status}",
+                    1,
                 )
             self._audit(
                 tx,
@@ -344,6 +354,38 @@ class ModelRegistry:
             newest = f"({_text(page[-1][0])}"
         return out[:count]
 
+    async def _alert_records(self, alerts: list[Alert], version: int) -> list[dict[str, Any]]:
+        """What to record of each alert: as raised (with the version recording it); a resolution
+        keeps what the firing record has gained since (its version, an acknowledgement)."""
+        resolved = [a.id for a in alerts if a.status == "resolved"]
+        current = (
+            dict(zip(resolved, await self.redis.hmget(self.keys.alert_records(), resolved), strict=True))
+            if resolved
+            else {}
+        )
+        out = []
+        for alert in alerts:
+            raised = current.get(alert.id)
+            if raised:
+                changes = {
+                    "status": alert.status,
+                    "resolved_position": alert.resolved_position,
+                    "resolved_event_time": alert.resolved_event_time,
+                }
+                out.append({**json.loads(raised), **changes})
+            else:
+                out.append({**alert.to_json(), "version": version})
+        return out
+
+    async def alert_counts(self) -> dict[tuple[str, str, str, str], int]:
+        """Alerts recorded, by (model, signal, severity, status): for Prometheus."""
+        raw = await self.redis.hgetall(self.keys.alert_counts())
+        counts: dict[tuple[str, str, str, str], int] = {}
+        for key, value in raw.items():
+            model, signal, severity, status = _text(key).split("|")
+            counts[(model, signal, severity, status)] = int(value)
+        return counts
+
     async def alert(self, alert_id: str) -> dict[str, Any]:
         """One alert in its current state; :class:`RegistryError` if there is none."""
         record = await self.redis.hget(self.keys.alert_records(), alert_id)
@@ -363,6 +405,49 @@ class ModelRegistry:
             if not page or len(page) < AUDIT_PAGE:
                 return
             newest = f"({_text(page[-1][0])}"  # exclusive: continue below the last one read
+
+    async def ack_alert(
+        self, alert_id: str, by: str | None = None, key: str | None = None
+    ) -> tuple[dict[str, Any], bool]:
+        """Acknowledge an alert: ``acked_by`` (``by``, default the user's name), ``acked_at`` and,
+        for an ack made with an API key, ``acked_key`` (the key's name, never the key) go into its
+        record, with an ``ack`` audit entry, in one transaction. The record and whether this call
+        acked it: an alert already acked keeps its first ack (idempotent, no second audit entry).
+        :class:`RegistryError` if there is no such alert."""
+        from redis.exceptions import WatchError
+
+        records = self.keys.alert_records()
+        while True:
+            async with self.redis.pipeline(transaction=True) as tx:
+                try:
+                    # Watched: a status change written meanwhile is kept, not overwritten.
+                    await tx.watch(records)
+                    raw = await tx.hget(records, alert_id)
+                    if raw is None:
+                        raise RegistryError(f"no alert {alert_id!r}")
+                    alert = dict(json.loads(raw))
+                    if alert.get("acked_at"):
+                        return alert, False
+                    at = datetime.now(UTC).isoformat()
+                    alert.update(acked_by=by or _who(), acked_at=at, **({"acked_key": key} if key else {}))
+                    tx.multi()
+                    tx.hset(records, alert_id, json.dumps(alert))
+                    extra = {"key": key} if key else {}
+                    version = int(alert.get("version") or 0)
+                    self._audit(
+                        tx,
+                        "ack",
+                        alert["model"],
+                        version,
+                        at=at,
+                        alert=alert_id,
+                        by=alert["acked_by"],
+                        **extra,
+                    )
+                    await tx.execute()
+                    return alert, True
+                except WatchError:
+                    continue
 
 
 def _text(value: bytes | str | Any) -> str:

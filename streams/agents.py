@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import faust
+import httpx
 from faust.types import EventT
 from pydantic import ValidationError
 from redis.asyncio import Redis
@@ -39,6 +40,7 @@ from driftline.streams.cleaning import Rejection
 from driftline.streams.config import WorkerConfig
 from driftline.streams.features import DeviceState
 from driftline.streams.ingest import IngestStage
+from driftline.streams.relay import AlertRelay, Channel, KafkaChannel, webhook_channels
 from driftline.streams.schema import LabelEvent
 
 log = logging.getLogger(__name__)
@@ -272,6 +274,18 @@ class Worker:
                 if self.learn.snapshot_due():
                     await self.learn.publish()
 
+    async def relay_alerts(self) -> None:
+        """Deliver recorded drift alerts to the alerts topic and the webhooks (one relay per
+        deployment holds the lease; see driftline.streams.relay). Runs until the worker stops."""
+        async with httpx.AsyncClient(timeout=self.config.alert_webhook_timeout) as client:
+            channels: list[Channel] = [KafkaChannel(self._send_and_wait, self.config.topics.alerts)]
+            channels += webhook_channels(self.config.alert_webhooks, client)
+            await AlertRelay(self.redis, self.keys, channels).run(asyncio.Event())
+
+    async def _send_and_wait(self, topic: str, key: bytes, value: bytes) -> None:
+        delivered = await self.app.producer.send(topic, key, value, None, None, None)
+        await delivered  # acknowledged by the broker before the relay moves on
+
     async def publish_due_snapshots(self) -> None:
         """Publish on time even when the stream is quiet."""
         if self.learn.snapshot_due():
@@ -296,6 +310,7 @@ def build_worker(config: WorkerConfig, topic_ids: Mapping[str, str] | None = Non
     if "learn" in config.stages:
         app.agent(topics.features, name="learn")(worker.learn_features)
         app.timer(interval=0.5)(worker.publish_due_snapshots)
+        app.task(worker.relay_alerts)
     return worker
 
 

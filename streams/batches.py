@@ -204,6 +204,9 @@ class LearnBatch:
                 self.changed.add(learner.name)
                 for alert in learner.drift.outbox[raised:]:
                     # Recorded (Redis) with the snapshot that holds it; said here as it happens.
+                    if alert.status == "resolved":
+                        log.info("drift alert %s resolved: %s stable for a cooldown", alert.id, alert.signal)
+                        continue
                     log.warning(
                         "drift alert %s: %s %s on %s (%s), mean %s -> %s",
                         alert.id,

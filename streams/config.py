@@ -23,6 +23,7 @@ class Topics:
     features: str = "sensor-features"
     dlq: str = "sensor-dlq"
     labels: str = "sensor-labels"
+    alerts: str = "drift-alerts"
 
 
 @dataclass(frozen=True)
@@ -57,5 +58,8 @@ class WorkerConfig:
     broker_rebalance_timeout: float = 10.0
     broker_heartbeat_interval: float = 1.0
     consumer_fetch_max_wait_ms: int = 100
+    #: Webhooks for drift alerts (``alertmanager+`` prefix: Alertmanager's body), and their timeout.
+    alert_webhooks: tuple[str, ...] = ()
+    alert_webhook_timeout: float = 5.0
     #: Faust's own local files go under it.
     data_dir: Path = Path(".driftline")

@@ -51,7 +51,13 @@ class Alert:
     after: float | None = None
     #: The model's headline metric (cumulative and rolling) when it fired.
     metric: dict[str, Any] = field(default_factory=dict)
+    #: Events the model had learned from when it fired (where it sits on the metric's chart).
+    events_learned: int | None = None
+    #: ``firing``; ``resolved`` once the signal has been stable for a cooldown after it.
     status: Status = "firing"
+    #: Where it was resolved: the signal's count, and the event time.
+    resolved_position: int | None = None
+    resolved_event_time: float | None = None
     #: The model version whose snapshot recorded it (set by the registry).
     version: int | None = None
 

@@ -14,6 +14,9 @@ several deployments, or test runs, share one Redis; ``ns:*`` (with the colon) is
     ns:snapshots                           PUBSUB  {"model", "version", "action"} per change
     ns:alerts                              STREAM  drift alerts, newest last (bounded)
     ns:alert-records                       HASH    alert id -> alert JSON (its latest status)
+    ns:alert-counts                        HASH    model|signal|severity|status -> alerts recorded
+    ns:alert-delivery                      HASH    channel -> last stream id delivered; counters
+    ns:alert-relay                         STRING  which worker relays alerts (a lease)
     ns:configured-models                   HASH    name -> spec JSON, as the workers learn them
     ns:device:<device_id>                  STRING  DeviceState JSON (also the API's feature store)
     ns:ingest:offsets:<topic>:<topic_id>   HASH    partition -> last offset in the device states
@@ -70,6 +73,15 @@ class Keys:
 
     def alert_records(self) -> str:
         return self.key("alert-records")
+
+    def alert_counts(self) -> str:
+        return self.key("alert-counts")
+
+    def alert_delivery(self) -> str:
+        return self.key("alert-delivery")
+
+    def alert_relay(self) -> str:
+        return self.key("alert-relay")
 
     def configured_models(self) -> str:
         return self.key("configured-models")

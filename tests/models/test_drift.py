@@ -16,6 +16,7 @@ import pytest
 from river import drift
 from river.datasets import synth
 
+from driftline.core.alerts import Alert
 from driftline.core.records import FeatureRecord
 from driftline.models.drift import DetectorSpec, DriftSpec
 from driftline.models.learner import OnlineLearner, prediction_error
@@ -31,6 +32,10 @@ def abrupt_sea(before: int, after: int, seed: int = 1) -> Iterator[tuple[dict[An
         itertools.islice(synth.SEA(variant=0, seed=seed), before),
         itertools.islice(synth.SEA(variant=3, seed=seed + 1), after),
     )
+
+
+def firing(learner: OnlineLearner) -> list[Alert]:
+    return [a for a in learner.drift.outbox if a.status == "firing"]
 
 
 def learn(
@@ -61,24 +66,27 @@ def test_error_detections_are_rivers_own_on_the_same_error_stream() -> None:
         adwin.update(error)
         if adwin.drift_detected:
             expected.append(seen)
-    got = [a.position for a in learner.drift.outbox if a.signal == "error"]
+    got = [a.position for a in firing(learner) if a.signal == "error"]
     assert got == expected and len(expected) >= 1
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_an_abrupt_concept_drift_gives_one_alert_within_300_events(seed: int) -> None:
     learner = learn(SEA, abrupt_sea(5000, 5000, seed))
-    (alert,) = learner.drift.outbox  # one change, one alert; the features did not change
+    (alert,) = firing(learner)  # one change, one alert; the features did not change
     assert alert.signal == "error" and alert.severity == "drift" and alert.status == "firing"
     assert 5000 <= alert.offset <= 5300, alert
     assert alert.id == f"sea:error:events/0:{alert.offset}:0"
     assert alert.after is not None and alert.before is not None and alert.after > alert.before
-    assert alert.metric["name"] == "Accuracy"
+    assert alert.metric["name"] == "Accuracy" and alert.events_learned == alert.offset
+    # stable again for a whole cooldown: the same alert, resolved
+    (resolved,) = [a for a in learner.drift.outbox if a.status == "resolved"]
+    assert resolved.id == alert.id and resolved.resolved_position == alert.position + 1000
 
 
 def test_a_regression_drift_is_seen_at_each_change_point() -> None:
     stream = itertools.islice(synth.FriedmanDrift(drift_type="gra", position=(5000, 8000), seed=1), 10_000)
-    alerts = learn(ModelSpec(name="f"), stream).drift.outbox
+    alerts = firing(learn(ModelSpec(name="f"), stream))
     offsets = [a.offset for a in alerts if a.signal == "error"]
     assert len(offsets) == 2 and 5000 <= offsets[0] <= 5300 and 8000 <= offsets[1] <= 8300, offsets
 
@@ -89,7 +97,7 @@ def test_a_shifted_input_is_seen_without_any_label() -> None:
         (x if i < 5000 else {**x, 1: x[1] + 3.0}, None)  # about one standard deviation
         for i, (x, _) in enumerate(itertools.islice(synth.SEA(variant=0, seed=4), 10_000))
     )
-    alerts = learn(SEA, stream).drift.outbox
+    alerts = firing(learn(SEA, stream))
     assert [(a.signal, a.severity) for a in alerts] == [("feature:1", "warning")]
     assert 5000 <= alerts[0].offset <= 5300
 
