@@ -44,6 +44,7 @@ import multiprocessing
 import os
 import queue
 import statistics
+import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -153,7 +154,7 @@ SCENARIOS = {
     for s in (
         Scenario(
             "sea",
-            "SEA, abrupt (0→3→0…)",
+            "SEA abrupt (0→3→0…)",
             "classification",
             "logistic_regression",
             sea_abrupt,
@@ -162,7 +163,7 @@ SCENARIOS = {
         ),
         Scenario(
             "agrawal",
-            "Agrawal, abrupt (0→4→0…)",
+            "Agrawal abrupt (0→4→0…)",
             "classification",
             "logistic_regression",
             agrawal_abrupt,
@@ -171,7 +172,7 @@ SCENARIOS = {
         ),
         Scenario(
             "sea_gradual",
-            f"SEA, gradual (width {WIDTH})",
+            f"SEA gradual (0→3→0…, width {WIDTH})",
             "classification",
             "logistic_regression",
             sea_gradual,
@@ -181,7 +182,7 @@ SCENARIOS = {
         ),
         Scenario(
             "friedman",
-            "Friedman, abrupt (gra)",
+            "Friedman abrupt (gra)",
             "regression",
             "linear_regression",
             friedman_abrupt,
@@ -406,10 +407,11 @@ def plot(traces: list[dict[str, Any]], window: int, path: Any) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     shown = [t for t in traces if t["errors"] is not None]
-    figure, axes = plt.subplots(len(shown), 1, figsize=(12, 2.6 * len(shown)), sharex=True)
-    rolling = 500
+    figure, axes = plt.subplots(len(shown), 1, figsize=(12, 2.7 * len(shown)), sharex=True)
+    rolling = 250
     for ax, t in zip(axes, shown, strict=True):
         scenario = SCENARIOS[t["key"]]
         offsets, errors = t["errors"]
@@ -417,34 +419,43 @@ def plot(traces: list[dict[str, Any]], window: int, path: Any) -> None:
         for k, e in enumerate(errors):
             total += e - (errors[k - rolling] if k >= rolling else 0.0)
             means.append(total / min(k + 1, rolling))
+        # The first events' error (an untrained model) would flatten everything after it.
+        settled = [m for o, m in zip(offsets, means, strict=True) if o >= WARM_UP]
+        top = 1.35 * max(settled)
+        ax.set_ylim(0 if scenario.task == "classification" else 0.8 * min(settled), top)
         ax.plot(offsets, means, color="tab:blue", linewidth=1, label=f"rolling error ({rolling} events)")
+        ax.axvspan(0, WARM_UP, color="0.5", alpha=0.2, zorder=0)
         for k, c in enumerate(t["changes"]):
             if scenario.early:
-                ax.axvspan(c - WIDTH // 2, c + WIDTH // 2, color="0.85", zorder=0)
-            ax.axvline(c, color="black", linestyle="--", linewidth=1, label="true change" if k == 0 else None)
-            ax.axvspan(c, c + window, color="tab:green", alpha=0.07, zorder=0)
-        at = dict(zip(offsets, means, strict=True))
+                ax.axvspan(c - WIDTH // 2, c + WIDTH // 2, color="tab:orange", alpha=0.2, zorder=0)
+            ax.axvspan(c, c + window, color="tab:green", alpha=0.08, zorder=0)
+            ax.axvline(
+                c, color="black", linestyle="--", linewidth=1.2, label="true change" if k == 0 else None
+            )
         alerts = t["alerts"][DEFAULT_DETECTOR]
+        for a in alerts:
+            ax.axvline(a, color="tab:red", linewidth=1, alpha=0.8)
         ax.plot(
             alerts,
-            [at[a] for a in alerts],
+            [0.93 * top] * len(alerts),
             "v",
             color="tab:red",
             markersize=9,
-            label=f"{DEFAULT_DETECTOR} alert",
+            label=f"{DEFAULT_DETECTOR} alert (default detector)",
         )
-        for a in alerts:
-            ax.axvline(a, color="tab:red", linewidth=0.8, alpha=0.6)
-        ax.axvspan(0, WARM_UP, color="0.6", alpha=0.15, zorder=0)
-        unit = "0/1 error" if scenario.task == "classification" else "|error|"
+        handles, _ = ax.get_legend_handles_labels()
+        handles += [
+            Patch(color="0.5", alpha=0.2, label=f"warm-up ({WARM_UP:,})"),
+            Patch(color="tab:green", alpha=0.15, label=f"detection window ({window:,})"),
+        ]
+        if scenario.early:
+            handles.append(Patch(color="tab:orange", alpha=0.3, label=f"transition (width {WIDTH:,})"))
+        unit = "0/1 error" if scenario.task == "classification" else "absolute error"
         ax.set_title(f"{scenario.title}: {scenario.estimator}, seed {t['seed']}", fontsize=10, loc="left")
         ax.set_ylabel(unit)
-        ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-        ax.legend(loc="upper right", fontsize=8, ncol=3)
-    axes[-1].set_xlabel(
-        f"event (grey: warm-up; green: {window}-event detection window; gradual: transition width)"
-    )
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    axes[-1].set_xlabel("event")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -462,16 +473,16 @@ COLUMNS = (
     "delay mean",
     "delay p90",
     "misses",
-    "false alarms: stationary",
+    "false alarms, stationary",
     "in drift streams",
-    "per 100k",
+    "per 100k events",
 )
 
 
 def table_rows(rows: list[dict[str, Any]]) -> list[tuple[str, ...]]:
     return [
         (
-            r["title"],
+            r["title"].split(" (")[0],
             r["detector"],
             f"{r['detected']}/{r['changes']}",
             _fmt(r["delay_mean"]),
@@ -493,6 +504,8 @@ def markdown(rows: list[dict[str, Any]], costs: dict[str, Any], config: dict[str
         f"detection window {config['window']:,} events, default warm-up/cooldown "
         f"({WARM_UP:,}/{DriftSpec().cooldown:,}), increases only; false alarms over every event "
         "watched outside the windows after the warm-up, a stationary run per stream included.",
+        "",
+        "Streams: " + "; ".join(s.title for s in SCENARIOS.values()) + ".",
         "",
         "| " + " | ".join(COLUMNS) + " |",
         "|" + "|".join(["---", "---"] + ["---:"] * (len(COLUMNS) - 2)) + "|",
@@ -538,7 +551,7 @@ def main(argv: list[str] | None = None) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 132)
     jobs: list[tuple[Callable[..., Any], tuple[Any, ...], int]] = []  # (task, args, work units)
     for key in {s.stationary_key for s in SCENARIOS.values()}:
         work = stationary_n * (1 + len(SCENARIOS[key].detectors))
@@ -647,9 +660,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     (RESULTS / "drift.md").write_text(markdown(rows, costs, config))
     plot(sorted(traces, key=lambda t: list(SCENARIOS).index(t["key"])), args.window, RESULTS / "drift.png")
-    console.print(
-        f"results: {RESULTS / 'drift.json'}, {RESULTS / 'drift.md'}, {RESULTS / 'drift.png'} ({elapsed:.0f} s)"
-    )
+    console.print(f"results: {RESULTS}/drift.json, drift.md, drift.png ({elapsed:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -35,6 +35,9 @@ from driftline.kafka import ensure_topics
 from driftline.running import remove_stack_file, write_stack_file
 from driftline.settings import Settings
 
+#: Events after which ``driftline up``'s simulated world changes (DRIFTLINE_SIM_DRIFT_AFTER).
+DEMO_DRIFT_AFTER = 3000
+
 
 @dataclass
 class Child:
@@ -140,7 +143,18 @@ def run_up(settings: Settings, data_dir: Path = Path(".driftline"), simulate: bo
         stack.children.append(spawn("worker", ["worker"], env, logs))
         stack.children.append(spawn("api", ["api"], env, logs))
         if simulate:
+            # The demo shows what driftline is for: unless told otherwise, the simulated world
+            # changes after a while, and the model's drift alert follows within minutes.
+            drift_after = (
+                settings.sim_drift_after if settings.sim_drift_after is not None else DEMO_DRIFT_AFTER
+            )
+            env["DRIFTLINE_SIM_DRIFT_AFTER"] = str(drift_after)
             stack.children.append(spawn("simulator", ["simulate"], env, logs))
+            _say(
+                f"simulated sensors: their power draw changes after {drift_after:,} events "
+                f"(about {drift_after / settings.sim_rate / 60:.0f} min): watch the dashboard for the "
+                "drift alert"
+            )
         base = f"http://{settings.api_host}:{api_port}"
         _say(f"API:        {base}   (docs: {base}/docs, health: {base}/health)")
         _say(f"dashboard:  {base}/dashboard   (every model's metrics over time, live)")

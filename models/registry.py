@@ -335,13 +335,20 @@ class ModelRegistry:
         """The newest drift alerts (of one model, or all), newest first, in their current state;
         ``match`` keeps those whose fields equal the values given (signal, severity, status)."""
         out: list[dict[str, Any]] = []
+        listed: set[str] = set()
         newest = "+"
         while len(out) < count:
             page = await self.redis.xrevrange(self.keys.alerts(), max=newest, count=AUDIT_PAGE)
             if not page:
                 break
-            ids = [_text(dict(fields or {})[b"id"]) for _, fields in page]
-            for record in await self.redis.hmget(self.keys.alert_records(), ids):
+            # A resolution is a second entry under the same id: each alert is listed once.
+            ids = [
+                i
+                for i in dict.fromkeys(_text(dict(fields or {})[b"id"]) for _, fields in page)
+                if i not in listed
+            ]
+            listed.update(ids)
+            for record in await self.redis.hmget(self.keys.alert_records(), ids) if ids else []:
                 alert = json.loads(record) if record else None
                 if (
                     alert

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -103,3 +107,51 @@ def _wait_for(condition: Callable[[], object], timeout: float, what: str, every:
 def wait_for() -> Callable[..., object]:
     """``wait_for(condition, timeout, what)``: poll until truthy, fail with a message on timeout."""
     return _wait_for
+
+
+class Receiver:
+    """A local HTTP server that records the bodies it accepts."""
+
+    def __init__(self, fail_first: int = 0, hang: bool = False) -> None:
+        self.fail_first, self.hang = fail_first, hang
+        self.requests = 0
+        self.bodies: list[Any] = []
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with receiver.lock:
+                    receiver.requests += 1
+                    failing = receiver.requests <= receiver.fail_first
+                if receiver.hang:
+                    time.sleep(30)  # never answers within the webhook timeout
+                    return
+                if failing:
+                    self.send_response(500)
+                else:
+                    with receiver.lock:
+                        receiver.bodies.append(body)
+                    self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def received(self) -> list[tuple[str, str]]:
+        with self.lock:
+            return [
+                (b["id"], b["status"])
+                if isinstance(b, dict)
+                else (b[0]["labels"]["alert_id"], "resolved" if "endsAt" in b[0] else "firing")
+                for b in self.bodies
+            ]

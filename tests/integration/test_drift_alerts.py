@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 import redis
 from fastapi.testclient import TestClient
+from kafka import KafkaConsumer
 from redis.asyncio import Redis
 from river.datasets import synth
 
@@ -24,7 +26,7 @@ from driftline.kafka import SensorProducer
 from driftline.models.learner import OnlineLearner
 from driftline.settings import Settings
 
-from .conftest import WorkerProcess, settings_env
+from .conftest import Receiver, WorkerProcess, settings_env
 
 pytestmark = pytest.mark.integration
 
@@ -51,7 +53,7 @@ def sea_events() -> list[dict[str, Any]]:
     ]
 
 
-def in_process(settings: Settings, events: list[dict[str, Any]], partition: int) -> list[str]:
+def in_process(settings: Settings, events: list[dict[str, Any]], partition: int) -> list[tuple[str, str]]:
     spec = settings.model_specs()[0]
     learner = OnlineLearner.create(spec)
     for offset, event in enumerate(events):
@@ -66,7 +68,7 @@ def in_process(settings: Settings, events: list[dict[str, Any]], partition: int)
             offset,
         )
         learner.learn(record, 0, offset)
-    return [alert.id for alert in learner.drift.outbox]
+    return [(alert.id, alert.status) for alert in learner.drift.outbox]
 
 
 def recorded(settings: Settings) -> list[dict[str, Any]]:
@@ -113,12 +115,13 @@ def test_the_pipeline_raises_the_alerts_the_model_raises_in_process(
     wait_for(lambda: seen(settings) == len(events), 120, "every event to be learned")
     alerts = recorded(settings)
     partition = int(alerts[0]["source"].split("/")[1]) if alerts else 0
-    expected = in_process(settings, events, partition)
-    assert sorted(a["id"] for a in alerts) == sorted(expected)
+    # the same alerts, in the same order, raised and resolved at the same positions
+    assert stream_entries(settings) == in_process(settings, events, partition)
     error = [a for a in alerts if a["signal"] == "error"]
     assert len(error) == 1 and BEFORE <= error[0]["offset"] <= BEFORE + 300, error
-    assert error[0]["version"] >= 1 and error[0]["status"] == "firing"
-    assert stream_ids(settings).count(error[0]["id"]) == 1
+    assert error[0]["version"] >= 1 and error[0]["status"] == "resolved"
+    assert error[0]["resolved_position"] == error[0]["position"] + 1000
+    assert stream_entries(settings).count((error[0]["id"], "firing")) == 1
     # what operators read: the API and the CLI
     with TestClient(create_app(settings)) as client:
         assert [a["id"] for a in client.get("/alerts", params={"model": "sea"}).json()] == [
@@ -138,28 +141,56 @@ def test_the_pipeline_raises_the_alerts_the_model_raises_in_process(
     assert listing.returncode == 0 and error[0]["id"] in listing.stdout, listing.stderr
 
 
-def test_a_worker_killed_between_a_detection_and_its_snapshot_records_the_alert_once(
+def test_a_worker_killed_between_a_detection_and_its_snapshot_records_and_delivers_the_alert_once(
     make_settings: Callable[..., Settings],
     start_worker: Callable[[Settings], WorkerProcess],
     wait_for: Callable[..., object],
 ) -> None:
     # Snapshots only when told to: the detection is in memory only when the worker dies.
+    receiver = Receiver()
     late = make_settings(
         models=[SEA],
         features="raw",
         sensor_catalog="none",
         snapshot_every_events=1_000_000,
         snapshot_every_seconds=3600,
+        alert_webhooks=receiver.url,
     )
     worker = start_worker(late)
     events = sea_events()
     publish(late, events)
     wait_for(lambda: "drift alert sea:error" in worker.log_tail(2000), 120, "the detection")
-    assert stream_ids(late) == []  # not recorded yet: no snapshot since
+    assert stream_entries(late) == []  # not recorded yet: no snapshot since
     worker.kill()
     time.sleep(late.broker_session_timeout + 1)  # the dead member leaves the group
     start_worker(late.model_copy(update={"snapshot_every_events": 100, "snapshot_every_seconds": 1.0}))
     wait_for(lambda: seen(late) == len(events), 180, "every event to be learned after the restart")
-    ids = stream_ids(late)
-    error = [i for i in ids if i.startswith("sea:error:")]
-    assert len(error) == 1 and len(ids) == len(set(ids)), ids
+    entries = stream_entries(late)
+    firing = [alert_id for alert_id, status in entries if status == "firing"]
+    assert len(firing) == 1 and firing[0].startswith("sea:error:"), entries
+    assert len(entries) == len(set(entries)), entries  # each (id, status) once: firing, resolved
+    # delivered once to the topic and to the webhook (after the dead worker's relay lease ran out)
+    wait_for(lambda: receiver.received() == entries, 60, "the webhook to get each entry once")
+    wait_for(lambda: topic_entries(late) == entries, 30, "the drift-alerts topic to hold each entry once")
+    receiver.server.shutdown()
+
+
+def stream_entries(settings: Settings) -> list[tuple[str, str]]:
+    client = redis.Redis.from_url(settings.redis_url)
+    alerts = [json.loads(fields[b"alert"]) for _, fields in client.xrange(settings.keys.alerts())]
+    return [(a["id"], a["status"]) for a in alerts]
+
+
+def topic_entries(settings: Settings) -> list[tuple[str, str]]:
+    consumer = KafkaConsumer(
+        settings.alerts_topic,
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=2000,
+    )
+    try:
+        alerts = [json.loads(message.value) for message in consumer]
+    finally:
+        consumer.close()
+    return [(a["id"], a["status"]) for a in alerts]
