@@ -8,17 +8,21 @@ implement only what the routes call; the real Redis, registry and broker are exe
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import redis.exceptions
 from fastapi.testclient import TestClient
 
 from driftline.api import deps
 from driftline.api.main import create_app
 from driftline.api.model_store import ModelStore, ServedModel
+from driftline.api.routes import api_key_name
 from driftline.core.errors import RegistryError
 from driftline.core.records import FeatureRecord
 from driftline.models.learner import OnlineLearner
@@ -42,13 +46,57 @@ def _bytes(value: str | bytes) -> bytes:
     return value if isinstance(value, bytes) else value.encode()
 
 
+Entry = tuple[bytes, dict[bytes, bytes]]
+
+
+def _entry_key(entry_id: str | bytes) -> tuple[int, int]:
+    ms, _, seq = _bytes(entry_id).decode().partition("-")
+    return int(ms), int(seq or 0)
+
+
 class FakeRedis:
-    """Strings and hashes in memory, answered as bytes like the real client (no decode_responses)."""
+    """Strings, hashes and streams in memory, answered as bytes like the real client (no
+    decode_responses). A stream read that finds nothing takes from ``arriving`` (what comes in
+    while a client waits), or else calls ``idle`` (a test stops the app there)."""
 
     def __init__(self, reachable: bool = True) -> None:
         self.reachable = reachable
         self.strings: dict[str, bytes] = {}
         self.hashes: dict[str, dict[bytes, bytes]] = {}
+        self.streams: dict[str, list[Entry]] = {}
+        self.arriving: list[tuple[str, Entry]] = []
+        self.idle: Callable[[], None] = lambda: None
+        self.failures: list[Exception] = []  # raised by the next stream reads, one each
+
+    def add_entry(self, key: str, entry_id: str, fields: dict[str, str]) -> None:
+        self.streams.setdefault(key, []).append(
+            (_bytes(entry_id), {_bytes(k): _bytes(v) for k, v in fields.items()})
+        )
+
+    async def xrevrange(
+        self, key: str, max: str = "+", min: str = "-", count: int | None = None
+    ) -> list[Entry]:
+        if not self.reachable:
+            raise redis.exceptions.ConnectionError("Error 111 connecting to 127.0.0.1:6379")
+        return self.streams.get(key, [])[::-1][:count]
+
+    async def xread(self, streams: dict[str, str], count: int | None = None, block: int | None = None) -> Any:
+        if self.failures:
+            raise self.failures.pop(0)
+        replies = []
+        for key, after in streams.items():
+            newer = [e for e in self.streams.get(key, []) if _entry_key(e[0]) > _entry_key(after)][:count]
+            if newer:
+                replies.append([_bytes(key), newer])
+        if replies:
+            return replies
+        if self.arriving:
+            key, entry = self.arriving.pop(0)
+            self.streams.setdefault(key, []).append(entry)
+        else:
+            self.idle()
+        await asyncio.sleep(0.01)
+        return []
 
     def put(self, key: str, value: str | bytes) -> None:
         self.strings[key] = _bytes(value)
@@ -85,6 +133,8 @@ class FakeRegistry:
         self.pinned: dict[str, dict[str, int]] = {}
         self.audit_log: list[dict[str, Any]] = []  # newest first
         self.history_asked: list[tuple[str, int]] = []
+        self.alert_records: dict[str, dict[str, Any]] = {}
+        self.acks: list[tuple[str, str | None, str | None]] = []
 
     def add(self, meta: dict[str, Any]) -> None:
         self.metas.setdefault(meta["model"], {})[meta["version"]] = meta
@@ -117,6 +167,19 @@ class FakeRegistry:
         self.history_asked.append((name, points))
         return []
 
+    async def alert(self, alert_id: str) -> dict[str, Any]:
+        if alert_id not in self.alert_records:
+            raise RegistryError(f"no alert {alert_id!r}")
+        return self.alert_records[alert_id]
+
+    async def ack_alert(
+        self, alert_id: str, by: str | None = None, key: str | None = None
+    ) -> tuple[dict[str, Any], bool]:
+        alert = await self.alert(alert_id)
+        self.acks.append((alert_id, by, key))
+        alert.update(acked_by=by, acked_at=T0.isoformat(), acked_key=key)
+        return alert, True
+
 
 class RecordingPublisher:
     """Stands in for Kafka: records each batch and answers what it is told to."""
@@ -137,6 +200,7 @@ def serve(
     registry: FakeRegistry | None = None,
     store: ModelStore | None = None,
     publisher: RecordingPublisher | None = None,
+    stopping: asyncio.Event | None = None,
 ) -> TestClient:
     """A client of the app with the doubles as its resources (not entered: no lifespan)."""
     settings = settings or make_settings()
@@ -150,6 +214,8 @@ def serve(
     app.dependency_overrides[deps.get_registry] = lambda: registry
     app.dependency_overrides[deps.get_model_store] = lambda: store
     app.dependency_overrides[deps.get_publisher] = lambda: publisher
+    if stopping is not None:
+        app.dependency_overrides[deps.app_stopping] = lambda: stopping
     return TestClient(app)
 
 
@@ -494,3 +560,137 @@ def test_health_is_ok_with_the_served_versions_and_503_when_redis_does_not_answe
     assert ok.json() == {"status": "ok", "redis": True, "models": {learner.name: 4}}
     assert down.status_code == 503
     assert down.json()["status"] == "degraded"
+
+
+# --- /alerts: acknowledging, and the stream -----------------------------------------------------
+
+ALERT_ID = "m:error:events/2:5087:0"
+
+
+def alert_record(alert_id: str = ALERT_ID, model: str = "m", **changes: Any) -> dict[str, Any]:
+    return {
+        "id": alert_id,
+        "model": model,
+        "signal": "error",
+        "severity": "drift",
+        "status": "firing",
+    } | changes
+
+
+@pytest.mark.parametrize("headers", [{}, {"X-API-Key": "wrong"}, {"X-API-Key": ""}])
+def test_ack_without_a_valid_api_key_is_401_and_acks_nothing(headers: dict[str, str]) -> None:
+    registry = FakeRegistry()
+    registry.alert_records[ALERT_ID] = alert_record()
+
+    response = serve(registry=registry).post(f"/alerts/{ALERT_ID}/ack", json={"by": "eve"}, headers=headers)
+
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"] == "ApiKey"
+    assert registry.acks == []
+
+
+def test_ack_of_an_unknown_alert_is_404() -> None:
+    response = serve().post("/alerts/m:error:events/0:1:0/ack", headers={"X-API-Key": KEY})
+
+    assert response.status_code == 404
+    assert response.json()["detail"] == "no alert 'm:error:events/0:1:0'"
+
+
+def test_ack_records_the_name_given_or_the_keys_name_and_never_the_key() -> None:
+    registry = FakeRegistry()
+    registry.alert_records[ALERT_ID] = alert_record()
+    registry.alert_records["other"] = alert_record("other")
+    client = serve(registry=registry)
+
+    named = client.post(f"/alerts/{ALERT_ID}/ack", json={"by": " alice "}, headers={"X-API-Key": KEY})
+    anonymous = client.post("/alerts/other/ack", headers={"X-API-Key": KEY})
+
+    assert named.status_code == anonymous.status_code == 200
+    assert (named.json()["acked_by"], named.json()["acked_key"]) == ("alice", api_key_name(KEY))
+    assert anonymous.json()["acked_by"] == api_key_name(KEY)
+    assert api_key_name(KEY).startswith("key-") and len(api_key_name(KEY)) == 10
+    assert registry.acks == [
+        (ALERT_ID, "alice", api_key_name(KEY)),
+        ("other", api_key_name(KEY), api_key_name(KEY)),
+    ]
+    assert KEY not in json.dumps([named.json(), anonymous.json()])
+    too_long = client.post("/alerts/other/ack", json={"by": "x" * 101}, headers={"X-API-Key": KEY})
+    assert too_long.status_code == 422
+
+
+def sse_messages(text: str) -> list[dict[str, str]]:
+    """Server-sent events as dicts of their fields (comments under ``:``), in order."""
+    messages = []
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        fields: dict[str, str] = {}
+        for line in block.splitlines():
+            name, _, value = line.partition(":")
+            fields[name] = value.removeprefix(" ")
+        if fields:
+            messages.append(fields)
+    return messages
+
+
+def stream_redis(settings: Settings, stopping: asyncio.Event) -> FakeRedis:
+    """An alert stream holding one entry (1-0) when a client connects; then an alert of model m
+    (2-0) and one of model other (3-0) arrive; with nothing more, the app stops."""
+    fake = FakeRedis()
+    key = settings.keys.alerts()
+    fake.add_entry(key, "1-0", {"id": "old", "alert": json.dumps(alert_record("old"))})
+    for entry_id, alert in (("2-0", alert_record("new-m")), ("3-0", alert_record("new-o", model="other"))):
+        fields = {b"id": alert["id"].encode(), b"alert": json.dumps(alert).encode()}
+        fake.arriving.append((key, (entry_id.encode(), fields)))
+    fake.idle = stopping.set
+    return fake
+
+
+def test_alert_stream_sends_each_alert_recorded_after_connecting_as_an_event_with_its_stream_id() -> None:
+    settings = make_settings()
+    stopping = asyncio.Event()
+    client = serve(settings, redis=stream_redis(settings, stopping), stopping=stopping)
+
+    response = client.get("/alerts/stream")
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    opening, *events = sse_messages(response.text)
+    assert opening == {"": "drift alerts after 1-0", "id": "1-0", "retry": "1000"}  # no data: no event
+    assert [e["id"] for e in events] == ["2-0", "3-0"]
+    assert {e["event"] for e in events} == {"alert"}
+    assert [json.loads(e["data"])["id"] for e in events] == ["new-m", "new-o"]
+    assert json.loads(events[0]["data"]) == alert_record("new-m")
+
+
+def test_alert_stream_resumes_after_last_event_id_and_filters_by_model() -> None:
+    settings = make_settings()
+    stopping = asyncio.Event()
+    client = serve(settings, redis=stream_redis(settings, stopping), stopping=stopping)
+
+    response = client.get("/alerts/stream", params={"model": "m"}, headers={"Last-Event-ID": "0-0"})
+
+    opening, *events = sse_messages(response.text)
+    assert opening["id"] == "0-0"
+    assert [(e["id"], json.loads(e["data"])["id"]) for e in events] == [("1-0", "old"), ("2-0", "new-m")]
+
+
+def test_alert_stream_waits_out_a_redis_outage_once_started() -> None:
+    settings = make_settings()
+    stopping = asyncio.Event()
+    fake = stream_redis(settings, stopping)
+    fake.failures.append(redis.exceptions.ConnectionError("connection reset"))
+    client = serve(settings, redis=fake, stopping=stopping)
+
+    messages = sse_messages(client.get("/alerts/stream").text)
+
+    assert messages[1] == {"": "Redis unavailable, retrying: connection reset"}
+    assert [m["id"] for m in messages[2:]] == ["2-0", "3-0"]
+
+
+def test_alert_stream_is_503_before_streaming_when_redis_is_down_and_422_for_a_bad_last_event_id() -> None:
+    down = serve(redis=FakeRedis(reachable=False)).get("/alerts/stream")
+    bad = serve().get("/alerts/stream", headers={"Last-Event-ID": "yesterday"})
+
+    assert down.status_code == 503
+    assert down.json()["detail"].startswith("Redis is unavailable")
+    assert bad.status_code == 422
+    assert "yesterday" in bad.json()["detail"]
