@@ -360,10 +360,11 @@ async def alert_stream(
     # Before the response starts: Redis down is a 503 (the app's RedisError handler), not a
     # stream that breaks.
     newest = await redis.xrevrange(key, count=1)
+    newest_id = newest[0][0] if newest else None
     if last_event_id is not None:
         position = last_event_id.strip()
     else:
-        position = _text(newest[0][0]) if newest else "0-0"  # "0-0": any entry is new
+        position = _text(newest_id) if newest_id else "0-0"  # "0-0": any entry is new
     shutdown = anyio.Event()  # set by sse-starlette when the server is told to exit (SIGTERM)
     return EventSourceResponse(
         _follow_alerts(redis, key, position, model, stopping, shutdown),
@@ -386,7 +387,8 @@ async def _follow_alerts(
     backoff = 0.5
     while not (stopping.is_set() or shutdown.is_set()):
         try:
-            replies = await redis.xread(
+            # RESP2, as the app's client speaks: [[key, [(entry id, fields), ...]]]
+            replies: Any = await redis.xread(
                 {key: position}, count=ALERT_STREAM_BATCH, block=ALERT_STREAM_BLOCK_MS
             )
         except RedisError as exc:

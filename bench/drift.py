@@ -38,6 +38,7 @@ Results: ``bench/results/drift.json`` and ``drift.md``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import json
 import multiprocessing
@@ -55,6 +56,7 @@ from river.datasets import synth
 
 from bench.common import RESULTS
 from driftline.core.records import FeatureRecord
+from driftline.models import drift as drift_module
 from driftline.models.drift import DetectorSpec, DriftSpec
 from driftline.models.learner import OnlineLearner
 from driftline.models.specs import ModelSpec
@@ -464,6 +466,12 @@ def plot(traces: list[dict[str, Any]], window: int, path: Any) -> None:
     plt.close(figure)
 
 
+def drift_source() -> str:
+    """A fingerprint of the drift code measured (``models/drift.py``): figures go with it."""
+    with open(drift_module.__file__, "rb") as source:
+        return hashlib.sha256(source.read()).hexdigest()[:12]
+
+
 # --- output -----------------------------------------------------------------------------------
 def _fmt(value: float | None, digits: int = 0) -> str:
     return "–" if value is None else f"{value:,.{digits}f}"
@@ -506,7 +514,8 @@ def markdown(rows: list[dict[str, Any]], costs: dict[str, Any], config: dict[str
         f"`python -m bench.drift` — {config['seeds']} seeds per stream, a change every {SEGMENT:,} events, "
         f"detection window {config['window']:,} events, default warm-up/cooldown "
         f"({WARM_UP:,}/{DriftSpec().cooldown:,}), increases only; false alarms over every event "
-        "watched outside the windows after the warm-up, a stationary run per stream included.",
+        "watched outside the windows after the warm-up, a stationary run per stream included "
+        f"(models/drift.py sha256 {config['drift_py_sha256']}…; {config['seconds']:.0f} s).",
         "",
         "Streams: " + "; ".join(s.title for s in SCENARIOS.values()) + ".",
         "",
@@ -569,6 +578,7 @@ def main(argv: list[str] | None = None) -> None:
     jobs.sort(key=lambda job: -job[2])  # the longest first: the workers finish together
     total = sum(work for _, _, work in jobs)
 
+    measured = drift_source()
     started = time.monotonic()
     progress = Progress(
         "[progress.description]{task.description}",
@@ -609,6 +619,8 @@ def main(argv: list[str] | None = None) -> None:
     if wrong:
         raise AssertionError(f"a learner per detector disagrees with its replay: {wrong}")
     rows = summarize(traces, args.window)
+    if drift_source() != measured:
+        console.print("[bold red]models/drift.py changed during the run: the figures mix two versions[/]")
 
     table = Table(
         title=f"Drift detectors on the error, as driftline runs them ({seeds} seeds; window {args.window:,})"
@@ -644,6 +656,7 @@ def main(argv: list[str] | None = None) -> None:
         "jobs": args.jobs,
         "quick": args.quick,
         "seconds": elapsed,
+        "drift_py_sha256": measured,
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "drift.json").write_text(

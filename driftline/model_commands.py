@@ -270,7 +270,8 @@ def alerts_tail(settings: Settings, model: str | None = None, write: Callable[[s
                 newest = await redis.xrevrange(key, count=1)
             except (RedisError, OSError) as exc:
                 raise ServiceUnavailable("Redis", settings.redis_url, str(exc)) from exc
-            position = _reply_text(newest[0][0]) if newest else "0-0"
+            newest_id = newest[0][0] if newest else None
+            position = _reply_text(newest_id) if newest_id else "0-0"
             print(
                 f"following drift alerts{f' of model {model}' if model else ''} (Ctrl-C stops)",
                 file=sys.stderr,
@@ -279,7 +280,8 @@ def alerts_tail(settings: Settings, model: str | None = None, write: Callable[[s
             backoff = 0.5
             while True:
                 try:
-                    replies = await redis.xread({key: position}, count=100, block=TAIL_BLOCK_MS)
+                    # RESP2: [[key, [(entry id, fields), ...]]]
+                    replies: Any = await redis.xread({key: position}, count=100, block=TAIL_BLOCK_MS)
                 except (RedisError, OSError) as exc:
                     print(f"Redis unavailable ({exc}); retrying in {backoff:.1f}s", file=sys.stderr)
                     await asyncio.sleep(backoff)

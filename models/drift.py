@@ -18,6 +18,7 @@ learning model's error come while the error is *falling*.
 from __future__ import annotations
 
 import fnmatch
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -42,6 +43,9 @@ DETECTORS: dict[str, tuple[type, bool]] = {
 #: What the model says of itself when an alert fires: ``{"metric": {...}, "events_learned": n}``
 #: (called only then: a metrics report costs more than a detector update).
 MetricNow = Callable[[], dict[str, Any]]
+
+#: Values a change is judged on: the recent ones (after) against the ones before them.
+RECENT, PREVIOUS = 100, 1000
 
 #: Features made from time alone: never watched by default (a clock always "drifts").
 _TIME_FEATURES = {"tod_sin", "tod_cos", "dow_sin", "dow_cos"}
@@ -125,33 +129,29 @@ class Watch:
     seen: int = 0
     #: No alert before this many values (warm-up, then each cooldown).
     quiet_until: int = 0
-    #: The mean since the last alert (before a change), and over the last 100 values (after).
-    since_alert: stats.Mean = field(default_factory=stats.Mean)
-    recent: Any = field(default_factory=lambda: utils.Rolling(stats.Mean(), window_size=100))
+    #: The last 100 values, and the mean of the 1,000 before them: what a change is judged by
+    #: (after, before). Local on purpose: a mean since the start would hold the model's first,
+    #: still learning, errors and make a real change for the worse look like an improvement.
+    recent: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT))
+    previous: Any = field(default_factory=lambda: utils.Rolling(stats.Mean(), window_size=PREVIOUS))
     alerts: int = 0
     #: The alert of the change this signal is in, until a cooldown passes without another.
     firing: Alert | None = None
 
     def update(self, value: float, worse_only: bool) -> tuple[bool, int | None, float | None, float | None]:
-        """Feed one value; (alert?, estimated change point, mean before and after the change).
-
-        ADWIN says both means itself: its window's mean before the update, and after it dropped
-        the part before the change. Other detectors: the mean since the last alert, and over the
-        last 100 values.
-        """
+        """Feed one value; (alert?, estimated change point, mean before and after the change)."""
         self.seen += 1
         detector = self.detector
-        estimated, width = getattr(detector, "estimation", None), getattr(detector, "width", None)
-        before = (
-            estimated if estimated is not None else (self.since_alert.get() if self.since_alert.n else None)
-        )
+        width = getattr(detector, "width", None)
         detector.update(value)
-        self.since_alert.update(value)
-        self.recent.update(value)
+        if len(self.recent) == RECENT:
+            self.previous.update(self.recent[0])  # about to leave the recent values
+        self.recent.append(value)
         if not detector.drift_detected or self.seen <= self.quiet_until:
-            return False, None, before, None
-        after = getattr(detector, "estimation", None) if estimated is not None else self.recent.get()
-        if worse_only and before is not None and after is not None and after <= before:
+            return False, None, None, None
+        before = self.previous.get() if self.previous.window else None
+        after = sum(self.recent) / len(self.recent)
+        if worse_only and before is not None and after <= before:
             return False, None, before, after  # a change for the better: the model is improving
         change = None
         new_width = getattr(detector, "width", None)
@@ -217,7 +217,6 @@ class DriftMonitor:
             return None
         watch.quiet_until = watch.seen + self.spec.cooldown
         watch.alerts += 1
-        watch.since_alert = stats.Mean()
         alert = Alert.create(
             self.model,
             watch.signal,

@@ -87,14 +87,12 @@ def stream_ids(settings: Settings) -> list[str]:
     return [fields[b"id"].decode() for _, fields in client.xrange(settings.keys.alerts())]
 
 
-def seen(settings: Settings) -> int:
+def seen(settings: Settings, model: str = "sea") -> int:
     client = redis.Redis.from_url(settings.redis_url)
-    version = client.hget(settings.keys.model("sea", "aliases"), "latest")
+    version = client.hget(settings.keys.model(model, "aliases"), "latest")
     if version is None:
         return 0
-    import json
-
-    return int(json.loads(client.hget(settings.keys.model("sea", "meta"), version))["events_seen"])
+    return int(json.loads(client.hget(settings.keys.model(model, "meta"), version))["events_seen"])
 
 
 def publish(settings: Settings, events: list[dict[str, Any]]) -> None:
@@ -194,3 +192,32 @@ def topic_entries(settings: Settings) -> list[tuple[str, str]]:
     finally:
         consumer.close()
     return [(a["id"], a["status"]) for a in alerts]
+
+
+def test_a_regression_drift_through_the_pipeline_is_the_one_seen_in_process(
+    make_settings: Callable[..., Settings],
+    start_worker: Callable[[Settings], WorkerProcess],
+    wait_for: Callable[..., object],
+) -> None:
+    # Friedman's global abrupt drift at 5,000 and back at 8,000; the default (robust linear) model.
+    settings = make_settings(models=[{"name": "fr"}], features="raw", sensor_catalog="none")
+    start_worker(settings)
+    start = datetime.now(UTC) - timedelta(seconds=9500)
+    stream = itertools.islice(synth.FriedmanDrift(drift_type="gra", position=(5000, 8000), seed=1), 9500)
+    events = [
+        {
+            "event_id": f"fr-{i}",
+            "device_id": "fr-1",
+            "ts": (start + timedelta(seconds=i)).isoformat(),
+            "readings": {f"x{k}": float(v) for k, v in x.items()},
+            "target": float(y),
+        }
+        for i, (x, y) in enumerate(stream)
+    ]
+    publish(settings, events)
+    wait_for(lambda: seen(settings, "fr") == len(events), 120, "every event to be learned")
+    entries = stream_entries(settings)
+    partition = int(recorded(settings)[0]["source"].split("/")[1]) if entries else 0
+    assert entries == in_process(settings, events, partition)
+    offsets = sorted(int(i.split(":")[-2]) for i, status in entries if status == "firing" and ":error:" in i)
+    assert len(offsets) == 2 and 5000 <= offsets[0] <= 5300 and 8000 <= offsets[1] <= 8300, entries
