@@ -1,7 +1,8 @@
 """Run every benchmark: ``python -m bench`` (``make bench``)."""
 
-from bench import features, ingest, learning
+from bench import drift, features, ingest, learning
 
 features.main([])
 ingest.main([])
 learning.main([])
+drift.main([])

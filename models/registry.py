@@ -26,6 +26,7 @@ from typing import Any, cast
 
 import river
 from redis.asyncio import Redis
+from redis.exceptions import WatchError
 
 from driftline.core.alerts import Alert
 from driftline.core.errors import ModelNotReady, RegistryError, SnapshotError
@@ -121,46 +122,66 @@ class ModelRegistry:
             "size_bytes": len(blob),
             "seal_ms": round(1000 * (time.perf_counter() - started), 3),
         }
-        records = await self._alert_records(alerts, version)
-        async with self.redis.pipeline(transaction=True) as tx:
-            tx.set(self._model_key(name, "blob", str(version)), blob)
-            tx.zadd(self._model_key(name, "versions"), {str(version): version})
-            tx.hset(self._model_key(name, "aliases"), LATEST, version)
-            tx.sadd(self.keys.models(), name)
-            tx.hset(self._model_key(name, "meta"), str(version), json.dumps(listing))
-            for alert, record in zip(alerts, records, strict=True):
-                text = json.dumps(record)
-                if alert.status == "firing":
-                    tx.hsetnx(self.keys.alert_records(), alert.id, text)  # once per id, ever
-                else:
-                    tx.hset(self.keys.alert_records(), alert.id, text)
-                tx.xadd(
-                    self.keys.alerts(),
-                    {"id": alert.id, "alert": text},
-                    maxlen=ALERT_HISTORY,
-                    approximate=True,
-                )
-                tx.hincrby(
-                    self.keys.alert_counts(),
-                    f"{alert.model}|{alert.signal}|{alert.severity}|{alert.status}",
-                    1,
-                )
-            self._audit(
-                tx,
-                "publish",
-                name,
-                version,
-                metric=meta["metric"],
-                events_learned=learner.events_learned,
-                size_bytes=len(blob),
-            )
-            try:
-                await tx.execute()
-            except BaseException:
-                learner.drift.outbox[:0] = alerts  # not recorded: the next snapshot carries them
-                raise
+        try:
+            await self._record(learner, version, blob, listing, alerts)
+        except BaseException:
+            learner.drift.outbox[:0] = alerts  # not recorded: the next snapshot carries them
+            raise
         await self._drop_old_versions(name)
         return listing
+
+    async def _record(
+        self, learner: OnlineLearner, version: int, blob: bytes, listing: SnapshotMeta, alerts: list[Alert]
+    ) -> None:
+        """Store the snapshot, move ``latest``, record its alerts and audit it: one transaction.
+
+        A resolution merges into the alert's record, which an acknowledgement may change at the
+        same moment: the record is watched, and a transaction that lost that race is redone.
+        """
+        name = learner.name
+        resolves = any(alert.status == "resolved" for alert in alerts)
+        while True:
+            async with self.redis.pipeline(transaction=True) as tx:
+                try:
+                    if resolves:
+                        await tx.watch(self.keys.alert_records())
+                    records = await self._alert_records(alerts, version, tx if resolves else self.redis)
+                    tx.multi()
+                    tx.set(self._model_key(name, "blob", str(version)), blob)
+                    tx.zadd(self._model_key(name, "versions"), {str(version): version})
+                    tx.hset(self._model_key(name, "aliases"), LATEST, version)
+                    tx.sadd(self.keys.models(), name)
+                    tx.hset(self._model_key(name, "meta"), str(version), json.dumps(listing))
+                    for alert, record in zip(alerts, records, strict=True):
+                        text = json.dumps(record)
+                        if alert.status == "firing":
+                            tx.hsetnx(self.keys.alert_records(), alert.id, text)  # once per id, ever
+                        else:
+                            tx.hset(self.keys.alert_records(), alert.id, text)
+                        tx.xadd(
+                            self.keys.alerts(),
+                            {"id": alert.id, "alert": text},
+                            maxlen=ALERT_HISTORY,
+                            approximate=True,
+                        )
+                        tx.hincrby(
+                            self.keys.alert_counts(),
+                            f"{alert.model}|{alert.signal}|{alert.severity}|{alert.status}",
+                            1,
+                        )
+                    self._audit(
+                        tx,
+                        "publish",
+                        name,
+                        version,
+                        metric=listing["metric"],
+                        events_learned=learner.events_learned,
+                        size_bytes=len(blob),
+                    )
+                    await tx.execute()
+                    return
+                except WatchError:
+                    continue  # an acknowledgement came between the read and the write: again
 
     async def promote(
         self,
@@ -361,12 +382,12 @@ class ModelRegistry:
             newest = f"({_text(page[-1][0])}"
         return out[:count]
 
-    async def _alert_records(self, alerts: list[Alert], version: int) -> list[dict[str, Any]]:
+    async def _alert_records(self, alerts: list[Alert], version: int, reader: Any) -> list[dict[str, Any]]:
         """What to record of each alert: as raised (with the version recording it); a resolution
         keeps what the firing record has gained since (its version, an acknowledgement)."""
         resolved = [a.id for a in alerts if a.status == "resolved"]
         current = (
-            dict(zip(resolved, await self.redis.hmget(self.keys.alert_records(), resolved), strict=True))
+            dict(zip(resolved, await reader.hmget(self.keys.alert_records(), resolved), strict=True))
             if resolved
             else {}
         )
