@@ -307,14 +307,27 @@ async def _device_state(device_id: str, settings: Settings, redis: Redis) -> Dev
 @router.get("/alerts")
 async def list_alerts(
     registry: RegistryDep,
+    response: Response,
     model: Annotated[str | None, Query(description="one model's alerts only")] = None,
     signal: Annotated[str | None, Query(description="error, score or feature:<name>")] = None,
     severity: Annotated[str | None, Query(pattern="^(warning|drift)$")] = None,
     alert_status: Annotated[str | None, Query(alias="status", pattern="^(firing|resolved)$")] = None,
+    since: Annotated[float | None, Query(description="raised at or after this event time (epoch s)")] = None,
+    until: Annotated[float | None, Query(description="raised at or before this event time (epoch s)")] = None,
+    before: Annotated[
+        str | None,
+        Query(description="the next page: the X-Next-Page header of the last", pattern=r"^\(\d+-\d+$"),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[dict[str, Any]]:
-    """Drift alerts, newest first: each change a model's detectors saw, once."""
-    return await registry.alerts(model, limit, signal=signal, severity=severity, status=alert_status)
+    """Drift alerts, newest first, each once in its current state; paged: when there are more,
+    the ``X-Next-Page`` header holds the ``before`` of the next page."""
+    alerts, cursor = await registry.alerts_page(
+        model, limit, before or "+", since, until, signal=signal, severity=severity, status=alert_status
+    )
+    if cursor is not None:
+        response.headers["X-Next-Page"] = cursor
+    return alerts
 
 
 #: How long one XREAD of the alert stream blocks: the longest a stream takes to notice the app

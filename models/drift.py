@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from river import drift, stats, utils
+from river import drift
 
 from driftline.core.alerts import Alert, Severity
 
@@ -132,29 +132,43 @@ class Watch:
     #: The last 100 values, and the mean of the 1,000 before them: what a change is judged by
     #: (after, before). Local on purpose: a mean since the start would hold the model's first,
     #: still learning, errors and make a real change for the worse look like an improvement.
-    recent: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT))
-    previous: Any = field(default_factory=lambda: utils.Rolling(stats.Mean(), window_size=PREVIOUS))
+    recent: deque[float] = field(default_factory=deque)
+    previous: deque[float] = field(default_factory=deque)
+    #: Their sums, kept as values come and go (this runs for every value of every signal).
+    recent_sum: float = 0.0
+    previous_sum: float = 0.0
     alerts: int = 0
     #: The alert of the change this signal is in, until a cooldown passes without another.
     firing: Alert | None = None
+    width_before: int | None = None
 
-    def update(self, value: float, worse_only: bool) -> tuple[bool, int | None, float | None, float | None]:
-        """Feed one value; (alert?, estimated change point, mean before and after the change)."""
+    def update(self, value: float) -> bool:
+        """Feed one value; ``True`` when the detector saw a change past warm-up and cooldown
+        (then :meth:`judge` says whether it alerts)."""
         self.seen += 1
-        detector = self.detector
-        width = getattr(detector, "width", None)
-        detector.update(value)
-        if len(self.recent) == RECENT:
-            self.previous.update(self.recent[0])  # about to leave the recent values
-        self.recent.append(value)
-        if not detector.drift_detected or self.seen <= self.quiet_until:
-            return False, None, None, None
-        before = self.previous.get() if self.previous.window else None
-        after = sum(self.recent) / len(self.recent)
+        self.width_before = getattr(self.detector, "width", None)
+        self.detector.update(value)
+        recent = self.recent
+        if len(recent) == RECENT:
+            leaving = recent.popleft()
+            self.recent_sum -= leaving
+            previous = self.previous
+            if len(previous) == PREVIOUS:
+                self.previous_sum -= previous.popleft()
+            previous.append(leaving)
+            self.previous_sum += leaving
+        recent.append(value)
+        self.recent_sum += value
+        return bool(self.detector.drift_detected) and self.seen > self.quiet_until
+
+    def judge(self, worse_only: bool) -> tuple[bool, int | None, float | None, float | None]:
+        """After a detection: (alert?, estimated change point, mean before and after the change)."""
+        before = self.previous_sum / len(self.previous) if self.previous else None
+        after = self.recent_sum / len(self.recent)
         if worse_only and before is not None and after <= before:
             return False, None, before, after  # a change for the better: the model is improving
         change = None
-        new_width = getattr(detector, "width", None)
+        width, new_width = self.width_before, getattr(self.detector, "width", None)
         if width is not None and new_width is not None and new_width < width:
             change = self.seen - int(new_width)  # ADWIN keeps the window since the change
         return True, change, before, after
@@ -180,7 +194,7 @@ class DriftMonitor:
     #: Alerts raised and not yet in a published snapshot.
     outbox: list[Alert] = field(default_factory=list)
     #: Resolved patterns -> features watched (by record shape).
-    _watched: dict[tuple[str, ...], tuple[str, ...]] = field(default_factory=dict)
+    _watched: dict[tuple[str, ...], tuple[tuple[str, str], ...]] = field(default_factory=dict)
 
     @classmethod
     def create(cls, model: str, task: str, spec: DriftSpec) -> DriftMonitor:
@@ -204,7 +218,10 @@ class DriftMonitor:
         ts: float,
         metric: MetricNow,
     ) -> Alert | None:
-        fired, change, before, after = watch.update(value, worse_only)
+        if watch.update(value):
+            fired, change, before, after = watch.judge(worse_only)
+        else:
+            fired = False
         if not fired:
             if watch.firing is not None and watch.seen >= watch.quiet_until:
                 # Stable for a whole cooldown since the change: the alert is resolved.
@@ -284,11 +301,14 @@ class DriftMonitor:
         if watched is None:
             if len(self._watched) >= 64:  # shapes are few; this only bounds an odd stream
                 self._watched.clear()
-            watched = self._watched[names] = watched_features(names, self.spec.watch)
+            watched = self._watched[names] = tuple(
+                (name, f"feature:{name}") for name in watched_features(names, self.spec.watch)
+            )
         fired = []
-        for name in watched:
+        watches, spec = self.watches, self.spec.features
+        for name, signal in watched:
             alert = self._fire(
-                self._watch(f"feature:{name}", self.spec.features),
+                watches.get(signal) or self._watch(signal, spec),
                 features[name],
                 False,
                 "warning",

@@ -355,32 +355,60 @@ class ModelRegistry:
     ) -> list[dict[str, Any]]:
         """The newest drift alerts (of one model, or all), newest first, in their current state;
         ``match`` keeps those whose fields equal the values given (signal, severity, status)."""
+        alerts, _ = await self.alerts_page(
+            model,
+            count,
+            signal=match.get("signal"),
+            severity=match.get("severity"),
+            status=match.get("status"),
+        )
+        return alerts
+
+    async def alerts_page(
+        self,
+        model: str | None = None,
+        count: int = 100,
+        before: str = "+",
+        since: float | None = None,
+        until: float | None = None,
+        *,
+        signal: str | None = None,
+        severity: str | None = None,
+        status: str | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """A page of :meth:`alerts`, from the stream entry ``before`` (exclusive) back, raised
+        between ``since`` and ``until`` (event time); and the cursor of the next page, if any."""
+        match = {"signal": signal, "severity": severity, "status": status}
         out: list[dict[str, Any]] = []
-        listed: set[str] = set()
-        newest = "+"
+        newest, cursor = before, None
         while len(out) < count:
             page = await self.redis.xrevrange(self.keys.alerts(), max=newest, count=AUDIT_PAGE)
             if not page:
-                break
-            # A resolution is a second entry under the same id: each alert is listed once.
-            ids = [
-                i
-                for i in dict.fromkeys(_text(dict(fields or {})[b"id"]) for _, fields in page)
-                if i not in listed
-            ]
-            listed.update(ids)
-            for record in await self.redis.hmget(self.keys.alert_records(), ids) if ids else []:
+                return out, None
+            for entry_id, fields in page:
+                # Each alert is listed once, where it was raised (its resolution is a later entry
+                # under the same id), in its current state: pages never repeat one.
+                entry = dict(fields or {})
+                if json.loads(entry[b"alert"]).get("status") != "firing":
+                    continue
+                alert_id = _text(entry[b"id"])
+                record = await self.redis.hget(self.keys.alert_records(), alert_id)
                 alert = json.loads(record) if record else None
                 if (
                     alert
                     and (model is None or alert["model"] == model)
+                    and (since is None or alert["event_time"] >= since)
+                    and (until is None or alert["event_time"] <= until)
                     and all(str(alert.get(k)) == v for k, v in match.items() if v is not None)
                 ):
                     out.append(alert)
+                    cursor = f"({_text(entry_id)}"
+                    if len(out) == count:
+                        return out, cursor
             if len(page) < AUDIT_PAGE:
-                break
+                return out, None
             newest = f"({_text(page[-1][0])}"
-        return out[:count]
+        return out, cursor
 
     async def _alert_records(self, alerts: list[Alert], version: int, reader: Any) -> list[dict[str, Any]]:
         """What to record of each alert: as raised (with the version recording it); a resolution

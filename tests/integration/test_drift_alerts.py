@@ -221,3 +221,19 @@ def test_a_regression_drift_through_the_pipeline_is_the_one_seen_in_process(
     assert entries == in_process(settings, events, partition)
     offsets = sorted(int(i.split(":")[-2]) for i, status in entries if status == "firing" and ":error:" in i)
     assert len(offsets) == 2 and 5000 <= offsets[0] <= 5300 and 8000 <= offsets[1] <= 8300, entries
+    # paged, newest first, and filtered by event time
+    with TestClient(create_app(settings)) as client:
+        first = client.get("/alerts", params={"model": "fr", "signal": "error", "limit": 1})
+        second = client.get(
+            "/alerts",
+            params={"model": "fr", "signal": "error", "limit": 1, "before": first.headers["X-Next-Page"]},
+        )
+        assert [first.json()[0]["offset"], second.json()[0]["offset"]] == offsets[::-1]
+        assert "X-Next-Page" not in client.get("/alerts", params={"model": "fr", "signal": "error"}).headers
+        later = first.json()[0]["event_time"]
+        assert [
+            a["offset"] for a in client.get("/alerts", params={"since": later, "signal": "error"}).json()
+        ] == [offsets[1]]
+        assert [a["offset"] for a in client.get("/alerts", params={"until": later - 1}).json()] == [
+            offsets[0]
+        ]
