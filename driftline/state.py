@@ -18,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
+from driftline.core.keys import Keys
 from driftline.settings import Settings
 
 #: Keys deleted per Redis call.
@@ -26,7 +27,7 @@ DELETE_CHUNK = 500
 
 def namespace_keys(client: redis.Redis, namespace: str) -> Iterator[bytes]:
     """Every key of ``namespace`` (``<namespace>:*``), by SCAN: never blocks the server."""
-    yield from client.scan_iter(match=f"{namespace}:*", count=1000)
+    yield from client.scan_iter(match=Keys(namespace).pattern(), count=1000)
 
 
 def safe_url(url: str) -> str:
@@ -51,14 +52,15 @@ def read_state(client: redis.Redis, namespace: str) -> dict[str, Any]:
     """
     keys = 0
     devices = 0
-    device_prefix = f"{namespace}:device:".encode()
+    keys = Keys(namespace)
+    device_prefix = keys.device("").encode()
     for key in namespace_keys(client, namespace):
         keys += 1
         devices += key.startswith(device_prefix)
     models: list[dict[str, Any]] = []
-    for raw in sorted(client.smembers(f"{namespace}:models")):
+    for raw in sorted(client.smembers(keys.models())):
         name = raw.decode() if isinstance(raw, bytes) else str(raw)
-        model_key = f"{namespace}:model:{name}"
+        model_key = keys.model(name)
         version = client.hget(f"{model_key}:aliases", "latest")
         meta: dict[str, Any] = {}
         if version is not None:
