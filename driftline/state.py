@@ -52,19 +52,18 @@ def read_state(client: redis.Redis, namespace: str) -> dict[str, Any]:
     """
     keys = 0
     devices = 0
-    keys = Keys(namespace)
-    device_prefix = keys.device("").encode()
+    layout = Keys(namespace)
+    device_prefix = layout.device("").encode()
     for key in namespace_keys(client, namespace):
         keys += 1
         devices += key.startswith(device_prefix)
     models: list[dict[str, Any]] = []
-    for raw in sorted(client.smembers(keys.models())):
+    for raw in sorted(client.smembers(layout.models())):
         name = raw.decode() if isinstance(raw, bytes) else str(raw)
-        model_key = keys.model(name)
-        version = client.hget(f"{model_key}:aliases", "latest")
+        version = client.hget(layout.model(name, "aliases"), "latest")
         meta: dict[str, Any] = {}
         if version is not None:
-            meta = json.loads(client.hget(f"{model_key}:meta", version) or b"{}")
+            meta = json.loads(client.hget(layout.model(name, "meta"), version) or b"{}")
         models.append(
             {
                 "name": name,
