@@ -1,8 +1,9 @@
 """Run every benchmark: ``python -m bench`` (``make bench``)."""
 
-from bench import drift, features, ingest, learning
+from bench import alerts, drift, features, ingest, learning
 
 features.main([])
 ingest.main([])
 learning.main([])
 drift.main([])
+alerts.main([])

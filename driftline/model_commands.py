@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
@@ -263,6 +264,13 @@ def alerts_tail(settings: Settings, model: str | None = None, write: Callable[[s
     Redis that stops answering is waited out; one that does not answer at the start is an error."""
 
     async def follow() -> None:
+        # Ctrl-C sets a flag the loop checks between reads (XREAD blocks at most TAIL_BLOCK_MS):
+        # a cancellation inside redis-py's read can come out as a connection error, which the
+        # loop would take for an outage and wait out for ever.
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
         redis = Redis.from_url(settings.redis_url, socket_connect_timeout=5)
         key = settings.keys.alerts()
         try:
@@ -278,11 +286,13 @@ def alerts_tail(settings: Settings, model: str | None = None, write: Callable[[s
                 flush=True,
             )
             backoff = 0.5
-            while True:
+            while not stop.is_set():
                 try:
                     # RESP2: [[key, [(entry id, fields), ...]]]
                     replies: Any = await redis.xread({key: position}, count=100, block=TAIL_BLOCK_MS)
                 except (RedisError, OSError) as exc:
+                    if stop.is_set():
+                        break
                     print(f"Redis unavailable ({exc}); retrying in {backoff:.1f}s", file=sys.stderr)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
