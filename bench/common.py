@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -95,35 +96,63 @@ def ingest_received(client: redis.Redis, settings: Settings) -> int:
     return sum(json.loads(v).get("received", 0) for v in stats.values())
 
 
-def time_until(count: int, probe: Any, timeout: float = 300.0, every: float = 0.02) -> float:
-    """Events per second between the first progress ``probe()`` shows and reaching ``count``.
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    Timing from the first progress, not from start, leaves the consumer group's join out.
+
+@dataclass(frozen=True)
+class Progress:
+    """Events per second in the wall clock, and the CPU the process spent per event."""
+
+    rate: float
+    cpu_us_per_event: float | None
+
+
+def measure_until(
+    count: int, probe: Any, pid: int | None = None, timeout: float = 300.0, every: float = 0.02
+) -> Progress:
+    """Events per second between the first progress ``probe()`` shows and reaching ``count``,
+    and (given the process ``pid``) that process's CPU time per event over the same span.
+
+    Timing from the first progress, not from start, leaves the consumer group's join out. On a
+    busy 2-core machine the wall-clock rate moves with whatever else runs; the CPU time a process
+    spends per event does not, so it is the steadier figure for "does X slow this process down".
     """
     deadline = time.monotonic() + timeout
-    first: tuple[float, int] | None = None
+    first: tuple[float, int, float] | None = None
     while time.monotonic() < deadline:
         seen = probe()
         now = time.monotonic()
+        cpu = cpu_seconds(pid) if pid is not None else 0.0
         if seen and first is None:
-            first = (now, seen)
+            first = (now, seen, cpu)
         if seen >= count and first is not None:
             if now == first[0] or seen == first[1]:
                 raise RuntimeError("progress came in one step: raise the event count to time it")
-            return (seen - first[1]) / (now - first[0])
+            events = seen - first[1]
+            per_event = 1e6 * (cpu - first[2]) / events if pid is not None else None
+            return Progress(events / (now - first[0]), per_event)
         time.sleep(every)
     raise TimeoutError(f"only {probe()} of {count} events after {timeout}s")
+
+
+def time_until(count: int, probe: Any, timeout: float = 300.0, every: float = 0.02) -> float:
+    """Events per second between the first progress ``probe()`` shows and reaching ``count``."""
+    return measure_until(count, probe, timeout=timeout, every=every).rate
 
 
 def report(name: str, rows: dict[str, list[float]], baseline: str, unit: str = "events/s") -> None:
     """Print medians and ratios to the baseline, and keep them in bench/results/<name>.json."""
     base = statistics.median(rows[baseline])
     print(f"\n{name}: median of {len(rows[baseline])} runs ({unit}); ratio to {baseline}")
+    digits = 1 if base < 1000 else 0
     for label, values in rows.items():
         median = statistics.median(values)
         print(
-            f"  {label:<66} {median:>9,.0f}   x{median / base:.3f}   "
-            f"(runs: {', '.join(f'{v:,.0f}' for v in values)})"
+            f"  {label:<66} {median:>9,.{digits}f}   x{median / base:.3f}   "
+            f"(runs: {', '.join(f'{v:,.{digits}f}' for v in values)})"
         )
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(
