@@ -31,8 +31,9 @@ from driftline.api.deps import (
     StoppingDep,
 )
 from driftline.api.model_store import ModelStore
+from driftline.api.races import race_view
 from driftline.api.stats import ingest_totals, prometheus_text
-from driftline.core.errors import FeatureSchemaMismatch
+from driftline.core.errors import FeatureSchemaMismatch, RegistryError
 from driftline.core.meta import SnapshotMeta
 from driftline.models.evaluation import Prediction
 from driftline.models.registry import CHAMPION, LATEST, ModelRegistry
@@ -134,15 +135,25 @@ async def _describe(name: str, store: ModelStore, registry: ModelRegistry) -> di
     served = store.served.get(name)
     refusals = store.refusals.get(name)
     aliases = await registry.aliases(name)
+    latest = aliases.get(LATEST)
+    # A race runs in the learner, so it is in the latest snapshot (which the champion may not be).
+    latest_meta: Mapping[str, Any] | None = served.meta if served and served.version == latest else None
+    if latest_meta is None and latest is not None:
+        try:
+            latest_meta = await registry.version_meta(name, latest)
+        except RegistryError:  # removed between the two reads
+            latest_meta = None
     return {
         "name": name,
         "served_version": served.version if served else None,
-        "latest_version": aliases.get(LATEST),
-        "aliases": {**aliases, CHAMPION: aliases.get(CHAMPION, aliases.get(LATEST))},
+        "latest_version": latest,
+        "aliases": {**aliases, CHAMPION: aliases.get(CHAMPION, latest)},
         "champion_pinned": CHAMPION in aliases,
         "meta": served.meta if served else None,
         "refused_snapshots": refusals.count if refusals else 0,
         "last_refusal": refusals.last_reason if refusals else None,
+        "race": race_view(latest_meta),
+        "promotions": (latest_meta or {}).get("promotions", 0),
     }
 
 
@@ -168,10 +179,16 @@ async def show_model(name: str, store: ModelStoreDep, registry: RegistryDep) -> 
 async def model_history(
     name: str, registry: RegistryDep, points: Annotated[int, Query(ge=1, le=5000)] = 500
 ) -> dict[str, Any]:
-    """The model's headline metric, cumulative and rolling, at each of its last publishes."""
+    """The model's headline metric, cumulative and rolling, at each of its last publishes; and
+    its champion promotions over those publishes (a race's or an operator's), each at the events
+    learned when it happened."""
     if name not in await registry.model_names():
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no model named {name!r}")
-    return {"model": name, "points": await registry.history(name, points)}
+    return {
+        "model": name,
+        "points": await registry.history(name, points),
+        "promotions": await registry.promotions(name, points),
+    }
 
 
 @cache
@@ -461,7 +478,8 @@ async def ack_alert(
 @router.get("/stats")
 async def stats(settings: SettingsDep, redis: RedisDep, registry: RegistryDep) -> dict[str, Any]:
     """What became of every event: received = accepted + deduplicated + rejected + late; and per
-    model, events seen and learned, with warnings (a model that sees events but learns none)."""
+    model, events seen and learned, with warnings (a model that sees events but learns none), the
+    race on (champion and challengers side by side) and the promotions so far."""
     latest: dict[str, tuple[int, SnapshotMeta]] = {}
     for name in await registry.model_names():
         version = await registry.alias_version(name, LATEST)
@@ -472,8 +490,9 @@ async def stats(settings: SettingsDep, redis: RedisDep, registry: RegistryDep) -
 
 
 def model_figures(latest: Mapping[str, tuple[int, SnapshotMeta]]) -> dict[str, Any]:
-    """Per model (its latest version and that version's metadata), events seen and learned and
-    its warnings; and every model's warnings together, for a dashboard to show first."""
+    """Per model (its latest version and that version's metadata), events seen and learned, its
+    warnings, the race on (see :func:`race_view`) and the promotions so far; and every model's
+    warnings together, for a dashboard to show first."""
     models: dict[str, dict[str, Any]] = {
         name: {
             "version": version,
@@ -481,6 +500,9 @@ def model_figures(latest: Mapping[str, tuple[int, SnapshotMeta]]) -> dict[str, A
             "events_learned": meta["events_learned"],
             # metadata published before warnings existed has none
             "warnings": meta.get("warnings", []),
+            # nor a race or promotions, before retraining existed
+            "race": race_view(meta),
+            "promotions": meta.get("promotions", 0),
         }
         for name, (version, meta) in latest.items()
     }

@@ -1,9 +1,10 @@
 """Run every benchmark: ``python -m bench`` (``make bench``)."""
 
-from bench import alerts, drift, features, ingest, learning
+from bench import alerts, drift, features, ingest, learning, retrain
 
 features.main([])
 ingest.main([])
 learning.main([])
 drift.main([])
+retrain.main([])
 alerts.main([])

@@ -54,6 +54,7 @@ def bench_settings(kafka_url: str, redis_url: str, **overrides: Any) -> Settings
         "features_topic": f"bench-features-{run}",
         "dlq_topic": f"bench-dlq-{run}",
         "labels_topic": f"bench-labels-{run}",
+        "model_events_topic": f"bench-model-events-{run}",
         "batch_size": 1000,
         "batch_within": 0.2,
         "env": "test",

@@ -8,8 +8,9 @@
     driftline api        the HTTP API (predictions, models, health)
     driftline simulate   publish simulated sensor readings
     driftline replay     publish a CSV / JSON-lines file or a River dataset as events
+    driftline backtest   run a file through the stream's code offline: metrics, drifts, promotions
     driftline mqtt-bridge  forward MQTT sensor topics into Kafka
-    driftline models     the model registry: list | show | promote | rollback
+    driftline models     the model registry: list | show | diff | promote | rollback
     driftline alerts     drift alerts: list | show | tail | ack
     driftline config     what the settings make the worker do (models, features, catalog)
 
@@ -171,6 +172,40 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backtest(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from driftline.backtest import choose_specs, format_report, run_backtest, source_events, write_outputs
+    from driftline.replay import Progress
+
+    if args.time_column and args.start is not None:
+        raise DriftlineError(
+            "--start sets the times of a file without a time column; "
+            "with --time-column the file's own times are used"
+        )
+    settings = _settings(beside_stack=False)  # no broker, no Redis
+    specs = choose_specs(settings, args.model or (), args.spec or ())
+    events, total = source_events(args.source, replay_mapping(args), args.limit)
+    bar = Progress(total, "backtest")
+    handled = 0
+
+    def progress(done: int) -> None:
+        nonlocal handled
+        handled = done
+        bar.update(done)
+
+    # About a thousand points on the plot, whatever the length.
+    every = max(1, (total or 100_000) // 1000)
+    try:
+        result = run_backtest(events, specs, settings, source=args.source, progress=progress, every=every)
+    finally:
+        bar.update(handled, force=True)  # the bar's last state, and its line ended
+    print(format_report(result))
+    json_path, png_path = write_outputs(result, Path(args.out) if args.out else settings.data_dir)
+    print(f"\nwrote {json_path} and {png_path}")
+    return 0
+
+
 def cmd_mqtt_bridge(args: argparse.Namespace) -> int:
     from driftline.mqtt_bridge import run_bridge
 
@@ -212,6 +247,8 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(model_commands.models_list(settings))
     elif args.action == "show":
         print(model_commands.models_show(settings, args.name, as_json=args.json))
+    elif args.action == "diff":
+        print(model_commands.models_diff(settings, args.name, args.a, args.b))
     elif args.action == "promote":
         print(model_commands.models_promote(settings, args.name, args.version, args.to, args.reason))
     else:
@@ -236,6 +273,34 @@ def _positive_seconds(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"a number of seconds above 0, not {text!r}")
     return value
+
+
+def _add_mapping_arguments(parser: argparse.ArgumentParser) -> None:
+    """How a file's columns make events: the same options as ``driftline replay``'s."""
+    parser.add_argument("--device-column", help="column holding the device id")
+    parser.add_argument("--device", default="replay", help="device id when there is no device column")
+    parser.add_argument(
+        "--time-column",
+        help="column holding the event time (ISO or epoch seconds), "
+        "kept as it is (default: rows --step seconds apart, the last one now)",
+    )
+    parser.add_argument(
+        "--start",
+        type=_replay_time,
+        metavar="TIME",
+        help="time of the first row when there is no time column (ISO-8601 or epoch "
+        "seconds; default: so that the last row is now)",
+    )
+    parser.add_argument(
+        "--step",
+        type=_positive_seconds,
+        default=1.0,
+        metavar="SECONDS",
+        help="seconds between rows when there is no time column (default: 1)",
+    )
+    parser.add_argument("--target-column", help="column holding the target (river datasets: y)")
+    parser.add_argument("--id-column", help="column holding the event id (default: source + row number)")
+    parser.add_argument("--limit", type=int, help="read at most this many rows")
 
 
 def _require_kafka(settings: Settings) -> None:
@@ -331,6 +396,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rep.set_defaults(func=cmd_replay)
 
+    back = sub.add_parser(
+        "backtest",
+        help="run a CSV / JSON-lines file (or river:<Dataset>) through the stream's own cleaning, "
+        "features, learning, drift detection and retraining, offline (no broker, no Redis)",
+    )
+    back.add_argument("source", help="a .csv or .jsonl file, or river:<Dataset> (e.g. river:Phishing)")
+    back.add_argument(
+        "--model",
+        action="append",
+        metavar="NAME",
+        help="a configured model (DRIFTLINE_MODELS), repeatable (default: every configured model)",
+    )
+    back.add_argument(
+        "--spec",
+        action="append",
+        metavar="JSON",
+        help='a model spec, e.g. \'{"name": "m", "task": "classification", "estimator": '
+        '"hoeffding_tree_classifier"}\' (or a JSON list of them), repeatable',
+    )
+    back.add_argument(
+        "--out", metavar="DIR", help="where the JSON and PNG go (default: DRIFTLINE_DATA_DIR or .driftline)"
+    )
+    _add_mapping_arguments(back)
+    back.set_defaults(func=cmd_backtest)
+
     bridge = sub.add_parser("mqtt-bridge", help="forward MQTT topics sensors/<device>[/<sensor>] to Kafka")
     bridge.add_argument("--mqtt-url", help="MQTT broker (default: DRIFTLINE_MQTT_URL, mqtt://127.0.0.1:1883)")
     bridge.add_argument("--topic", action="append", help="topic filter, repeatable (default: sensors/#)")
@@ -359,12 +449,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     config.set_defaults(func=cmd_config)
 
-    models = sub.add_parser("models", help="the model registry: list, show, promote, rollback")
+    models = sub.add_parser("models", help="the model registry: list, show, diff, promote, rollback")
     actions = models.add_subparsers(dest="action", required=True, metavar="ACTION")
     actions.add_parser("list", help="every model: aliases, events learned, headline metric")
     show = actions.add_parser("show", help="one model's versions and audit log")
     show.add_argument("name")
     show.add_argument("--json", action="store_true", help="everything, as JSON")
+    diff = actions.add_parser("diff", help="two versions side by side: parameters and metrics")
+    diff.add_argument("name")
+    diff.add_argument("a", help="a version number, or an alias: latest, champion, challenger")
+    diff.add_argument("b", help="the version to compare it with (same forms)")
     promote = actions.add_parser("promote", help="pin the champion (or challenger) to a version")
     promote.add_argument("name")
     promote.add_argument("version", type=int, nargs="?", help="default: the latest")

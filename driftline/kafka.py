@@ -26,6 +26,7 @@ def topic_plan(settings: Settings) -> dict[str, int]:
         settings.dlq_topic: settings.events_partitions,
         settings.labels_topic: settings.labels_partitions,
         settings.alerts_topic: 1,
+        settings.model_events_topic: 1,
     }
 
 

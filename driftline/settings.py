@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     labels_topic: str = "sensor-labels"
     #: Drift alerts, as recorded (JSON, keyed by model).
     alerts_topic: str = "drift-alerts"
+    #: Spawns, promotions, retirements and rollbacks of models (JSON, keyed by model).
+    model_events_topic: str = "model-events"
     labels_partitions: int = Field(2, ge=1)
     events_partitions: int = Field(4, ge=1)
     features_partitions: int = Field(2, ge=1)

@@ -35,6 +35,7 @@ def worker_config(settings: Settings) -> WorkerConfig:
         stages=stages,
         topics=Topics(
             alerts=settings.alerts_topic,
+            model_events=settings.model_events_topic,
             events=settings.events_topic,
             features=settings.features_topic,
             dlq=settings.dlq_topic,

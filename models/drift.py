@@ -322,6 +322,36 @@ class DriftMonitor:
                 fired.append(alert)
         return fired
 
+    def seen(self, signal: str) -> int:
+        """Values ``signal`` has seen (0 before its first)."""
+        watch = self.watches.get(signal)
+        return 0 if watch is None else watch.seen
+
+    def restart(self, signal: str, resolved_by: str, ts: float) -> None:
+        """Start ``signal`` over (a fresh detector and warm-up): the model it watched was replaced.
+        Its firing alert, if any, is resolved by ``resolved_by``. Its count goes on, so change
+        points stay comparable."""
+        watch = self.watches.get(signal)
+        if watch is None:
+            return
+        if watch.firing is not None:
+            self.outbox.append(
+                replace(
+                    watch.firing,
+                    status="resolved",
+                    resolved_position=watch.seen,
+                    resolved_event_time=ts,
+                    resolved_by=resolved_by,
+                )
+            )
+        self.watches[signal] = Watch(
+            signal,
+            watch.spec,
+            watch.spec.build(),
+            seen=watch.seen,
+            quiet_until=watch.seen + self.spec.warm_up,
+        )
+
     def take_outbox(self) -> list[Alert]:
         """The alerts to record with the next snapshot (and forget here)."""
         taken, self.outbox = self.outbox, []

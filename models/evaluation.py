@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from river import metrics, stats, utils
@@ -55,6 +56,36 @@ def metric_names(task: str) -> tuple[str, ...]:
 
 #: Metrics scored on probabilities (classification) or scores (anomaly), not on labels.
 _ON_SCORES = {"ROCAUC"}
+
+
+def _said(metric: str, prediction: Prediction, task: str) -> Any:
+    """What ``metric`` scores of a prediction: a classifier's probabilities for ROC AUC (an
+    anomaly model's score is its value), the value otherwise."""
+    if metric in _ON_SCORES and task == "classification":
+        return prediction.proba
+    return prediction.value
+
+
+@lru_cache(maxsize=64)
+def headline_metric(task: str, name: str, positive: Any = True) -> tuple[type, dict[str, Any], bool]:
+    """River's class for one metric of a task, its arguments, and whether bigger is better.
+
+    >>> make, kwargs, bigger = headline_metric("regression", "MAE")
+    >>> make.__name__, bigger
+    ('MAE', False)
+    """
+    make, kwargs = _metric_factories(task, positive)[name]
+    return make, kwargs, bool(make(**kwargs).bigger_is_better)
+
+
+def score_prediction(metric: Any, name: str, task: str, y_true: Any, prediction: Prediction) -> bool:
+    """Update ``metric`` (River's metric ``name``) with one prediction; ``False`` if the model had
+    nothing to say, which River's evaluator skips."""
+    y_pred = _said(name, prediction, task)
+    if y_pred is None or (isinstance(y_pred, dict) and not y_pred):
+        return False
+    metric.update(y_true, y_pred)
+    return True
 
 
 @dataclass
@@ -105,10 +136,8 @@ class Evaluation:
     def update(self, y_true: Any, prediction: Prediction) -> None:
         """Score one prediction against its label."""
         self.labelled += 1
-        label_pred = prediction.value
-        score_pred = prediction.proba if self.task == "classification" else prediction.value
         for name in self.cumulative:
-            y_pred = score_pred if name in _ON_SCORES else label_pred
+            y_pred = _said(name, prediction, self.task)
             if y_pred is None or (isinstance(y_pred, dict) and not y_pred):
                 continue  # River's evaluator skips a model with nothing to say; so do we
             self.cumulative[name].update(y_true, y_pred)

@@ -10,6 +10,11 @@ API serves: it follows ``latest`` until an operator promotes a version, which pi
 MULTI/EXEC with its audit entry and announcement, so a reader never sees an alias pointing at a
 missing blob, and nothing changes without a trace.
 
+A race the learner decides (see driftline.models.retrain) reaches the registry inside the snapshot
+that follows it: the spawn, promotion or retirement is audited with that snapshot, in its
+transaction. A promotion makes the champion follow ``latest`` again (where the promoted model
+now is) and remembers the version served before it, so ``rollback`` returns to the old model.
+
 Retention keeps the newest ``keep_versions`` versions, every aliased one and the champions a
 rollback could return to.
 """
@@ -29,10 +34,12 @@ from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
 from driftline.core.alerts import Alert
+from driftline.core.buildinfo import build_info
 from driftline.core.errors import ModelNotReady, RegistryError, SnapshotError
 from driftline.core.keys import Keys
 from driftline.core.meta import SignedMeta, SnapshotMeta
 from driftline.models.learner import OnlineLearner
+from driftline.models.retrain import ModelEvent
 from driftline.models.snapshot import open_snapshot, seal_pickled
 
 LATEST = "latest"
@@ -45,6 +52,8 @@ CHAMPION_HISTORY = 20
 ALERT_HISTORY = 10_000
 #: Audit entries read per Redis call when walking the log back.
 AUDIT_PAGE = 500
+#: Audit actions that are also model events (the ``model-events`` stream and topic).
+MODEL_EVENT_ACTIONS = frozenset({"spawn", "promote", "retire", "rollback"})
 
 
 def _who() -> str:
@@ -94,6 +103,13 @@ class ModelRegistry:
             approximate=True,
         )
         tx.publish(self.channel, json.dumps({"model": name, "version": version, "action": action}))
+        if action in MODEL_EVENT_ACTIONS:
+            tx.xadd(
+                self.keys.model_events(),
+                {"model": name, "event": json.dumps(entry)},
+                maxlen=ALERT_HISTORY,
+                approximate=True,
+            )
 
     # --- writing ------------------------------------------------------------------------------
     async def publish(self, learner: OnlineLearner) -> SnapshotMeta:
@@ -101,51 +117,106 @@ class ModelRegistry:
         started = time.perf_counter()
         name = learner.name
         version = int(await self.redis.incr(self._model_key(name, "next_version")))
-        # The alerts raised since the last snapshot are recorded in the same transaction as the
-        # snapshot that no longer holds them: both land, or neither (a replay raises them again).
+        # The alerts raised and the races decided since the last snapshot are recorded in the
+        # same transaction as the snapshot that no longer holds them: both land, or neither (a
+        # replay raises them again).
         alerts = learner.drift.take_outbox()
+        events = learner.take_model_events()
+        lineage = self._lineage(learner, events)
+        parent = learner.lineage_mark(version)
         try:
-            payload = pickle.dumps(learner, protocol=5)
-        except BaseException:
-            learner.drift.outbox[:0] = alerts
-            raise
-        meta: SignedMeta = {
-            **learner.summary(),
-            "version": version,
-            "river_version": river.__version__,  # type: ignore[attr-defined]
-            "created_at": datetime.now(UTC).isoformat(),
-            "model_bytes": len(payload),  # inside the signed metadata, unlike the blob's size
-        }
-        blob = seal_pickled(payload, dict(meta), self.secret)
-        listing: SnapshotMeta = {
-            **meta,
-            "size_bytes": len(blob),
-            "seal_ms": round(1000 * (time.perf_counter() - started), 3),
-        }
-        try:
-            await self._record(learner, version, blob, listing, alerts)
+            try:
+                payload = pickle.dumps(learner, protocol=5)
+            except BaseException:
+                learner.lineage_mark(None, restore=parent)
+                raise
+            meta: SignedMeta = {
+                **learner.summary(),
+                "version": version,
+                "river_version": river.__version__,  # type: ignore[attr-defined]
+                "created_at": datetime.now(UTC).isoformat(),
+                "model_bytes": len(payload),  # inside the signed metadata, unlike the blob's size
+                "lineage": {**lineage, "model_bytes": len(payload)},
+            }
+            blob = seal_pickled(payload, dict(meta), self.secret)
+            listing: SnapshotMeta = {
+                **meta,
+                "size_bytes": len(blob),
+                "seal_ms": round(1000 * (time.perf_counter() - started), 3),
+            }
+            try:
+                await self._record(learner, version, blob, listing, alerts, events)
+            except BaseException:
+                learner.lineage_mark(None, restore=parent)
+                raise
         except BaseException:
             learner.drift.outbox[:0] = alerts  # not recorded: the next snapshot carries them
+            learner.model_events[:0] = events
             raise
         await self._drop_old_versions(name)
         return listing
 
+    @staticmethod
+    def _lineage(learner: OnlineLearner, events: list[ModelEvent]) -> dict[str, Any]:
+        """Where this version comes from: its parent, what it learned since, and why it exists."""
+        promoted = [e for e in events if e.action == "promote"]
+        if promoted:
+            event = promoted[-1]
+            why = {
+                "drift": f"challenger after alert {event.alert}",
+                "periodic": "periodic challenger",
+                "search": f"search candidate ({event.winner})",
+            }[event.reason]
+        else:
+            why = "continued learning"
+        since = learner.lineage_since()
+        return {
+            "reason": why,
+            "parent": since["parent"],
+            "spec": learner.spec.summary(),
+            "params": {**learner.spec.params, **(learner.origin.get("params") or {})},
+            "origin": dict(learner.origin),
+            "promotions": learner.promotions,
+            "source_positions_since_parent": since["positions"],
+            "events_learned_since_parent": since["events_learned"],
+            "learn_seconds_since_parent": since["learn_seconds"],
+            **build_info(),
+        }
+
     async def _record(
-        self, learner: OnlineLearner, version: int, blob: bytes, listing: SnapshotMeta, alerts: list[Alert]
+        self,
+        learner: OnlineLearner,
+        version: int,
+        blob: bytes,
+        listing: SnapshotMeta,
+        alerts: list[Alert],
+        events: list[ModelEvent],
     ) -> None:
-        """Store the snapshot, move ``latest``, record its alerts and audit it: one transaction.
+        """Store the snapshot, move ``latest``, record its alerts and model events and audit it:
+        one transaction.
 
         A resolution merges into the alert's record, which an acknowledgement may change at the
-        same moment: the record is watched, and a transaction that lost that race is redone.
+        same moment, and a promotion reads the champion an operator may move at the same moment:
+        both are watched, and a transaction that lost such a race is redone.
         """
         name = learner.name
         resolves = any(alert.status == "resolved" for alert in alerts)
+        promotes = any(event.action == "promote" for event in events)
+        aliases_key = self._model_key(name, "aliases")
         while True:
             async with self.redis.pipeline(transaction=True) as tx:
                 try:
                     if resolves:
                         await tx.watch(self.keys.alert_records())
-                    records = await self._alert_records(alerts, version, tx if resolves else self.redis)
+                    if promotes:
+                        await tx.watch(aliases_key)
+                    reader = tx if resolves or promotes else self.redis
+                    records = await self._alert_records(alerts, version, reader)
+                    served_before = None
+                    if promotes:
+                        raw = await reader.hgetall(aliases_key)
+                        current = {_text(k): int(v) for k, v in raw.items()}
+                        served_before = current.get(CHAMPION, current.get(LATEST))
                     tx.multi()
                     tx.set(self._model_key(name, "blob", str(version)), blob)
                     tx.zadd(self._model_key(name, "versions"), {str(version): version})
@@ -178,6 +249,19 @@ class ModelRegistry:
                         events_learned=learner.events_learned,
                         size_bytes=len(blob),
                     )
+                    for event in events:
+                        fields = event.to_json()
+                        del fields["action"], fields["model"]
+                        if event.action == "promote":
+                            # The champion follows latest, where the winner now is; rollback
+                            # returns to what was served before it.
+                            tx.hdel(aliases_key, CHAMPION)
+                            champions = self._model_key(name, "champions")
+                            tx.delete(champions)
+                            if served_before is not None:
+                                tx.rpush(champions, served_before)
+                            fields["previous"] = served_before or 0
+                        self._audit(tx, event.action, name, version, by="driftline", **fields)
                     await tx.execute()
                     return
                 except WatchError:
@@ -217,6 +301,8 @@ class ModelRegistry:
             target = history[-2]
         elif CHAMPION in aliases:
             target = None  # before the first promotion the champion followed latest
+        elif history:
+            target = history[-1]  # after a race's promotion: the model served before it
         else:
             # Following latest: roll back to the version before it.
             older = [v for v in await self._stored_versions(name) if v < (aliases.get(LATEST) or 0)]
@@ -234,7 +320,7 @@ class ModelRegistry:
                 tx.hset(self._model_key(name, "aliases"), CHAMPION, target)
                 if CHAMPION in aliases:
                     tx.rpop(champions)
-                else:
+                elif not history:
                     tx.rpush(champions, target)
             shown = target if target is not None else aliases.get(LATEST, 0)
             self._audit(
@@ -350,6 +436,43 @@ class ModelRegistry:
                 break
         return out[::-1]
 
+    async def promotions(self, name: str, points: int = 500) -> list[dict[str, Any]]:
+        """The model's champion promotions over its last ``points`` publishes (the span
+        :meth:`history` covers), oldest first: a race's (``kind: race``, by driftline, with the
+        standings it was decided on) and an operator's (``kind: manual``, promote to champion).
+
+        Each is placed at ``events_learned``: for a race, the events the learner had learned when
+        it promoted (from the lineage of the version that recorded it, while that is stored; else
+        that version's publish); for an operator's, the newest publish before it.
+        """
+        found: list[dict[str, Any]] = []
+        unplaced: list[dict[str, Any]] = []
+        publishes = 0
+        async for entry in self._audit_entries(name):
+            action = entry.get("action")
+            if action == "publish":
+                # Newest first: the publish just read is the newest before the promotions waiting.
+                for promotion in unplaced:
+                    promotion["events_learned"] = int(entry.get("events_learned") or 0)
+                unplaced = []
+                publishes += 1
+                if publishes == points:
+                    break
+            elif action == "promote" and (entry.get("race") or entry.get("alias") == CHAMPION):
+                promotion = _promotion(entry)
+                found.append(promotion)
+                unplaced.append(promotion)
+        raced = [p for p in found if p["kind"] == "race"]
+        if raced:
+            metas = await self.redis.hmget(self._model_key(name, "meta"), [str(p["version"]) for p in raced])
+            for promotion, raw in zip(raced, metas, strict=True):
+                lineage = (json.loads(raw).get("lineage") or {}) if raw else {}
+                origin = lineage.get("origin") or {}
+                at = origin.get("events_learned_at_promotion")
+                if origin.get("race") == promotion["race"] and isinstance(at, int):
+                    promotion["events_learned"] = at
+        return found[::-1]
+
     async def alerts(
         self, model: str | None = None, count: int = 100, **match: str | None
     ) -> list[dict[str, Any]]:
@@ -427,10 +550,14 @@ class ModelRegistry:
                     "status": alert.status,
                     "resolved_position": alert.resolved_position,
                     "resolved_event_time": alert.resolved_event_time,
+                    "resolved_by": alert.resolved_by,
+                    # A promotion resolved it: the version that serves the winner.
+                    **({"resolved_version": version} if alert.resolved_by else {}),
                 }
                 out.append({**json.loads(raised), **changes})
             else:
-                out.append({**alert.to_json(), "version": version})
+                resolved_version = {"resolved_version": version} if alert.resolved_by else {}
+                out.append({**alert.to_json(), "version": version, **resolved_version})
         return out
 
     async def alert_counts(self) -> dict[tuple[str, str, str, str], int]:
@@ -509,3 +636,28 @@ class ModelRegistry:
 def _text(value: bytes | str | Any) -> str:
     """A Redis reply as text (the client returns bytes: snapshots are binary)."""
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _promotion(entry: dict[str, Any]) -> dict[str, Any]:
+    """A ``promote`` audit entry as :meth:`ModelRegistry.promotions` lists it (its values are
+    text in the stream; ``null`` and a ``previous`` of 0 mean none)."""
+
+    def given(key: str) -> str | None:
+        value = entry.get(key)
+        return None if value in (None, "", "null") else value
+
+    previous = int(entry.get("previous") or 0)
+    return {
+        "version": int(entry["version"]),
+        "at": entry.get("at"),
+        "events_learned": None,
+        "kind": "race" if given("race") else "manual",
+        "by": given("by"),
+        "reason": given("reason"),
+        "why": given("why"),
+        "race": given("race"),
+        "alert": given("alert"),
+        "winner": given("winner"),
+        "previous": previous or None,
+        "standings": json.loads(entry["standings"]) if given("standings") else None,
+    }

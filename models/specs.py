@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from river import anomaly, base, forest, linear_model, optim, preprocessing, tree
 
 from driftline.models.drift import DriftSpec
+from driftline.models.retrain import RetrainSpec
 from driftline.models.robust import BoundedStandardScaler, RobustTargetScaler
 
 Task = Literal["regression", "classification", "anomaly", "forecast"]
@@ -170,6 +171,8 @@ class ModelSpec(BaseModel):
     max_pending: int = Field(10_000, ge=1)
     #: Drift detectors on the model's error, its features and (anomaly) its scores.
     drift: DriftSpec = DriftSpec()
+    #: When challengers race the champion, how a race is judged, and a parameter search.
+    retrain: RetrainSpec = RetrainSpec()
 
     @model_validator(mode="after")
     def _buildable(self) -> ModelSpec:
@@ -197,6 +200,13 @@ class ModelSpec(BaseModel):
                     "it can watch a classifier's error only"
                 )
         self.build()  # raises ValueError with the reason
+        if self.retrain.search is not None:
+            if self.task == "anomaly":
+                raise ValueError(f"model {self.name!r}: a search needs labels to compare on, not {self.task}")
+            for candidate in self.retrain.search.candidates():
+                self.build_with(candidate)
+        if self.task == "anomaly" and self.retrain.policy == "periodic":
+            raise ValueError(f"model {self.name!r}: periodic retraining needs labels to compare on")
         return self
 
     @property
@@ -206,6 +216,10 @@ class ModelSpec(BaseModel):
     def build(self) -> Any:
         """A fresh, untrained estimator for this spec."""
         return build_estimator(self.name, self.task, self.estimator, self.params)
+
+    def build_with(self, params: dict[str, Any]) -> Any:
+        """A fresh estimator with ``params`` over the spec's own (a search candidate)."""
+        return build_estimator(self.name, self.task, self.estimator, {**self.params, **params})
 
     def select(self, features: dict[str, float]) -> dict[str, float]:
         """The features this model uses, in the record's order (never its own target).

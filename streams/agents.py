@@ -275,12 +275,16 @@ class Worker:
                     await self.learn.publish()
 
     async def relay_alerts(self) -> None:
-        """Deliver recorded drift alerts to the alerts topic and the webhooks (one relay per
-        deployment holds the lease; see driftline.streams.relay). Runs until the worker stops."""
+        """Deliver recorded drift alerts to the alerts topic and the webhooks, and model events to
+        the model-events topic (one relay per deployment holds the lease; see
+        driftline.streams.relay). Runs until the worker stops."""
         async with httpx.AsyncClient(timeout=self.config.alert_webhook_timeout) as client:
             channels: list[Channel] = [KafkaChannel(self._send_and_wait, self.config.topics.alerts)]
             channels += webhook_channels(self.config.alert_webhooks, client)
-            await AlertRelay(self.redis, self.keys, channels).run(asyncio.Event())
+            model_events = KafkaChannel(
+                self._send_and_wait, self.config.topics.model_events, "kafka:model-events"
+            )
+            await AlertRelay(self.redis, self.keys, channels, [model_events]).run(asyncio.Event())
 
     async def _send_and_wait(self, topic: str, key: bytes, value: bytes) -> None:
         delivered = await self.app.producer.send(topic, key, value, None, None, None)

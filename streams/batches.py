@@ -158,6 +158,8 @@ class LearnBatch:
     learners: dict[str, OnlineLearner] = field(default_factory=dict)
     #: Learners with news since their last snapshot.
     changed: set[str] = field(default_factory=set)
+    #: A challenger was promoted since the last snapshot (published at once, to be served).
+    promoted: bool = False
     #: Learned from, not yet in a published snapshot.
     unacked: list[Incoming] = field(default_factory=list)
     unpublished_events: int = 0
@@ -169,6 +171,7 @@ class LearnBatch:
         """Resume from the learners of the newest snapshots; nothing is held any more."""
         self.unacked.clear()
         self.unpublished_events = 0
+        self.promoted = False
         self.changed.clear()
         self.learners = {}
         for learner in loaded:
@@ -200,8 +203,13 @@ class LearnBatch:
             learner = self.learner_for(items[0].model) if items else None
             if learner is not None:
                 raised = len(learner.drift.outbox)
+                decided = len(learner.model_events)
                 learner.learn_message(message.partition, message.offset, items)
                 self.changed.add(learner.name)
+                for event in learner.model_events[decided:]:
+                    log.warning("model %s: %s (%s): %s", event.model, event.action, event.race, event.why)
+                    if event.action == "promote":
+                        self.promoted = True  # serve the winner soon: publish at the next check
                 for alert in learner.drift.outbox[raised:]:
                     # Recorded (Redis) with the snapshot that holds it; said here as it happens.
                     if alert.status == "resolved":
@@ -229,7 +237,8 @@ class LearnBatch:
             return False
         now = time.monotonic() if now is None else now
         return (
-            self.unpublished_events >= self.snapshot_every_events
+            self.promoted
+            or self.unpublished_events >= self.snapshot_every_events
             or now - self.last_snapshot >= self.snapshot_every_seconds
         )
 
@@ -253,6 +262,7 @@ class LearnBatch:
             self.effects.ack(message)
         self.unacked.clear()
         self.unpublished_events = 0
+        self.promoted = False
         self.last_snapshot = time.monotonic()
 
     def _say_warnings(self, name: str, warnings: list[str]) -> None:

@@ -24,6 +24,7 @@ class Topics:
     dlq: str = "sensor-dlq"
     labels: str = "sensor-labels"
     alerts: str = "drift-alerts"
+    model_events: str = "model-events"
 
 
 @dataclass(frozen=True)

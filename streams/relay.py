@@ -8,6 +8,9 @@ down gets every alert, in order, once it is back. A slow or dead receiver holds 
 channel, never learning or the other channels. One relay runs per deployment: workers take a
 short lease (``ns:alert-relay``), and whoever holds it relays.
 
+The same relay carries the registry's model events (spawns, promotions, retirements, rollbacks:
+the stream ``ns:model-events``) to the ``model-events`` topic, the same way.
+
 Delivery is at least once: a crash between a delivery and the saved position repeats that one
 alert, which receivers can tell by its id (the Alertmanager body carries it as a label).
 """
@@ -19,7 +22,7 @@ import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -49,7 +52,7 @@ class Channel(Protocol):
 
 @dataclass
 class KafkaChannel:
-    """The ``drift-alerts`` topic: the alert's JSON, keyed by model."""
+    """A topic (``drift-alerts``, ``model-events``): each item's JSON, keyed by its model."""
 
     send: Callable[[str, bytes, bytes], Awaitable[None]]
     topic: str
@@ -135,6 +138,8 @@ class AlertRelay:
     redis: Redis
     keys: Keys
     channels: list[Channel]
+    #: Where the model events go (see the module's docstring).
+    model_event_channels: list[Channel] = field(default_factory=list)
     holder: str = ""
     #: Longest wait between two tries of a failing delivery (seconds).
     max_backoff: float = 30.0
@@ -146,9 +151,15 @@ class AlertRelay:
         """Relay while holding the lease, until ``stop`` is set."""
         while not stop.is_set():
             if await self._take_lease():
+                routes = [(self.keys.alerts(), b"alert", channel) for channel in self.channels]
+                routes += [
+                    (self.keys.model_events(), b"event", channel) for channel in self.model_event_channels
+                ]
                 tasks = [
-                    asyncio.create_task(self._relay(channel, stop), name=f"relay {channel.name}")
-                    for channel in self.channels
+                    asyncio.create_task(
+                        self._relay(stream, name, channel, stop), name=f"relay {channel.name}"
+                    )
+                    for stream, name, channel in routes
                 ]
                 try:
                     while not stop.is_set() and await self._take_lease():
@@ -170,14 +181,15 @@ class AlertRelay:
             return True
         return False
 
-    async def _relay(self, channel: Channel, stop: asyncio.Event) -> None:
+    async def _relay(self, stream: str, entry_field: bytes, channel: Channel, stop: asyncio.Event) -> None:
+        """Deliver each entry of ``stream`` (its JSON under ``entry_field``) to ``channel``."""
         position = await self.redis.hget(self.keys.alert_delivery(), channel.name)
         last = (position.decode() if isinstance(position, bytes) else position) or "0-0"
         while not stop.is_set():
-            read: Any = await self.redis.xread({self.keys.alerts(): last}, count=100, block=1000)
+            read: Any = await self.redis.xread({stream: last}, count=100, block=1000)
             for _, entries in read or []:
                 for entry_id, fields in entries:
-                    alert = json.loads(_field(fields, b"alert"))
+                    alert = json.loads(_field(fields, entry_field))
                     await self._deliver(channel, alert)
                     last = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
                     async with self.redis.pipeline(transaction=True) as tx:
@@ -197,8 +209,8 @@ class AlertRelay:
                 except Exception as exc:
                     await self.redis.hincrby(self.keys.alert_delivery(), f"{channel.name}|failed", 1)
                     log.warning(
-                        "alert %s to %s failed (try %d): %s",
-                        alert["id"],
+                        "%s to %s failed (try %d): %s",
+                        alert.get("id") or f"{alert.get('action')} of {alert.get('model')}",
                         channel.name,
                         attempt.retry_state.attempt_number,
                         exc,

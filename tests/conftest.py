@@ -66,6 +66,7 @@ def make_settings(services: Services, tmp_path_factory: pytest.TempPathFactory) 
             "dlq_topic": f"sensor-dlq-{run}",
             "labels_topic": f"sensor-labels-{run}",
             "alerts_topic": f"drift-alerts-{run}",
+            "model_events_topic": f"model-events-{run}",
             "secret_key": "test-secret-key-0123456789",
             "snapshot_every_events": 100,
             "snapshot_every_seconds": 1.0,

@@ -60,6 +60,9 @@ class Alert:
     resolved_event_time: float | None = None
     #: The model version whose snapshot recorded it (set by the registry).
     version: int | None = None
+    #: What resolved it when the signal did not settle by itself: the race whose promotion
+    #: replaced the model (``model:race:source:offset:index``).
+    resolved_by: str | None = None
 
     @classmethod
     def create(

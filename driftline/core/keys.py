@@ -68,6 +68,10 @@ class Keys:
     def snapshots_channel(self) -> str:
         return self.key("snapshots")
 
+    def model_events(self) -> str:
+        """Spawns, promotions, retirements and rollbacks, for the ``model-events`` topic."""
+        return self.key("model-events")
+
     def alerts(self) -> str:
         return self.key("alerts")
 

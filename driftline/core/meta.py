@@ -49,6 +49,10 @@ class LearnerSummary(TypedDict):
     warnings: list[str]
     #: signal (``error``, ``score``, ``feature:<name>``) -> {detector, seen, alerts}
     drift: dict[str, dict[str, Any]]
+    #: the race on, if any: ``{race, reason, alert, events, champion, challengers: [...]}``
+    race: NotRequired[dict[str, Any] | None]
+    #: challengers promoted so far
+    promotions: NotRequired[int]
 
 
 class SignedMeta(LearnerSummary):
@@ -59,6 +63,9 @@ class SignedMeta(LearnerSummary):
     created_at: str
     #: the pickled model's size, inside the signed part
     model_bytes: int
+    #: where this version comes from: parent, reason, spec and params, positions learned since
+    #: the parent, learn time, size, driftline/River versions and git commit
+    lineage: NotRequired[dict[str, Any]]
 
 
 class SnapshotMeta(SignedMeta):

@@ -133,6 +133,8 @@ class FakeRegistry:
         self.pinned: dict[str, dict[str, int]] = {}
         self.audit_log: list[dict[str, Any]] = []  # newest first
         self.history_asked: list[tuple[str, int]] = []
+        self.promotion_log: list[dict[str, Any]] = []  # as ModelRegistry.promotions lists them
+        self.promotions_asked: list[tuple[str, int]] = []
         self.alert_records: dict[str, dict[str, Any]] = {}
         self.acks: list[tuple[str, str | None, str | None]] = []
 
@@ -166,6 +168,10 @@ class FakeRegistry:
     async def history(self, name: str, points: int = 500) -> list[dict[str, Any]]:
         self.history_asked.append((name, points))
         return []
+
+    async def promotions(self, name: str, points: int = 500) -> list[dict[str, Any]]:
+        self.promotions_asked.append((name, points))
+        return list(self.promotion_log)
 
     async def alert(self, alert_id: str) -> dict[str, Any]:
         if alert_id not in self.alert_records:
@@ -401,8 +407,22 @@ def test_stats_adds_up_the_current_topics_partitions_and_reports_model_warnings(
     assert body["balanced"] is True
     assert set(body["partitions"]) == {"0", "1"}
     assert body["models"] == {
-        "old": {"version": 7, "events_seen": 9, "events_learned": 9, "warnings": []},
-        "stuck": {"version": 2, "events_seen": 500, "events_learned": 0, "warnings": [warning]},
+        "old": {
+            "version": 7,
+            "events_seen": 9,
+            "events_learned": 9,
+            "warnings": [],
+            "race": None,
+            "promotions": 0,
+        },
+        "stuck": {
+            "version": 2,
+            "events_seen": 500,
+            "events_learned": 0,
+            "warnings": [warning],
+            "race": None,
+            "promotions": 0,
+        },
     }
     assert body["warnings"] == [warning]
 
@@ -437,15 +457,107 @@ def test_model_history_takes_points_within_bounds_and_is_404_for_an_unknown_mode
     registry.add({"model": "m", "version": 1})
     client = serve(registry=registry)
 
-    assert client.get("/models/m/history").json() == {"model": "m", "points": []}
+    assert client.get("/models/m/history").json() == {"model": "m", "points": [], "promotions": []}
     assert client.get("/models/m/history", params={"points": 7}).status_code == 200
     too_few = client.get("/models/m/history", params={"points": 0})
     too_many = client.get("/models/m/history", params={"points": 5001})
     missing = client.get("/models/nope/history")
 
-    assert registry.history_asked == [("m", 500), ("m", 7)]
+    assert registry.history_asked == registry.promotions_asked == [("m", 500), ("m", 7)]
     assert too_few.status_code == too_many.status_code == 422
     assert missing.status_code == 404
+
+
+def test_model_history_lists_the_promotions_over_its_points_for_the_chart() -> None:
+    registry = FakeRegistry()
+    registry.add({"model": "m", "version": 4})
+    promotion = {
+        "version": 4,
+        "at": T0.isoformat(),
+        "events_learned": 70,
+        "kind": "race",
+        "by": "driftline",
+        "reason": "periodic",
+        "why": "challenger beat the champion by at least 2% over 500 events",
+        "race": "m:race:events/0:49:0",
+        "alert": None,
+        "winner": "challenger",
+        "previous": 3,
+        "standings": {
+            "events": 500,
+            "champion": 0.5,
+            "challengers": [{"label": "challenger", "metric": 0.4}],
+        },
+    }
+    registry.promotion_log = [promotion]
+
+    body = serve(registry=registry).get("/models/m/history", params={"points": 50}).json()
+
+    assert body["promotions"] == [promotion]
+    assert registry.promotions_asked == [("m", 50)]  # the span the points cover
+
+
+RACE = {
+    "race": "default:race:events/0:99:0",
+    "reason": "drift",
+    "alert": "default:error:events/0:99:0",
+    "events": 300,
+    "warm_started": 80,
+    "champion": 0.5,
+    "challengers": [
+        {"label": "candidate 1", "params": {"l2": 0.0}, "metric": 0.45, "events": 300},
+        {"label": "candidate 2", "params": {"l2": 0.1}, "metric": 0.55, "events": 300},
+    ],
+}
+
+
+def test_models_and_stats_show_the_race_of_the_latest_snapshot_even_when_the_champion_is_pinned() -> None:
+    settings = make_settings()
+    learner = trained_learner(settings, events=10)
+    store = serving(learner, snapshot_meta(learner, version=1))  # the pinned champion: no race
+    registry: FakeRegistry = store.registry  # type: ignore[assignment]
+    registry.pinned[learner.name] = {"champion": 1}
+    registry.add(snapshot_meta(learner, version=2, race=RACE, promotions=1))
+    client = serve(settings, store=store, registry=registry)
+
+    model = client.get(f"/models/{learner.name}").json()
+    listed = client.get("/models").json()[0]
+    stats = client.get("/stats").json()["models"][learner.name]
+
+    race = model["race"]
+    assert (model["served_version"], model["champion_pinned"], model["promotions"]) == (1, True, 1)
+    assert race["version"] == 2 and race["race"] == RACE["race"] and race["alert"] == RACE["alert"]
+    assert (race["metric"], race["bigger_is_better"]) == ("MAE", False)
+    assert (race["margin"], race["min_events"], race["max_events"], race["window"]) == (0.02, 500, 5000, 500)
+    assert [(c["label"], c["vs_champion"]) for c in race["challengers"]] == [
+        ("candidate 1", pytest.approx(0.1)),
+        ("candidate 2", pytest.approx(-0.1)),
+    ]
+    assert race["leader"] == "candidate 1" and race["champion_params"] == {}
+    assert listed["race"] == race and stats["race"] == race and stats["promotions"] == 1
+
+
+def test_without_a_race_models_say_none_and_the_served_snapshot_is_not_read_twice() -> None:
+    settings = make_settings()
+    learner = trained_learner(settings, events=10)
+    meta = snapshot_meta(learner, version=3)
+    store = serving(learner, meta)
+    registry: FakeRegistry = store.registry  # type: ignore[assignment]
+    registry.metas[learner.name][3] = {**meta, "race": RACE}  # a listing the route must not need
+    model = serve(settings, store=store, registry=registry).get(f"/models/{learner.name}").json()
+
+    assert (model["race"], model["promotions"]) == (None, 0)  # from the served (= latest) snapshot
+
+
+def test_the_dashboard_draws_races_and_promotions_from_the_api_and_loads_nothing_from_elsewhere() -> None:
+    page = serve().get("/dashboard")
+
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    text = page.text
+    assert 'fetch("models")' in text and "/history`" in text  # what the page reads
+    assert "model.race" in text and "racePanel" in text  # the race, from /models
+    assert "history.promotions" in text and "promo-mark" in text  # the promotions, on the chart
+    assert "<script src" not in text and "<link" not in text and "@import" not in text  # no CDN
 
 
 # --- /devices ---------------------------------------------------------------------------------

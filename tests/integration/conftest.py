@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -14,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from driftline.settings import Settings
@@ -155,3 +158,64 @@ class Receiver:
                 else (b[0]["labels"]["alert_id"], "resolved" if "endsAt" in b[0] else "firing")
                 for b in self.bodies
             ]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ApiProcess:
+    """``driftline api`` (uvicorn, as deployed) as a child process on a free port."""
+
+    def __init__(self, settings: Settings, log_path: Path) -> None:
+        self.settings = settings.model_copy(update={"api_port": free_port()})
+        self.url = f"http://127.0.0.1:{self.settings.api_port}"
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ApiProcess:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "driftline", "api"],
+                env=settings_env(self.settings),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.log_tail()
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return self
+            time.sleep(0.2)
+        raise AssertionError(f"the API did not answer within 30 s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def log_tail(self, lines: int = 40) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+@pytest.fixture
+def start_api(tmp_path: Path) -> Iterator[Callable[[Settings], ApiProcess]]:
+    apis: list[ApiProcess] = []
+
+    def start(settings: Settings) -> ApiProcess:
+        api = ApiProcess(settings, tmp_path / f"api-{len(apis)}.log")
+        apis.append(api)
+        return api.start()
+
+    yield start
+    for api in apis:
+        api.stop()

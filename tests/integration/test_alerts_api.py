@@ -18,8 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -34,7 +33,7 @@ from driftline.models.learner import OnlineLearner
 from driftline.models.specs import ModelSpec
 from driftline.settings import Settings
 
-from .conftest import settings_env
+from .conftest import ApiProcess, settings_env
 
 pytestmark = pytest.mark.integration
 
@@ -84,67 +83,6 @@ def registry_call(settings: Settings, action: Callable[[Any], Any]) -> Any:
             await redis.aclose()
 
     return asyncio.run(run())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class ApiProcess:
-    """``driftline api`` (uvicorn, as deployed) as a child process on a free port."""
-
-    def __init__(self, settings: Settings, log_path: Path) -> None:
-        self.settings = settings.model_copy(update={"api_port": free_port()})
-        self.url = f"http://127.0.0.1:{self.settings.api_port}"
-        self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> ApiProcess:
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "driftline", "api"],
-                env=settings_env(self.settings),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, self.log_tail()
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return self
-            time.sleep(0.2)
-        raise AssertionError(f"the API did not answer within 30 s:\n{self.log_tail()}")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def log_tail(self, lines: int = 40) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
-
-
-@pytest.fixture
-def start_api(tmp_path: Path) -> Iterator[Callable[[Settings], ApiProcess]]:
-    apis: list[ApiProcess] = []
-
-    def start(settings: Settings) -> ApiProcess:
-        api = ApiProcess(settings, tmp_path / f"api-{len(apis)}.log")
-        apis.append(api)
-        return api.start()
-
-    yield start
-    for api in apis:
-        api.stop()
 
 
 class SSEReader:

@@ -20,10 +20,14 @@ from driftline.core.alerts import Alert
 from driftline.core.records import FeatureRecord
 from driftline.models.drift import DetectorSpec, DriftSpec
 from driftline.models.learner import OnlineLearner, prediction_error
+from driftline.models.retrain import RetrainSpec
 from driftline.models.specs import ModelSpec
 
 Stream = Iterable[tuple[dict[Any, float], Any]]
-SEA = ModelSpec(name="sea", task="classification", estimator="logistic_regression")
+# Retraining off: these tests are about what the detectors see of one model's error.
+SEA = ModelSpec(
+    name="sea", task="classification", estimator="logistic_regression", retrain=RetrainSpec(policy="never")
+)
 
 
 def abrupt_sea(before: int, after: int, seed: int = 1) -> Iterator[tuple[dict[Any, float], Any]]:
@@ -86,7 +90,7 @@ def test_an_abrupt_concept_drift_gives_one_alert_within_300_events(seed: int) ->
 
 def test_a_regression_drift_is_seen_at_each_change_point() -> None:
     stream = itertools.islice(synth.FriedmanDrift(drift_type="gra", position=(5000, 8000), seed=1), 10_000)
-    alerts = firing(learn(ModelSpec(name="f"), stream))
+    alerts = firing(learn(ModelSpec(name="f", retrain=RetrainSpec(policy="never")), stream))
     offsets = [a.offset for a in alerts if a.signal == "error"]
     assert len(offsets) == 2 and 5000 <= offsets[0] <= 5300 and 8000 <= offsets[1] <= 8300, offsets
 

@@ -303,6 +303,8 @@ def test_summary_is_json_serialisable_and_exact() -> None:
             "error": {"detector": "adwin", "seen": 1, "alerts": 0},
             "feature:a": {"detector": "adwin", "seen": 2, "alerts": 0},
         },
+        "race": None,
+        "promotions": 0,
     }
 
 
