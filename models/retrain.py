@@ -153,6 +153,28 @@ class RetrainSpec(BaseModel):
     def active(self) -> bool:
         return self.policy != "never" or self.search is not None
 
+    def describe(self) -> str:
+        """In words, for the startup log and ``driftline config``.
+
+        >>> RetrainSpec().describe()
+        'retrains on drift (a challenger must beat it by 2% over 500 to 5,000 events)'
+        >>> RetrainSpec(policy="never").describe()
+        'never retrains'
+        """
+        when = {
+            "on_drift": "retrains on drift",
+            "periodic": f"retrains every {self.every:,} labelled events",
+            "never": "never retrains",
+        }[self.policy]
+        if self.search is not None:
+            when += f", searches {len(self.search.candidates())} parameter sets"
+        if not self.active:
+            return when
+        return (
+            f"{when} (a challenger must beat it by {self.margin:.0%} over "
+            f"{self.min_events:,} to {self.max_events:,} events)"
+        )
+
 
 @dataclass
 class Contender:

@@ -113,7 +113,8 @@ def test_config_says_each_models_task_target_estimator_features_and_the_catalog(
     lines = out.splitlines()
     assert lines[0] == (
         "model 'm': regression of 'y' (its reading, else the event's target field), "
-        "estimator linear_regression, features all of the raw preset, metric MAE"
+        "estimator linear_regression, features all of the raw preset, metric MAE; "
+        "retrains on drift (a challenger must beat it by 2% over 500 to 5,000 events)"
     )
     assert lines[1].startswith(
         "model 'odd': anomaly of 'power' (the event's target field, else its "

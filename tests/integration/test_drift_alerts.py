@@ -30,7 +30,14 @@ from .conftest import Receiver, WorkerProcess, settings_env
 
 pytestmark = pytest.mark.integration
 
-SEA = {"name": "sea", "task": "classification", "estimator": "logistic_regression"}
+# Retraining off: these tests follow an alert from detection to its resolution by a stable signal
+# (tests/integration/test_retraining.py has the alert a promotion resolves).
+SEA = {
+    "name": "sea",
+    "task": "classification",
+    "estimator": "logistic_regression",
+    "retrain": {"policy": "never"},
+}
 BEFORE, AFTER = 3000, 2000
 
 

@@ -30,8 +30,17 @@ from driftline.settings import Settings
 pytestmark = pytest.mark.integration
 
 T = TypeVar("T")
-#: A race every 50 events learned, decided after 20 scored (a tie goes to the challenger).
-RACING = {"policy": "periodic", "every": 50, "min_events": 20, "max_events": 200, "window": 20, "margin": 0.0}
+#: A race every 50 events learned, decided after 20 scored; the challenger starts untrained (no
+#: buffer to warm-start on), so it learns only the regime the race starts in.
+RACING = {
+    "policy": "periodic",
+    "every": 50,
+    "min_events": 20,
+    "max_events": 200,
+    "window": 20,
+    "margin": 0.0,
+    "buffer": 0,
+}
 
 
 def on_registry(settings: Settings, action: Callable[[ModelRegistry], Awaitable[T]]) -> T:
@@ -46,7 +55,8 @@ def on_registry(settings: Settings, action: Callable[[ModelRegistry], Awaitable[
 
 
 def race_and_publish(settings: Settings, events: int = 140, every: int = 20) -> OnlineLearner:
-    """Learn ``events`` (y = t/2, then 3t - 20 from event 50 on), publishing every ``every``.
+    """Learn ``events`` (y = t/2, then 3t - 20 from event 50 on, 60 - 2t from event 100 on),
+    publishing every ``every``.
 
     Races spawn at 50 and 100 events learned and promote their challenger at 70 and 120: v3
     (60 events) is mid-race, v4 (80) records the first promotion, v6 (120) the second.
@@ -54,7 +64,8 @@ def race_and_publish(settings: Settings, events: int = 140, every: int = 20) -> 
     learner = OnlineLearner.create(ModelSpec(name="default", retrain=RACING))
     for i in range(events):
         x = {"temperature": 15.0 + i % 10}
-        y = 0.5 * x["temperature"] if i < 50 else 3.0 * x["temperature"] - 20
+        t = x["temperature"]
+        y = 0.5 * t if i < 50 else (3.0 * t - 20 if i < 100 else 60 - 2.0 * t)
         learner.learn(FeatureRecord("default", "dev-1", f"e{i}", float(i), x, y, 0, i), 0, i)
         if i % every == every - 1:
             on_registry(settings, lambda r: r.publish(learner))

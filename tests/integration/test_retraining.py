@@ -215,7 +215,9 @@ def test_a_drift_brings_a_challenger_that_is_promoted_served_and_pays(
     )
     mapping = ["--device-column", "device", "--time-column", "ts", "--target-column", "target"]
     predictions = Predictions(api, {"device_id": "probe", "readings": events[0]["readings"], "model": name})
-    driftline(settings, "replay", str(source), *mapping)
+    # At a device fleet's pace rather than all at once, so that snapshots follow one another (a
+    # backlog learned in one batch is one snapshot) and the client sees the switch.
+    driftline(settings, "replay", str(source), "--rate", "2000", *mapping)
     wait_for(lambda: seen(settings, name) == len(events), 180, "every event to be learned")
     time.sleep(1.0)  # the API swaps on the announcement; let the client see the last version
     answers = predictions.close()
