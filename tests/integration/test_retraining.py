@@ -200,7 +200,7 @@ def test_a_drift_brings_a_challenger_that_is_promoted_served_and_pays(
 ) -> None:
     spec_json, before, after, seed = CASES[kind]
     name = spec_json["name"]
-    settings = make_settings(models=[spec_json], features="raw", sensor_catalog="none")
+    settings = make_settings(models=[spec_json], features="raw", sensor_catalog="none", batch_size=50)
     start_worker(settings)
     api = start_api(settings)
     events = stream(kind, before, after, seed)
@@ -215,8 +215,12 @@ def test_a_drift_brings_a_challenger_that_is_promoted_served_and_pays(
     )
     mapping = ["--device-column", "device", "--time-column", "ts", "--target-column", "target"]
     predictions = Predictions(api, {"device_id": "probe", "readings": events[0]["readings"], "model": name})
-    # At a device fleet's pace rather than all at once, so that snapshots follow one another (a
-    # backlog learned in one batch is one snapshot) and the client sees the switch.
+    # The worker has its partitions (a backlog sent before would be learned as one batch).
+    client = redis.Redis.from_url(settings.redis_url)
+    wait_for(lambda: client.hexists(settings.keys.topics(), settings.events_topic), 60, "the worker to join")
+    # At a device fleet's pace rather than all at once, and in batches of 50 (the worker's
+    # batch_size), so that snapshots follow one another even when the worker lags (a backlog
+    # learned in one batch is one snapshot) and the client sees the switch.
     driftline(settings, "replay", str(source), "--rate", "2000", *mapping)
     wait_for(lambda: seen(settings, name) == len(events), 180, "every event to be learned")
     time.sleep(1.0)  # the API swaps on the announcement; let the client see the last version
@@ -263,7 +267,6 @@ def test_a_drift_brings_a_challenger_that_is_promoted_served_and_pays(
     assert meta["promotions"] == meta["lineage"]["promotions"] == actions.count("promote")
 
     # the alert that started the race is resolved by the promotion, with a link to it
-    client = redis.Redis.from_url(settings.redis_url)
     alert = json.loads(client.hget(settings.keys.alert_records(), spawn["alert"]))
     assert alert["status"] == "resolved" and alert["resolved_by"] == promote["race"]
     assert alert["resolved_version"] == int(promote["version"])
@@ -300,7 +303,7 @@ def test_a_worker_killed_mid_race_decides_as_one_never_killed(
 ) -> None:
     spec_json = {**CASES["agrawal"][0], "retrain": {"min_events": 1500}}
     name = spec_json["name"]
-    settings = make_settings(models=[spec_json], features="raw", sensor_catalog="none")
+    settings = make_settings(models=[spec_json], features="raw", sensor_catalog="none", batch_size=50)
     events = stream("agrawal", 4000, 4000, seed=3)
     worker = start_worker(settings)
     first, rest = events[:4300], events[4300:]
