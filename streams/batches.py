@@ -213,7 +213,12 @@ class LearnBatch:
                 for alert in learner.drift.outbox[raised:]:
                     # Recorded (Redis) with the snapshot that holds it; said here as it happens.
                     if alert.status == "resolved":
-                        log.info("drift alert %s resolved: %s stable for a cooldown", alert.id, alert.signal)
+                        why = (
+                            f"a challenger replaced the model ({alert.resolved_by})"
+                            if alert.resolved_by
+                            else f"{alert.signal} stable for a cooldown"
+                        )
+                        log.info("drift alert %s resolved: %s", alert.id, why)
                         continue
                     log.warning(
                         "drift alert %s: %s %s on %s (%s), mean %s -> %s",
