@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import math
 import re
 import secrets
 from collections.abc import AsyncIterator, Mapping
@@ -61,6 +62,9 @@ class PredictionResponse(BaseModel):
     events_learned: int
     #: the alias asked for, if any (the version says which one answered)
     alias: str | None = None
+    #: why ``prediction`` is null although a model answered: it said NaN or infinity, which is
+    #: no prediction (and not JSON); the status stays 200, the features are still shown
+    warning: str | None = None
 
 
 @router.post(
@@ -96,6 +100,16 @@ async def predict(
         )
     _, features = featurized
     value, probabilities = as_json_prediction(served.learner.predict(features))
+    warning = None
+    if not _finite(value, probabilities):
+        # A model gone numerically wrong is not the client's fault (no 4xx) and must not be a
+        # 500 or a bare NaN: no prediction, and a warning saying why.
+        warning = (
+            f"model {name!r} v{served.version} predicted a non-finite value "
+            f"({value!r}, probabilities {probabilities!r}) for these features: no prediction"
+        )
+        log.warning("/predict for device %s: %s", reading.device_id, warning)
+        value, probabilities = None, None
     return PredictionResponse(
         prediction=value,
         probabilities=probabilities,
@@ -106,7 +120,20 @@ async def predict(
         features=features,
         events_learned=int(served.meta.get("events_learned", 0)),
         alias=reading.alias,
+        warning=warning,
     )
+
+
+def _finite(value: float | bool | str | None, probabilities: dict[str, float] | None) -> bool:
+    """No NaN or infinity in what a model said (as :func:`as_json_prediction` gives it).
+
+    >>> _finite(2.5, None), _finite("a", {"a": 1.0})
+    (True, True)
+    >>> _finite(float("nan"), None), _finite("a", {"a": float("inf")})
+    (False, False)
+    """
+    numbers = [value] if isinstance(value, float) else []
+    return all(math.isfinite(x) for x in (*numbers, *(probabilities or {}).values()))
 
 
 def as_json_prediction(said: Prediction) -> tuple[float | bool | str | None, dict[str, float] | None]:

@@ -145,7 +145,7 @@ def choose_specs(
     A name not configured, a spec that is not valid, or a name given twice raises
     :class:`DriftlineError` with a one-line reason.
 
-    >>> settings = Settings(_env_file=None)
+    >>> settings = Settings(env="dev", _env_file=None)
     >>> [s.name for s in choose_specs(settings, inline=['{"name": "a", "estimator": "arf_regressor"}'])]
     ['a']
     >>> choose_specs(settings, names=["nope"])
@@ -245,7 +245,8 @@ def run_backtest(
     >>> events = [{"event_id": f"e{i}", "device_id": "d", "ts": i, "readings": {"x": float(i)},
     ...            "target": 2.0 * i} for i in range(3)]
     >>> spec = ModelSpec(name="m", retrain={"policy": "never"})
-    >>> result = run_backtest(events, [spec], Settings(features="raw", sensor_catalog="none", _env_file=None))
+    >>> settings = Settings(env="dev", features="raw", sensor_catalog="none", _env_file=None)
+    >>> result = run_backtest(events, [spec], settings)
     >>> result.ingest["accepted"], result.models[0].events_learned, result.models[0].metric
     (3, 3, 'MAE')
     """

@@ -58,8 +58,9 @@ def _running_stack_addresses(base: Settings) -> dict[str, str]:
 def cmd_up(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from driftline.supervisor import run_up
+    from driftline.supervisor import dev_mode_unless_set, run_up
 
+    dev_mode_unless_set()  # before the settings are read: `up` is the development stack
     settings = _settings(beside_stack=False, api_port=args.port, data_dir=args.data_dir)
     return run_up(settings, Path(settings.data_dir), simulate=not args.no_simulator)
 
@@ -119,6 +120,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     from driftline.api.main import create_app
 
     settings = _settings(api_host=args.host, api_port=args.port)
+    settings.check_api_bind()  # the published development secrets never leave this machine
     # The app is built from these settings (flags and a running stack's addresses included),
     # not read again from the environment.
     uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_level=args.loglevel)

@@ -7,7 +7,9 @@ a value set once in the environment reaches all of them. ``driftline up`` passes
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import logging
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -16,15 +18,23 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from redis.asyncio import Redis
 
+from driftline.core.errors import ConfigurationError
 from driftline.core.keys import Keys
 from driftline.models.registry import ModelRegistry
 from driftline.models.specs import ModelSpec
 from driftline.streams.catalog import SensorSpec, describe_catalog, load_catalog
 from driftline.streams.features import FeatureSpec
 
-#: The development secret. Fine on a laptop; refused when ``DRIFTLINE_ENV=prod``.
+#: The development secrets: published here, so they protect nothing. Used only when
+#: ``DRIFTLINE_ENV`` is ``dev`` (or ``test``) and the variable is not set; refused in ``prod``
+#: (the default), warned about wherever they are used, and never served on a public address.
 DEV_SECRET = "driftline-dev-secret-change-me"  # noqa: S105 - refused when env=prod
 DEV_API_KEY = "driftline-dev-key"
+
+#: The modes in which the development secrets may stand in for unset ones (set explicitly).
+DEV_MODES = frozenset({"dev", "test"})
+
+log = logging.getLogger("driftline.settings")
 
 
 class Settings(BaseSettings):
@@ -32,7 +42,7 @@ class Settings(BaseSettings):
 
     Examples
     --------
-    >>> s = Settings(kafka_url="kafka://127.0.0.1:9092", _env_file=None)
+    >>> s = Settings(env="dev", kafka_url="kafka://127.0.0.1:9092", _env_file=None)
     >>> s.kafka_bootstrap
     '127.0.0.1:9092'
     >>> s.keys.model("default")
@@ -41,7 +51,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="DRIFTLINE_", env_file=".env", extra="ignore", frozen=True)
 
-    env: Literal["dev", "test", "prod"] = "dev"
+    #: ``prod`` unless set: real secrets are required. ``dev`` (what ``driftline up`` and
+    #: ``make run`` set) and ``test`` let the published development secrets stand in for unset ones.
+    env: Literal["dev", "test", "prod"] = "prod"
 
     # --- Kafka -------------------------------------------------------------------------------
     #: Broker to use. Empty: ``driftline up`` starts an embedded one and sets this for its children.
@@ -164,10 +176,19 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_dev_secret_in_prod(self) -> Settings:
-        if self.env == "prod" and self.secret_key.get_secret_value() == DEV_SECRET:
-            raise ValueError("DRIFTLINE_SECRET_KEY must be set to a real secret when env=prod")
-        if self.env == "prod" and DEV_API_KEY in self.api_key_set():
-            raise ValueError("DRIFTLINE_API_KEYS must not contain the development key when env=prod")
+        missing = self.dev_secrets() + ([] if self.api_key_set() else ["DRIFTLINE_API_KEYS"])
+        if self.env not in DEV_MODES and missing:
+            wanted = {
+                "DRIFTLINE_SECRET_KEY": "DRIFTLINE_SECRET_KEY must be set to a real secret",
+                "DRIFTLINE_API_KEYS": (
+                    "DRIFTLINE_API_KEYS must be set and must not contain the development key"
+                ),
+            }
+            raise ValueError(
+                f"{'; '.join(wanted[name] for name in missing)} when DRIFTLINE_ENV=prod (the default; "
+                "the development secrets are published). On a development machine set "
+                "DRIFTLINE_ENV=dev instead"
+            )
         if len(self.secret_key.get_secret_value()) < 16:
             raise ValueError("DRIFTLINE_SECRET_KEY must be at least 16 characters")
         try:
@@ -208,6 +229,57 @@ class Settings(BaseSettings):
         """The accepted API keys."""
         return frozenset(k.strip() for k in self.api_keys.get_secret_value().split(",") if k.strip())
 
+    def dev_secrets(self) -> list[str]:
+        """The variables whose value is a published development secret (empty: none is).
+
+        >>> Settings(env="dev", _env_file=None).dev_secrets()
+        ['DRIFTLINE_SECRET_KEY', 'DRIFTLINE_API_KEYS']
+        """
+        found = []
+        if self.secret_key.get_secret_value() == DEV_SECRET:
+            found.append("DRIFTLINE_SECRET_KEY")
+        if DEV_API_KEY in self.api_key_set():
+            found.append("DRIFTLINE_API_KEYS")
+        return found
+
+    def warn_about_dev_secrets(self) -> bool:
+        """Log a loud warning when the development secrets are in use; say whether they are."""
+        names = self.dev_secrets()
+        if names:
+            risks = {
+                "DRIFTLINE_SECRET_KEY": "anyone who can write to Redis can forge a signed snapshot "
+                "(a pickle, run when loaded)",
+                "DRIFTLINE_API_KEYS": "anyone can write with the published API key",
+            }
+            log.warning(
+                "!!! DEVELOPMENT SECRETS IN USE (env=%s): %s %s the published development %s: %s. "
+                "Never expose this deployment: set real secrets and DRIFTLINE_ENV=prod "
+                "(README, Security) !!!",
+                self.env,
+                " and ".join(names),
+                "is" if len(names) == 1 else "are",
+                "value" if len(names) == 1 else "values",
+                "; ".join(risks[name] for name in names),
+            )
+        return bool(names)
+
+    def check_api_bind(self, host: str | None = None) -> None:
+        """Refuse to serve the API on a non-loopback address while a development secret is in use.
+
+        >>> Settings(env="dev", _env_file=None).check_api_bind("127.0.0.1")
+        >>> Settings(env="dev", _env_file=None).check_api_bind("0.0.0.0")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        driftline.core.errors.ConfigurationError: refusing to serve the API on 0.0.0.0 ...
+        """
+        host = self.api_host if host is None else host
+        names = self.dev_secrets()
+        if names and not is_loopback(host):
+            raise ConfigurationError(
+                f"refusing to serve the API on {host} (not a loopback address) with the published "
+                f"development value of {' and '.join(names)}: set real secrets, or bind 127.0.0.1"
+            )
+
     def catalog(self) -> dict[str, SensorSpec]:
         """The sensor catalog these settings name (read once per settings object)."""
         return _catalog(self.sensor_catalog, self.sensor_catalog_file)
@@ -215,7 +287,8 @@ class Settings(BaseSettings):
     def describe_model(self, spec: ModelSpec) -> str:
         """One model's configuration in a line: what it learns, from what, with what.
 
-        >>> Settings(_env_file=None).describe_model(ModelSpec(name="m", target="y", features=["t*"]))
+        >>> settings = Settings(env="dev", _env_file=None)
+        >>> settings.describe_model(ModelSpec(name="m", target="y", features=["t*"]))
         ... # doctest: +NORMALIZE_WHITESPACE
         "model 'm': regression of 'y' (its reading, else the event's target field),
          estimator linear_regression, features matching t* of the default preset, metric MAE;
@@ -278,7 +351,24 @@ def _catalog(text: str, path: Path | None) -> dict[str, SensorSpec]:
     return load_catalog(text, path)
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only (``localhost``, 127.0.0.0/8, ``::1``).
+
+    >>> [is_loopback(h) for h in ("127.0.0.1", "localhost", "::1", "0.0.0.0", "", "example.com")]
+    [True, True, True, False, False, False]
+    """
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:  # another name, or empty (every address): it may resolve to anything
+        return False
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process's settings, read once."""
-    return Settings()
+    """The process's settings, read once; the development secrets, if used, are warned about then."""
+    settings = Settings()
+    settings.warn_about_dev_secrets()
+    return settings

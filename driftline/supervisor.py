@@ -78,6 +78,16 @@ def _say(message: str) -> None:
     print(f"driftline | {message}", flush=True)
 
 
+def dev_mode_unless_set() -> None:
+    """``driftline up`` is the development stack: ``DRIFTLINE_ENV=dev`` unless set otherwise.
+
+    Set in this process's environment before its settings are read, so ``up`` and every child
+    it starts (they inherit the environment) run in dev mode, where the published development
+    secrets stand in for unset ones (each process warns; the API still binds loopback only).
+    """
+    os.environ.setdefault("DRIFTLINE_ENV", "dev")
+
+
 def resolve_services(settings: Settings, stack: Stack, data_dir: Path) -> dict[str, str]:
     """Use the configured broker/Redis when they answer; otherwise start embedded ones."""
     env: dict[str, str] = {}
@@ -167,6 +177,8 @@ def run_up(settings: Settings, data_dir: Path = Path(".driftline"), simulate: bo
         # Commands run from the same folder (replay, models, simulate) find the stack here.
         write_stack_file(data_dir, kafka_url=effective.kafka_url, redis_url=effective.redis_url, api_url=base)
         _say("other shells: driftline replay | models | simulate, run from this folder, use this stack")
+        if settings.env == "dev":
+            _say("              (there too: export DRIFTLINE_ENV=dev, or put it in .env)")
         _say("Ctrl-C stops everything.")
         _watch(effective, stack)
         return 0

@@ -18,6 +18,7 @@ import copy
 import math
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,6 +90,8 @@ class OnlineLearner:
     labels_expired: int = 0
     #: Labels dropped because their event never came (or was already labelled).
     labels_unmatched: int = 0
+    #: Records the model failed on (handed to ``learn_message``'s ``on_error``), each once.
+    records_failed: int = 0
     #: ``sensor-features`` partition -> last offset handled.
     input_offsets: dict[int, int] = field(default_factory=dict)
     #: Source (``events/3``, ``labels/0``) -> (offset, index) of the last item learned from.
@@ -148,6 +151,7 @@ class OnlineLearner:
         state.setdefault("promotions", 0)
         state.setdefault("origin", {"reason": "created from its spec"})
         state.setdefault("published", dict(_UNPUBLISHED))
+        state.setdefault("records_failed", 0)
         self.__dict__.update(state)
 
     @property
@@ -183,13 +187,24 @@ class OnlineLearner:
         return Prediction(model.predict_one(x))
 
     # --- learning ----------------------------------------------------------------------------
-    def learn_message(self, input_partition: int, input_offset: int, records: list[Record]) -> int:
-        """Handle one ``sensor-features`` message; returns how many events it taught the model."""
+    def learn_message(
+        self,
+        input_partition: int,
+        input_offset: int,
+        records: list[Record],
+        on_error: Callable[[int, Record, Exception], None] | None = None,
+    ) -> int:
+        """Handle one ``sensor-features`` message; returns how many events it taught the model.
+
+        A record that raises (River refusing its label, say) is passed to ``on_error`` with its
+        index in ``records``, counted in :attr:`records_failed`, and the next record goes on;
+        without ``on_error`` it raises. Its position is taken either way: a replay drops it.
+        """
         if input_offset <= self.input_offsets.get(input_partition, -1):
             return 0  # replayed after a restart: already in this learner
         self.input_offsets[input_partition] = input_offset
         before = self.events_learned
-        for record in records:
+        for number, record in enumerate(records):
             key = f"{record.source}/{record.source_partition}"
             position = (record.source_offset, record.source_index)
             if position <= self.positions.get(key, (-1, -1)):
@@ -202,10 +217,16 @@ class OnlineLearner:
                 record.ts if isinstance(record, FeatureRecord) else self.stream_time,
             )
             started = time.perf_counter()
-            if isinstance(record, FeatureRecord):
-                self._observe(record)
-            else:
-                self._label(record)
+            try:
+                if isinstance(record, FeatureRecord):
+                    self._observe(record)
+                else:
+                    self._label(record)
+            except Exception as exc:
+                if on_error is None:
+                    raise
+                self.records_failed += 1
+                on_error(number, record, exc)
             self.learn_seconds += time.perf_counter() - started
         self._expire()
         return self.events_learned - before

@@ -39,9 +39,9 @@ from driftline.streams.checkpoint import (
 from driftline.streams.cleaning import Rejection
 from driftline.streams.config import WorkerConfig
 from driftline.streams.features import DeviceState
-from driftline.streams.ingest import IngestStage
+from driftline.streams.ingest import IngestStage, label_refusal
 from driftline.streams.relay import AlertRelay, Channel, KafkaChannel, webhook_channels
-from driftline.streams.schema import LabelEvent
+from driftline.streams.schema import LABEL_TYPE, LabelEvent
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ class Worker:
             device_ttl_seconds=self.config.device_ttl_seconds,
         )
 
-    # --- LearnEffects ------------------------------------------------------------------------
+    # --- LearnEffects (and dead_letter, flush above) ------------------------------------------
     async def publish(self, learner: OnlineLearner) -> SnapshotMeta:
         return await self.registry.publish(learner)
 
@@ -259,6 +259,12 @@ class Worker:
             else [name for name, spec in specs.items() if spec.task != "forecast"]
         )
         for model in models:
+            # Checked here, as the ingest stage checks an event's own label: a label River
+            # cannot learn (text for a regression) is the sender's mistake, not the learner's.
+            why = label_refusal(specs[model], label.label, self.ingest.stage.binary)
+            if why is not None:
+                await self.dead_letter(message, Rejection(LABEL_TYPE, f"{why}: not relayed"))
+                continue
             record = LabelRecord(model, label.event_id, label.label, message.partition, message.offset)
             await self.send_features(model, records.encode(model, [record]))
 

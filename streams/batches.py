@@ -19,16 +19,17 @@ the broker and Redis (:mod:`driftline.streams.agents`) and unit tests implement 
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from driftline.core import records
 from driftline.core.meta import SnapshotMeta
-from driftline.core.records import FeatureRecord
+from driftline.core.records import FeatureRecord, Record
 from driftline.models.learner import OnlineLearner
 from driftline.models.specs import ModelSpec
 from driftline.streams.cleaning import Rejection
@@ -133,8 +134,57 @@ class IngestBatch:
 # --- learn -----------------------------------------------------------------------------------
 
 
+#: Reason code (DLQ header ``dl-reason``) of a record the model failed on in the learn stage.
+LEARN_FAILED = "learn_failed"
+
+
+def failed_record(
+    message: Incoming, number: int, record: Record, exc: Exception
+) -> tuple[Incoming, Rejection]:
+    """The DLQ copy of a record a model failed on: the record as JSON, where it was, and why.
+
+    The copy's ``dl-source`` is the features message and ``dl-item`` the record's index in it;
+    the message names the event and its source position.
+
+    >>> from driftline.core.records import LabelRecord
+    >>> copy, why = failed_record(Incoming("sensor-features", 1, 9, b""), 0,
+    ...                           LabelRecord("m", "e1", "high", 0, 4), TypeError("bad operand"))
+    >>> why.reason, why.message
+    ('learn_failed', "model 'm', event 'e1' (labels/0:4:0): TypeError: bad operand")
+    >>> json.loads(copy.value)["label"]
+    'high'
+    """
+    item: dict[str, Any] = {
+        "model": record.model,
+        "event_id": record.event_id,
+        "source": f"{record.source}/{record.source_partition}",
+        "offset": record.source_offset,
+        "index": record.source_index,
+    }
+    if isinstance(record, FeatureRecord):
+        item |= {"device_id": record.device_id, "ts": record.ts, "target": record.target}
+        item |= {"features": record.features}
+    else:
+        item["label"] = record.label
+    where = f"{item['source']}:{record.source_offset}:{record.source_index}"
+    rejection = Rejection(
+        LEARN_FAILED,
+        f"model {record.model!r}, event {record.event_id!r} ({where}): {type(exc).__name__}: {exc}",
+        number,
+    )
+    value = json.dumps(item, default=str).encode()
+    copy = Incoming(
+        message.topic, message.partition, message.offset, value, message.key, message.timestamp_ms
+    )
+    return copy, rejection
+
+
 class LearnEffects(Protocol):
     """What the learn stage does to the world, in the order :class:`LearnBatch` calls it."""
+
+    async def dead_letter(self, message: Incoming, rejection: Rejection) -> None: ...
+
+    async def flush(self) -> None: ...
 
     async def publish(self, learner: OnlineLearner) -> SnapshotMeta: ...
 
@@ -166,10 +216,13 @@ class LearnBatch:
     last_snapshot: float = field(default_factory=time.monotonic)
     #: Models whose warnings have been logged (said once, and again if they come back).
     warned: set[str] = field(default_factory=set)
+    #: Records a model failed on, as DLQ copies: sent before the snapshot that skips them.
+    failed: list[tuple[Incoming, Rejection]] = field(default_factory=list)
 
     def restore(self, loaded: Iterable[OnlineLearner]) -> None:
         """Resume from the learners of the newest snapshots; nothing is held any more."""
         self.unacked.clear()
+        self.failed.clear()  # the messages come again, and fail again
         self.unpublished_events = 0
         self.promoted = False
         self.changed.clear()
@@ -204,7 +257,9 @@ class LearnBatch:
             if learner is not None:
                 raised = len(learner.drift.outbox)
                 decided = len(learner.model_events)
-                learner.learn_message(message.partition, message.offset, items)
+                learner.learn_message(
+                    message.partition, message.offset, items, self._on_error(message, learner)
+                )
                 self.changed.add(learner.name)
                 for event in learner.model_events[decided:]:
                     log.warning("model %s: %s (%s): %s", event.model, event.action, event.race, event.why)
@@ -237,6 +292,32 @@ class LearnBatch:
             self.unacked.append(message)
             self.unpublished_events += max(len(items), 1)
 
+    def _on_error(
+        self, message: Incoming, learner: OnlineLearner
+    ) -> Callable[[int, Record, Exception], None]:
+        """The per-record error policy: log, dead-letter, go on with the next record.
+
+        The learner has counted the record and taken its position, so the snapshot skips it
+        and a replay (deterministic) drops it the same way: it is never retried forever nor
+        lets the rest of its message go unlearned.
+        """
+
+        def failed(number: int, record: Record, exc: Exception) -> None:
+            copy, rejection = failed_record(message, number, record, exc)
+            log.error(
+                "learn failed at %s:%s:%s item %d (%d so far for %s): %s",
+                message.topic,
+                message.partition,
+                message.offset,
+                number,
+                learner.records_failed,
+                learner.name,
+                rejection.message,
+            )
+            self.failed.append((copy, rejection))
+
+        return failed
+
     def snapshot_due(self, now: float | None = None) -> bool:
         if not self.unacked:
             return False
@@ -249,6 +330,13 @@ class LearnBatch:
 
     async def publish(self) -> None:
         """Steps 2 and 3: publish every changed learner, then acknowledge what they contain."""
+        if self.failed:
+            # Dead letters before the snapshots that skip their records: a crash in between
+            # replays the records, which fail and are dead-lettered again (at least once).
+            for copy, rejection in self.failed:
+                await self.effects.dead_letter(copy, rejection)
+            await self.effects.flush()
+            self.failed.clear()
         for name in sorted(self.changed):
             learner = self.learners[name]
             meta = await self.effects.publish(learner)

@@ -12,6 +12,7 @@ from typing import NamedTuple
 from pydantic import ValidationError
 from pydantic_core import from_json
 
+from driftline.streams import schema
 from driftline.streams.catalog import SensorSpec
 from driftline.streams.features import DeviceState
 from driftline.streams.schema import SensorEvent
@@ -114,6 +115,9 @@ FUTURE = "future"
 OUT_OF_RANGE = "out_of_range"
 INTERNAL = "internal"
 
+#: The largest magnitude any reading may have (see driftline.streams.schema.MAX_MAGNITUDE).
+MAX_MAGNITUDE = schema.MAX_MAGNITUDE
+
 
 class CleanReadings(NamedTuple):
     """An event's readings after range checks and imputation: what the featurizer gets."""
@@ -169,7 +173,8 @@ def clean_readings(
 
     Sensors the device reported before but left out (or sent as null) are imputed by the sensor's
     policy, when the gap since its last real reading is short enough. Sensors missing from the
-    catalog are imputed from their last value and not range-checked.
+    catalog are imputed from their last value and range-checked only against
+    :data:`MAX_MAGNITUDE`, which bounds every reading (clipped to it and counted).
 
     Examples
     --------
@@ -182,6 +187,8 @@ def clean_readings(
     CleanReadings(readings={'t': 50.0}, imputed=(), clipped=('t',))
     >>> clean_readings({"v": 3.0}, 130.0, state, catalog).reason
     'out_of_range'
+    >>> clean_readings({"t": 20.0, "x": -1e200}, 130.0, state, catalog)
+    CleanReadings(readings={'t': 20.0, 'x': -1000000000000.0}, imputed=(), clipped=('x',))
     """
     clean: dict[str, float] = {}
     imputed: list[str] = []
@@ -195,15 +202,20 @@ def clean_readings(
                 clean[name] = fill
                 imputed.append(name)
             continue
-        if not spec.in_range(value):
+        if not spec.in_range(value) or abs(value) > MAX_MAGNITUDE:
             fixed = spec.clip_or_none(value)
             if fixed is None:
+                if spec.in_range(value):
+                    return Rejection(
+                        OUT_OF_RANGE,
+                        f"{name}={value:g} is beyond ±{MAX_MAGNITUDE:g}, the bound on any reading",
+                    )
                 return Rejection(
                     OUT_OF_RANGE,
                     f"{name}={value:g} is outside [{spec.min}, {spec.max}]"
                     f"{' ' + spec.unit if spec.unit else ''}",
                 )
-            value = fixed
+            value = min(max(fixed, -MAX_MAGNITUDE), MAX_MAGNITUDE)
             clipped.append(name)
         clean[name] = value
     return CleanReadings(clean, tuple(imputed), tuple(clipped))

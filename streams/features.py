@@ -22,6 +22,15 @@ as they appear in the vector:
 Statistics are population statistics (``std`` of one reading is 0). A feature that cannot be
 computed yet (no previous reading, too few readings for a lag) is left out: River models treat a
 missing feature as unknown.
+
+Every value is finite. Cleaning bounds each reading's magnitude
+(:data:`~driftline.streams.cleaning.MAX_MAGNITUDE`), and the statistics cannot overflow on any
+finite input anyway (a square of 1e200 is beyond a float: the spread is computed on scaled
+values). A feature that still comes out infinite (a ratio over a denominator near 0, a
+difference of two values near the float limit) is left out of that event's vector and counted
+in the device's ``non_finite_features``; a non-finite reading never enters the device state, and
+a stored state is read without any (:meth:`DeviceState.from_json`). No model and no response
+ever sees NaN or infinity.
 """
 
 from __future__ import annotations
@@ -39,6 +48,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 #: Event ids remembered per device for deduplication.
 RECENT_IDS = 1000
+
+#: The device counter of features left out of a vector because they came out infinite or NaN.
+NON_FINITE_FEATURES = "non_finite_features"
 
 Stat = Literal["mean", "std", "min", "max"]
 
@@ -239,25 +251,29 @@ class DeviceState:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> DeviceState:
+        """The state :meth:`to_json` wrote. Any non-finite value in it (a state checkpointed
+        before the statistics were overflow-safe may hold ``Infinity`` or ``NaN``) is left out,
+        so a poisoned device heals on its next reading instead of carrying it for good."""
         return cls(
             events=int(data.get("events", 0)),
-            last={k: float(v) for k, v in data.get("last", {}).items()},
-            last_at={k: float(v) for k, v in data.get("last_at", {}).items()},
+            last=_finite_values(data.get("last", {})),
+            last_at=_finite_values(data.get("last_at", {})),
             windows={
-                k: deque((float(x) for x in v), maxlen=max(len(v), 1))
-                for k, v in data.get("windows", {}).items()
+                k: deque(_finite_list(v), maxlen=max(len(v), 1)) for k, v in data.get("windows", {}).items()
             },
-            timed={k: [[float(t), float(x)] for t, x in v] for k, v in data.get("timed", {}).items()},
+            timed={
+                k: [p for p in map(_finite_list, v) if len(p) == 2] for k, v in data.get("timed", {}).items()
+            },
             ewma={
-                k: {h: [float(e), float(t)] for h, (e, t) in v.items()}
+                k: {h: p for h, p in ((h, _finite_list(p)) for h, p in v.items()) if len(p) == 2}
                 for k, v in data.get("ewma", {}).items()
             },
-            last_seen={k: float(v) for k, v in data.get("last_seen", {}).items()},
+            last_seen=_finite_values(data.get("last_seen", {})),
             recent_ids=RecentIds(data.get("recent_ids", [])),
             watermark=data.get("watermark"),
             last_ts=data.get("last_ts"),
             counts=Counter(data.get("counts", {})),
-            features={k: float(v) for k, v in data.get("features", {}).items()},
+            features=_finite_values(data.get("features", {})),
         )
 
     def window_mean(self, name: str) -> float | None:
@@ -265,18 +281,56 @@ class DeviceState:
         return sum(values) / len(values) if values else None
 
 
+def _finite_values(values: dict[str, Any]) -> dict[str, float]:
+    """``values`` as floats, without the non-finite ones."""
+    return {k: x for k, x in ((k, float(v)) for k, v in values.items()) if math.isfinite(x)}
+
+
+def _finite_list(values: Iterable[Any]) -> list[float]:
+    """``values`` as floats, without the non-finite ones (a ``[ts, value]`` pair missing one is
+    then shorter than two, and left out whole)."""
+    return [x for x in map(float, values) if math.isfinite(x)]
+
+
 ALL_STATS: tuple[Stat, ...] = ("mean", "std", "min", "max")
+
+
+def _mean(values: list[float]) -> float:
+    """The mean, finite for any finite values (their plain sum may not be: 2 x 1e308)."""
+    n = len(values)
+    mean = sum(values) / n
+    if math.isfinite(mean):
+        return mean
+    return sum([x / n for x in values])  # each term is at most max|x| / n: no overflow
+
+
+def _std(values: list[float], mean: float) -> float:
+    """The population standard deviation, without overflowing where the result is a float.
+
+    The usual sum of squares overflows once a deviation passes ~1e154 (a square of 1e200 is
+    beyond a float, and ``** 2`` raises): then it is computed on deviations scaled by the
+    largest one, and scaled back. Only a spread itself beyond the float range is infinite.
+    """
+    n = len(values)
+    try:
+        variance = sum([(x - mean) ** 2 for x in values]) / n
+    except OverflowError:
+        variance = math.inf
+    if math.isfinite(variance):
+        return math.sqrt(max(variance, 0.0))
+    # x - mean may itself overflow (1e308 - -1e308): scale each term before subtracting
+    scale = max(abs(x) for x in (*values, mean))
+    return scale * math.sqrt(sum([(x / scale - mean / scale) ** 2 for x in values]) / n)
 
 
 def _put_stats(
     features: dict[str, float], names: tuple[str, ...], values: list[float], wanted: tuple[Stat, ...]
 ) -> None:
     """``features[name] = stat(values)`` for each wanted stat and its feature name."""
-    n = len(values)
-    mean = sum(values) / n
+    mean = _mean(values)
     if wanted == ALL_STATS:  # the default, spelled out: this runs per sensor per window per event
         features[names[0]] = mean
-        features[names[1]] = math.sqrt(max(sum([(x - mean) ** 2 for x in values]) / n, 0.0))
+        features[names[1]] = _std(values, mean)
         features[names[2]] = min(values)
         features[names[3]] = max(values)
         return
@@ -284,7 +338,7 @@ def _put_stats(
         if stat == "mean":
             features[name] = mean
         elif stat == "std":
-            features[name] = math.sqrt(max(sum([(x - mean) ** 2 for x in values]) / n, 0.0))
+            features[name] = _std(values, mean)
         elif stat == "min":
             features[name] = min(values)
         else:
@@ -367,6 +421,14 @@ def featurize(
     {'t': 10.0, 't_mean_2': 10.0}
     >>> featurize(s, {"t": 12.0}, datetime(2026, 1, 1, 6, 0, 4), spec)
     {'t': 12.0, 't_mean_2': 11.0, 't_delta': 2.0, 't_rate': 0.5, 't_lag_1': 10.0}
+
+    A reading that is not finite is left out (it never enters ``state``), as is a feature that
+    comes out infinite; each is counted in ``state.counts["non_finite_features"]``:
+
+    >>> featurize(s, {"t": 1e308, "u": float("nan")}, datetime(2026, 1, 1, 6, 0, 5), spec)["t_mean_2"]
+    5e+307
+    >>> s.counts["non_finite_features"]   # u
+    1
     """
     at = ts.timestamp()
     plan = _plan_for(spec)
@@ -374,7 +436,11 @@ def featurize(
     features: dict[str, float] = {}
     stats = spec.stats
     max_points = spec.max_time_window_points
+    dropped = 0
     for name, value in readings.items():
+        if not math.isfinite(value):  # cleaning lets none through; a direct caller might
+            dropped += 1
+            continue
         features[name] = value
         names = sensor_names.get(name)
         if names is None:
@@ -419,7 +485,10 @@ def featurize(
             else:
                 mean, then = slot[key]
                 weight = 1 - 0.5 ** (max(at - then, 0.0) / half_life)
-                slot[key] = [mean + weight * (value - mean), max(at, then)]
+                moved = mean + weight * (value - mean)
+                if not math.isfinite(moved):  # value - mean overflowed: the same mean, as a blend
+                    moved = (1 - weight) * mean + weight * value
+                slot[key] = [moved, max(at, then)]
             features[feature] = slot[key][0]
         previous, previous_at = state.last.get(name), state.last_at.get(name)
         if previous is not None:
@@ -434,7 +503,7 @@ def featurize(
         state.last_at[name] = at
     for pair in spec.pairs:
         a, b = readings.get(pair.a), readings.get(pair.b)
-        if a is not None and b is not None:
+        if a is not None and b is not None and math.isfinite(a) and math.isfinite(b):
             if pair.op == "diff":
                 features[pair.name] = a - b
             elif b != 0:
@@ -456,6 +525,12 @@ def featurize(
             day = weekday + hour / 24
             features["dow_sin"] = math.sin(2 * math.pi * day / 7)
             features["dow_cos"] = math.cos(2 * math.pi * day / 7)
+    # The last guard: a difference, ratio or rate of finite values can still be beyond a float.
+    non_finite = [name for name, value in features.items() if not math.isfinite(value)]
+    for name in non_finite:
+        del features[name]
+    if dropped or non_finite:
+        state.counts[NON_FINITE_FEATURES] += dropped + len(non_finite)
     state.events += 1
     state.last_ts = at
     state.features = features

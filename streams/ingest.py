@@ -33,7 +33,7 @@ from driftline.streams.cleaning import (
     decode_message,
 )
 from driftline.streams.features import DeviceState, FeatureSpec, featurize
-from driftline.streams.schema import SensorEvent
+from driftline.streams.schema import LABEL_TYPE, SensorEvent, describe, label_problem
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,9 @@ Outcome = FeatureRecord | Rejection | Duplicate
 #: The counters every partition keeps; ``rejected:<reason>`` ones are added as reasons occur.
 COUNTERS = ("received", "accepted", "deduplicated", "rejected", "late", "imputed", "clipped")
 
+#: Counted (outside the identity above) for each label left out because it did not fit its model.
+LABELS_REFUSED = "labels_refused"
+
 
 def label_readings(specs: Iterable[ModelSpec], target: str) -> frozenset[str]:
     """The readings that are ground truth for some model, so never a feature of any.
@@ -63,6 +66,42 @@ def label_readings(specs: Iterable[ModelSpec], target: str) -> frozenset[str]:
     ['power', 'y']
     """
     return frozenset({target} | {s.target for s in specs if s.target and s.task != "forecast"})
+
+
+def binary_classifiers(specs: Iterable[ModelSpec]) -> frozenset[str]:
+    """The classification models whose estimator tells two classes apart only (River's
+    ``_multiclass`` is false, e.g. logistic regression): their labels are booleans or 0/1.
+
+    >>> lr = ModelSpec(name="lr", task="classification", estimator="logistic_regression")
+    >>> tree = ModelSpec(name="tree", task="classification", estimator="hoeffding_tree_classifier")
+    >>> sorted(binary_classifiers([lr, tree]))
+    ['lr']
+    """
+    return frozenset(
+        spec.name
+        for spec in specs
+        if spec.task == "classification" and not getattr(spec.build(), "_multiclass", True)
+    )
+
+
+def label_refusal(spec: ModelSpec, label: Any, binary: frozenset[str]) -> str | None:
+    """Why ``spec``'s model cannot learn ``label``, in words; ``None`` when it can.
+
+    Checked before a label reaches the learner, which would otherwise fail inside River
+    (``int('True')``, a text minus a number). An anomaly model that names no target of its own
+    gets the deployment's target (a number meant for other models): its labels are not checked.
+
+    >>> label_refusal(ModelSpec(name="m"), "high", frozenset())
+    "model 'm' (regression) learns a finite number, got text 'high'"
+    >>> label_refusal(ModelSpec(name="m"), 2.5, frozenset()) is None
+    True
+    """
+    if spec.task == "anomaly" and not spec.target:
+        return None
+    expected = label_problem(spec.task, label, binary=spec.name in binary)
+    if expected is None:
+        return None
+    return f"model {spec.name!r} ({spec.task}) learns {expected}, got {describe(label)}"
 
 
 def featurize_reading(
@@ -133,10 +172,13 @@ class IngestStage:
     #: Readings that are some model's ground truth: never features, never cleaned (see
     #: :func:`label_readings`).
     labels: frozenset[str] = field(init=False)
+    #: Models that learn booleans or 0/1 only (see :func:`binary_classifiers`).
+    binary: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:
         self.specs = tuple(ModelSpec(name=m) if isinstance(m, str) else m for m in self.models)
         self.labels = label_readings(self.specs, self.target)
+        self.binary = binary_classifiers(self.specs)
 
     def handle(
         self, raw: bytes | None, partition: int, offset: int, timestamp_ms: int | None = None
@@ -201,23 +243,35 @@ class IngestStage:
             counter["accepted"] += 1
             counter["imputed"] += len(cleaned.imputed)
             counter["clipped"] += len(cleaned.clipped)
-        return [
-            FeatureRecord(
-                spec.name,
-                event.device_id,
-                event.event_id,
-                ts,
-                spec.select(features),
-                self._target(event, cleaned.readings, spec),
-                partition,
-                offset,
-                index,
-                cleaned.imputed,
-                cleaned.clipped,
-                self.schema,
+        outcomes: list[Outcome] = []
+        unfit: list[Outcome] = []
+        for spec in self.specs:
+            target = self._target(event, cleaned.readings, spec)
+            why = None if target is None else label_refusal(spec, target, self.binary)
+            if why is not None:
+                # Per model: the event still feeds the others (and this one, unlabelled: its
+                # label may yet come on the labels topic); what was left out goes to the DLQ.
+                target = None
+                unfit.append(Rejection(LABEL_TYPE, f"{why}: learned without it", index))
+                for counter in (counts, state.counts):
+                    counter[LABELS_REFUSED] += 1
+            outcomes.append(
+                FeatureRecord(
+                    spec.name,
+                    event.device_id,
+                    event.event_id,
+                    ts,
+                    spec.select(features),
+                    target,
+                    partition,
+                    offset,
+                    index,
+                    cleaned.imputed,
+                    cleaned.clipped,
+                    self.schema,
+                )
             )
-            for spec in self.specs
-        ]
+        return outcomes + unfit
 
     def _target(self, event: SensorEvent, cleaned: dict[str, float], spec: ModelSpec) -> Any:
         """The event's label for ``spec``: the reading its target names, else the event's ``target``.

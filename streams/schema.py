@@ -59,6 +59,62 @@ def _label(value: Any) -> float | bool | str:
 #: A number (regression), a class name or a boolean (classification, anomaly flags).
 Label = Annotated[float | bool | str, BeforeValidator(_label)]
 
+#: Reason code (DLQ header ``dl-reason``) of a label that does not fit the model it is for.
+LABEL_TYPE = "label_type"
+
+
+#: The largest magnitude any reading or numeric label may have, catalogued or not: past it a
+#: reading is out of range, whatever its sensor's own range says (clipped to it, or refused, by
+#: the sensor's ``out_of_range`` policy; a sensor not in the catalog is clipped), and a label is
+#: refused. No instrument reads 1e200; such a value is a fault, and its square would overflow the
+#: device's statistics and the model's error metrics.
+MAX_MAGNITUDE = 1e12
+
+
+def label_problem(task: str, label: Any, *, binary: bool = False) -> str | None:
+    """What a model of ``task`` expects of a label, when ``label`` is not that; else ``None``.
+
+    Regression and forecast learn a finite number (not a boolean); classification a class: a
+    boolean, a whole number or a text; a binary classifier (``binary``, e.g. logistic
+    regression) and an anomaly detector's label a boolean or 0/1. A label that passes cannot
+    make River fail on its type.
+
+    >>> label_problem("regression", 2.5) is None, label_problem("classification", "open") is None
+    (True, True)
+    >>> label_problem("regression", "high"), label_problem("regression", 1e200)
+    ('a finite number', 'a finite number within ±1e+12')
+    >>> label_problem("classification", "True", binary=True)
+    'a boolean or 0/1'
+    """
+    if task in ("regression", "forecast"):
+        if not (isinstance(label, int | float) and not isinstance(label, bool) and math.isfinite(label)):
+            return "a finite number"
+        return None if abs(label) <= MAX_MAGNITUDE else f"a finite number within ±{MAX_MAGNITUDE:g}"
+    if task == "classification" and not binary:
+        whole = isinstance(label, int | float) and math.isfinite(label) and float(label).is_integer()
+        fits = isinstance(label, bool | str) or whole
+        return None if fits else "a class: a boolean, a whole number or a text"
+    flag = isinstance(label, bool) or (isinstance(label, int | float) and label in (0, 1))
+    return None if flag else "a boolean or 0/1"
+
+
+def describe(value: Any) -> str:
+    """A value and its JSON type, for a message: ``text 'high'``.
+
+    >>> describe("high"), describe(True), describe(2.0)
+    ("text 'high'", 'boolean True', 'number 2.0')
+    """
+    kind = (
+        "boolean"
+        if isinstance(value, bool)
+        else "number"
+        if isinstance(value, int | float)
+        else "text"
+        if isinstance(value, str)
+        else type(value).__name__
+    )
+    return f"{kind} {value!r:.64}"
+
 
 class SensorEvent(BaseModel):
     """One reading of one device.

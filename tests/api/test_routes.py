@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -25,6 +26,7 @@ from driftline.api.model_store import ModelStore, ServedModel
 from driftline.api.routes import api_key_name
 from driftline.core.errors import RegistryError
 from driftline.core.records import FeatureRecord
+from driftline.models.evaluation import Prediction
 from driftline.models.learner import OnlineLearner
 from driftline.models.registry import LATEST
 from driftline.models.specs import ModelSpec
@@ -369,6 +371,55 @@ def test_predict_is_503_while_no_model_is_served() -> None:
 
     assert response.status_code == 503
     assert "no snapshot yet" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("huge", [1e200, -1e308, 1e308])
+def test_predict_with_a_huge_uncatalogued_reading_answers_with_finite_features(huge: float) -> None:
+    settings = make_settings(sensor_catalog="none")
+    learner = trained_learner(settings, events=10)
+    redis = FakeRedis()
+    stored_device(settings, redis, "dev-1", [18.0, 19.0, 23.0])  # a history for the windows
+    client = serving_client(settings, learner, snapshot_meta(learner, version=1), redis)
+
+    response = client.post("/predict", json={"device_id": "dev-1", "readings": {"temperature": huge}})
+
+    assert response.status_code == 200, response.text
+    features = response.json()["features"]
+    assert features["temperature"] == math.copysign(1e12, huge)  # out of range: clipped to the bound
+    assert all(math.isfinite(v) for v in features.values())
+    assert math.isfinite(response.json()["prediction"])
+
+
+@pytest.mark.parametrize(
+    "said",
+    [Prediction(math.nan), Prediction(math.inf), Prediction("a", {"a": math.nan, "b": math.nan})],
+    ids=["nan", "inf", "nan-probabilities"],
+)
+def test_a_non_finite_prediction_is_answered_as_null_with_a_warning_never_a_500(
+    said: Prediction, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = make_settings()
+    learner = trained_learner(settings, events=10)
+    monkeypatch.setattr(learner, "predict", lambda features: said)
+    client = serving_client(settings, learner, snapshot_meta(learner, version=4))
+
+    response = client.post("/predict", json={"device_id": "d", "readings": {"temperature": 20.0}})
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["prediction"], body["probabilities"], body["version"]) == (None, None, 4)
+    assert body["warning"].startswith(f"model {settings.default_model!r} v4 predicted a non-finite")
+    assert "NaN" not in response.text and "Infinity" not in response.text
+
+
+def test_a_finite_prediction_carries_no_warning() -> None:
+    settings = make_settings()
+    learner = trained_learner(settings, events=10)
+    client = serving_client(settings, learner, snapshot_meta(learner, version=1))
+
+    body = client.post("/predict", json={"device_id": "d", "readings": {"temperature": 20.0}}).json()
+
+    assert isinstance(body["prediction"], float) and body["warning"] is None
 
 
 # --- /stats, /models --------------------------------------------------------------------------

@@ -34,12 +34,14 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for name in list(os.environ):
         if name.upper().startswith("DRIFTLINE_"):
             monkeypatch.delenv(name)
+    # A development machine: the published development secrets stand in for unset ones.
+    monkeypatch.setenv("DRIFTLINE_ENV", "dev")
     monkeypatch.chdir(tmp_path)  # no .env file of the checkout's
     get_settings.cache_clear()
 
 
 def settings(**overrides: Any) -> Settings:
-    values: dict[str, Any] = {"features": "raw", "sensor_catalog": "none", "models": (SPEC,)}
+    values: dict[str, Any] = {"env": "dev", "features": "raw", "sensor_catalog": "none", "models": (SPEC,)}
     return Settings(_env_file=None, **{**values, **overrides})
 
 

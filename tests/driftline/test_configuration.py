@@ -22,6 +22,8 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: os.PathLike[str
     for name in list(os.environ):
         if name.upper().startswith("DRIFTLINE_"):
             monkeypatch.delenv(name)
+    # A development machine: the published development secrets stand in for unset ones.
+    monkeypatch.setenv("DRIFTLINE_ENV", "dev")
     monkeypatch.chdir(tmp_path)  # no .env file of the checkout's
     from driftline.settings import get_settings
 

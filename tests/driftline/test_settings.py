@@ -18,12 +18,15 @@ SettingsFromEnv = Callable[..., Settings]
 
 @pytest.fixture
 def settings_from_env(monkeypatch: pytest.MonkeyPatch) -> SettingsFromEnv:
-    """Settings read from exactly the given ``DRIFTLINE_*`` variables (no others, no .env file)."""
+    """Settings read from exactly the given ``DRIFTLINE_*`` variables (no others, no .env file),
+    and ``DRIFTLINE_ENV=dev`` unless given (without it, real secrets are required)."""
     for name in list(os.environ):
         if name.upper().startswith("DRIFTLINE_"):
             monkeypatch.delenv(name)
 
     def make(**env: str) -> Settings:
+        if not any(name.upper() == "DRIFTLINE_ENV" for name in env):
+            env = {"DRIFTLINE_ENV": "dev", **env}
         for name, value in env.items():
             monkeypatch.setenv(name, value)
         return Settings(_env_file=None)
@@ -31,8 +34,8 @@ def settings_from_env(monkeypatch: pytest.MonkeyPatch) -> SettingsFromEnv:
     return make
 
 
-def test_defaults_without_any_environment(settings_from_env: SettingsFromEnv) -> None:
-    s = settings_from_env()
+def test_defaults_in_dev_mode(settings_from_env: SettingsFromEnv) -> None:
+    s = settings_from_env(DRIFTLINE_ENV="dev")
     assert s.env == "dev"
     assert s.kafka_url == ""
     assert s.events_topic == "sensor-events"
@@ -121,7 +124,7 @@ def test_settings_are_frozen(settings_from_env: SettingsFromEnv) -> None:
     ids=["single", "single-no-scheme", "surrounding-space", "two", "three-no-scheme", "mixed-trailing-comma"],
 )
 def test_kafka_url_converts_for_kafka_python_and_faust(url: str, bootstrap: str, faust: str) -> None:
-    s = Settings(kafka_url=url, _env_file=None)
+    s = Settings(env="dev", kafka_url=url, _env_file=None)
     assert s.kafka_bootstrap == bootstrap
     assert s.faust_broker == faust
 
@@ -145,7 +148,9 @@ def test_prod_refuses_the_default_secret_given_explicitly(settings_from_env: Set
 
 
 def test_prod_refuses_the_development_api_key(settings_from_env: SettingsFromEnv) -> None:
-    with pytest.raises(ValidationError, match="DRIFTLINE_API_KEYS must not contain the development key"):
+    with pytest.raises(
+        ValidationError, match="DRIFTLINE_API_KEYS must be set and must not contain the development key"
+    ):
         settings_from_env(
             DRIFTLINE_ENV="prod",
             DRIFTLINE_SECRET_KEY=GOOD_SECRET,
@@ -185,8 +190,8 @@ def test_secrets_are_not_shown(settings_from_env: SettingsFromEnv) -> None:
 
 
 def test_redis_keys_sit_under_the_namespace() -> None:
-    assert Settings(_env_file=None).keys.model("default") == "driftline:model:default"
-    s = Settings(namespace="test-1a2b", _env_file=None)
+    assert Settings(env="dev", _env_file=None).keys.model("default") == "driftline:model:default"
+    s = Settings(env="dev", namespace="test-1a2b", _env_file=None)
     assert s.keys.device("d1") == "test-1a2b:device:d1"
     assert s.keys.pattern() == "test-1a2b:*"
 
@@ -207,6 +212,6 @@ def test_as_env_makes_another_process_read_the_same_settings(settings_from_env: 
 
 @pytest.mark.parametrize("url", ["kafka://a:1, kafka://b:2", "kafka://a:1;kafka://b:2", "a:1,b:2,"])
 def test_broker_lists_in_any_common_form(url: str) -> None:
-    settings = Settings(kafka_url=url, _env_file=None)
+    settings = Settings(env="dev", kafka_url=url, _env_file=None)
     assert settings.kafka_bootstrap == "a:1,b:2"
     assert settings.faust_broker == "kafka://a:1;kafka://b:2"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import deque
 from pathlib import Path
 
@@ -127,3 +128,39 @@ def test_catalog_from_json_text_and_yaml_file(tmp_path: Path) -> None:
         load_catalog('{"t": {"min": 5, "max": 1}}')
     with pytest.raises(ValidationError):
         load_catalog('{"t": {"impute": "guess"}}')
+
+
+# --- a bound on any reading's magnitude (hardening finding 6) ----------------------------------
+
+
+def test_a_reading_beyond_the_magnitude_bound_is_out_of_range_even_without_a_catalog_range() -> None:
+    from driftline.streams.cleaning import MAX_MAGNITUDE
+
+    catalog = {"r": SensorSpec(out_of_range="reject"), "c": SensorSpec(min=0.0)}
+
+    uncatalogued = clean_readings({"x": 1e200, "y": -1e308}, 130.0, DeviceState(), catalog)
+    open_above = clean_readings({"c": 1e300}, 130.0, DeviceState(), catalog)
+    refused = clean_readings({"r": -1e200}, 130.0, DeviceState(), catalog)
+    at_the_bound = clean_readings({"x": MAX_MAGNITUDE, "r": -MAX_MAGNITUDE}, 130.0, DeviceState(), catalog)
+
+    assert uncatalogued == CleanReadings({"x": MAX_MAGNITUDE, "y": -MAX_MAGNITUDE}, (), ("x", "y"))
+    assert open_above == CleanReadings({"c": MAX_MAGNITUDE}, (), ("c",))
+    assert isinstance(refused, Rejection) and refused.reason == "out_of_range"
+    assert refused.message == "r=-1e+200 is beyond ±1e+12, the bound on any reading"
+    assert at_the_bound == CleanReadings({"x": MAX_MAGNITUDE, "r": -MAX_MAGNITUDE}, (), ())
+
+
+def test_a_huge_uncatalogued_reading_is_clipped_and_counted_and_the_device_carries_on() -> None:
+    stage = IngestStage(models=("m",), target="y", max_message_bytes=10_000, catalog={})
+
+    def event(i: int, x: float) -> bytes:
+        return json.dumps({"event_id": f"e{i}", "device_id": "d", "ts": i, "readings": {"x": x}}).encode()
+
+    outcomes = [stage.handle(event(i, x), 0, i, 1000)[0] for i, x in enumerate([1.0, 1e200, 2.0, 3.0])]
+
+    assert all(isinstance(o, FeatureRecord) for o in outcomes), outcomes
+    records = [o for o in outcomes if isinstance(o, FeatureRecord)]
+    assert records[1].clipped == ("x",) and records[1].features["x"] == 1e12
+    assert all(math.isfinite(v) for r in records for v in r.features.values())
+    assert stage.totals()["clipped"] == 1 and stage.totals()["accepted"] == 4
+    json.dumps(stage.devices["d"].to_json(), allow_nan=False)

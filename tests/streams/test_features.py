@@ -255,3 +255,56 @@ def test_recent_ids_stay_bounded_when_restored_from_a_longer_list() -> None:
     restored.recent_ids.append("next")
     assert len(restored.recent_ids) == 1000
     assert restored.recent_ids[0] == "e501"
+
+
+# --- huge values: finite features, a state that heals (hardening finding 6) ---------------------
+
+
+@pytest.mark.parametrize("huge", [1e200, -1e308, 1e308, 1.7976931348623157e308])
+def test_a_huge_reading_overflows_no_statistic_and_leaves_the_device_state_finite(huge: float) -> None:
+    # featurize is given the value as it is (cleaning would bound it first): the statistics
+    # themselves must not overflow, whatever finite value they are given.
+    state = DeviceState()
+    feature_spec = FeatureSpec(
+        pairs=({"a": "x", "b": "y", "op": "diff"}, {"a": "x", "b": "y", "op": "ratio"})
+    )
+    for i in range(3):
+        featurize(state, {"x": 1.0, "y": -1e308}, T0 + timedelta(seconds=i), feature_spec)
+
+    odd = featurize(state, {"x": huge, "y": -1e308}, T0 + timedelta(seconds=3), feature_spec)
+    later = [
+        featurize(state, {"x": 1.0, "y": 2.0}, T0 + timedelta(seconds=s), feature_spec) for s in (4, 5, 400)
+    ]
+
+    for features in (odd, *later):
+        assert features and all(math.isfinite(v) for v in features.values()), features
+    assert odd["x"] == huge
+    assert later[-1]["x_mean_10"] == pytest.approx((huge + 6.0) / 7, rel=1e-9)  # still in the window
+    json.dumps(state.to_json(), allow_nan=False)  # nothing non-finite is kept
+
+
+def test_a_feature_that_comes_out_non_finite_is_left_out_and_counted() -> None:
+    ratio = spec(pairs=({"a": "a", "b": "b", "op": "ratio"},))
+    state = DeviceState()
+
+    features = featurize(state, {"a": 6.0, "b": 1e-320}, T0, ratio)  # 6 / 1e-320 is beyond a float
+
+    assert features == {"a": 6.0, "b": 1e-320}
+    assert state.counts["non_finite_features"] == 1
+
+
+def test_a_stored_state_holding_non_finite_values_is_read_without_them() -> None:
+    # A state checkpointed before the statistics were overflow-safe may hold Infinity or NaN.
+    stored = json.loads(
+        '{"last": {"x": Infinity, "y": 1.0}, "windows": {"x": [1.0, NaN, 2.0]},'
+        ' "timed": {"x": [[1.0, 1.0], [2.0, -Infinity]]},'
+        ' "ewma": {"x": {"60s": [NaN, 5.0]}, "y": {"60s": [1.0, 5.0]}},'
+        ' "features": {"x": Infinity, "y": 1.0}}'
+    )
+
+    state = DeviceState.from_json(stored)
+
+    assert state.last == {"y": 1.0} and state.features == {"y": 1.0}
+    assert list(state.windows["x"]) == [1.0, 2.0] and state.timed["x"] == [[1.0, 1.0]]
+    assert state.ewma == {"x": {}, "y": {"60s": [1.0, 5.0]}}
+    json.dumps(state.to_json(), allow_nan=False)
