@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -36,10 +38,24 @@ def _settings(beside_stack: bool = True, **overrides: Any) -> Settings:
     """The settings, with the command's flags over them; beside a running ``driftline up``, its
     broker and Redis unless the environment names others."""
     values = {k: v for k, v in overrides.items() if v is not None}
+    if beside_stack:
+        _dev_beside_a_dev_stack()
     base = get_settings()
     if beside_stack:
         values = {**_running_stack_addresses(base), **values}
     return Settings(**{**base.model_dump(), **values}) if values else base
+
+
+def _dev_beside_a_dev_stack() -> None:
+    """A command run beside a ``driftline up`` in dev mode (``make run``) is in dev mode too,
+    unless ``DRIFTLINE_ENV`` says otherwise: its snapshots are signed with the dev secret, and
+    ``driftline models`` or ``replay`` beside it must not ask for secrets it does not have."""
+    if "DRIFTLINE_ENV" in os.environ:
+        return
+    stack = running_stack(Path(os.environ.get("DRIFTLINE_DATA_DIR") or ".driftline"))
+    if stack is not None and stack.get("env") == "dev":
+        os.environ["DRIFTLINE_ENV"] = "dev"
+        get_settings.cache_clear()
 
 
 def _running_stack_addresses(base: Settings) -> dict[str, str]:
@@ -56,8 +72,6 @@ def _running_stack_addresses(base: Settings) -> dict[str, str]:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from driftline.supervisor import dev_mode_unless_set, run_up
 
     dev_mode_unless_set()  # before the settings are read: `up` is the development stack
@@ -175,8 +189,6 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_backtest(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from driftline.backtest import choose_specs, format_report, run_backtest, source_events, write_outputs
     from driftline.replay import Progress
 

@@ -175,10 +175,14 @@ def run_up(settings: Settings, data_dir: Path = Path(".driftline"), simulate: bo
         )
         _say(f"logs:       {logs.resolve()}/{{worker,api,simulator}}.log")
         # Commands run from the same folder (replay, models, simulate) find the stack here.
-        write_stack_file(data_dir, kafka_url=effective.kafka_url, redis_url=effective.redis_url, api_url=base)
+        write_stack_file(
+            data_dir,
+            kafka_url=effective.kafka_url,
+            redis_url=effective.redis_url,
+            api_url=base,
+            env=settings.env,
+        )
         _say("other shells: driftline replay | models | simulate, run from this folder, use this stack")
-        if settings.env == "dev":
-            _say("              (there too: export DRIFTLINE_ENV=dev, or put it in .env)")
         _say("Ctrl-C stops everything.")
         _watch(effective, stack)
         return 0

@@ -565,4 +565,5 @@ class OnlineLearner:
             },
             "race": self.race.standings() if self.race is not None else None,
             "promotions": self.promotions,
+            "records_failed": self.records_failed,
         }

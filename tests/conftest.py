@@ -68,6 +68,9 @@ def make_settings(services: Services, tmp_path_factory: pytest.TempPathFactory) 
             "alerts_topic": f"drift-alerts-{run}",
             "model_events_topic": f"model-events-{run}",
             "secret_key": "test-secret-key-0123456789",
+            # Secrets of its own, as a deployment has: no warning about published ones in the
+            # processes a test starts (their output is read).
+            "api_keys": "test-api-key-0123456789",
             "snapshot_every_events": 100,
             "snapshot_every_seconds": 1.0,
             "batch_within": 0.2,

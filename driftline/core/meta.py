@@ -53,6 +53,8 @@ class LearnerSummary(TypedDict):
     race: NotRequired[dict[str, Any] | None]
     #: challengers promoted so far
     promotions: NotRequired[int]
+    #: records the model failed on (dead-lettered as ``learn_failed`` and skipped)
+    records_failed: NotRequired[int]
 
 
 class SignedMeta(LearnerSummary):

@@ -274,3 +274,27 @@ def test_interpolation_follows_compose() -> None:
     ]
     with pytest.raises(MissingVariable):
         given("${E:?set E}")
+
+
+def test_a_command_beside_a_running_dev_stack_takes_its_mode(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from driftline.cli import _settings
+    from driftline.running import write_stack_file
+
+    # _settings sets DRIFTLINE_ENV itself: registered here, so it is gone again after the test.
+    monkeypatch.setenv("DRIFTLINE_ENV", "registered")
+    monkeypatch.delenv("DRIFTLINE_ENV")
+    # No stack: prod, and no secrets, so the settings are refused.
+    with pytest.raises(ValidationError, match="DRIFTLINE_SECRET_KEY"):
+        _settings()
+    # A dev `driftline up` (`make run`) running from this folder: its mode, with no export.
+    write_stack_file(
+        tmp_path / ".driftline", kafka_url="kafka://127.0.0.1:9", redis_url="redis://x", env="dev"
+    )
+    assert _settings().env == "dev"
+    # Saying otherwise wins.
+    monkeypatch.setenv("DRIFTLINE_ENV", "prod")
+    get_settings.cache_clear()
+    with pytest.raises(ValidationError, match="DRIFTLINE_SECRET_KEY"):
+        _settings()

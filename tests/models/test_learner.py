@@ -305,6 +305,7 @@ def test_summary_is_json_serialisable_and_exact() -> None:
         },
         "race": None,
         "promotions": 0,
+        "records_failed": 0,
     }
 
 
