@@ -39,7 +39,6 @@ from driftline.models.specs import ModelSpec
 from driftline.replay import ColumnMapping, read_rows, row_to_event, with_times
 from driftline.settings import Settings
 from driftline.streams.cleaning import Rejection
-from driftline.streams.ingest import IngestStage
 from driftline.worker import worker_config
 
 #: The one source partition a backtest emulates, and the features partition its learners read.
@@ -255,15 +254,7 @@ def run_backtest(
     every = max(1, every)
     config = worker_config(settings)
     fed = {spec.name: spec for spec in config.specs} | {spec.name: spec for spec in specs}
-    stage = IngestStage(
-        models=tuple(fed.values()),
-        target=config.target,
-        features=config.features,
-        max_message_bytes=config.max_message_bytes,
-        max_batch_events=config.max_batch_events,
-        catalog=config.catalog,
-        time_policy=config.time_policy,
-    )
+    stage = config.ingest_stage(tuple(fed.values()))
     learners = {spec.name: OnlineLearner.create(spec) for spec in specs}
     series: dict[str, list[dict[str, Any]]] = {name: [] for name in learners}
     rejections: list[dict[str, Any]] = []

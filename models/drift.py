@@ -224,13 +224,7 @@ class DriftMonitor:
             fired = False
         if not fired:
             if watch.firing is not None and watch.seen >= watch.quiet_until:
-                # Stable for a whole cooldown since the change: the alert is resolved.
-                self.outbox.append(
-                    replace(
-                        watch.firing, status="resolved", resolved_position=watch.seen, resolved_event_time=ts
-                    )
-                )
-                watch.firing = None
+                self._resolve(watch, watch.firing, ts)  # stable for a whole cooldown since the change
             return None
         watch.quiet_until = watch.seen + self.spec.cooldown
         watch.alerts += 1
@@ -322,6 +316,19 @@ class DriftMonitor:
                 fired.append(alert)
         return fired
 
+    def _resolve(self, watch: Watch, firing: Alert, ts: float, resolved_by: str | None = None) -> None:
+        """``firing``, the alert of ``watch``, resolved now (into the outbox, for the next snapshot)."""
+        self.outbox.append(
+            replace(
+                firing,
+                status="resolved",
+                resolved_position=watch.seen,
+                resolved_event_time=ts,
+                resolved_by=resolved_by,
+            )
+        )
+        watch.firing = None
+
     def seen(self, signal: str) -> int:
         """Values ``signal`` has seen (0 before its first)."""
         watch = self.watches.get(signal)
@@ -335,15 +342,7 @@ class DriftMonitor:
         if watch is None:
             return
         if watch.firing is not None:
-            self.outbox.append(
-                replace(
-                    watch.firing,
-                    status="resolved",
-                    resolved_position=watch.seen,
-                    resolved_event_time=ts,
-                    resolved_by=resolved_by,
-                )
-            )
+            self._resolve(watch, watch.firing, ts, resolved_by)
         self.watches[signal] = Watch(
             signal,
             watch.spec,

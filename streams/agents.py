@@ -39,7 +39,7 @@ from driftline.streams.checkpoint import (
 from driftline.streams.cleaning import Rejection
 from driftline.streams.config import WorkerConfig
 from driftline.streams.features import DeviceState
-from driftline.streams.ingest import IngestStage, label_refusal
+from driftline.streams.ingest import label_refusal
 from driftline.streams.relay import AlertRelay, Channel, KafkaChannel, webhook_channels
 from driftline.streams.schema import LABEL_TYPE, LabelEvent
 
@@ -92,18 +92,7 @@ class Worker:
     def __post_init__(self) -> None:
         config = self.config
         self.keys = Keys(config.namespace)
-        self.ingest = IngestBatch(
-            IngestStage(
-                models=config.specs,
-                target=config.target,
-                features=config.features,
-                max_message_bytes=config.max_message_bytes,
-                max_batch_events=config.max_batch_events,
-                catalog=config.catalog,
-                time_policy=config.time_policy,
-            ),
-            self,
-        )
+        self.ingest = IngestBatch(config.ingest_stage(), self)
         self.learn = LearnBatch(
             {spec.name: spec for spec in config.specs},
             self,

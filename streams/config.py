@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from driftline.models.specs import ModelSpec
 from driftline.streams.catalog import DEFAULT_CATALOG, SensorSpec
 from driftline.streams.cleaning import TimePolicy
 from driftline.streams.features import FeatureSpec
+
+if TYPE_CHECKING:
+    from driftline.streams.ingest import IngestStage
 
 
 @dataclass(frozen=True)
@@ -64,3 +68,18 @@ class WorkerConfig:
     alert_webhook_timeout: float = 5.0
     #: Faust's own local files go under it.
     data_dir: Path = Path(".driftline")
+
+    def ingest_stage(self, models: tuple[ModelSpec, ...] | None = None) -> IngestStage:
+        """The ``clean_and_featurize`` stage this configuration describes, feeding ``models``
+        (default: the configured ones); the worker and ``driftline backtest`` build it here."""
+        from driftline.streams.ingest import IngestStage  # the stage needs this module's types
+
+        return IngestStage(
+            models=self.specs if models is None else models,
+            target=self.target,
+            features=self.features,
+            max_message_bytes=self.max_message_bytes,
+            max_batch_events=self.max_batch_events,
+            catalog=self.catalog,
+            time_policy=self.time_policy,
+        )

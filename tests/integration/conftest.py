@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -11,14 +12,16 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
+from redis.asyncio import Redis as AsyncRedis
 
+from driftline.models.registry import ModelRegistry
 from driftline.settings import Settings
 
 
@@ -27,30 +30,26 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return {**{k: v for k, v in os.environ.items() if not k.startswith("DRIFTLINE_")}, **settings.as_env()}
 
 
-class WorkerProcess:
-    """``driftline worker`` as a child process, logging to a file shown when a test fails."""
+class DriftlineProcess:
+    """A ``driftline`` command as a child process, logging to a file shown when a test fails."""
+
+    command: tuple[str, ...] = ()
 
     def __init__(self, settings: Settings, log_path: Path) -> None:
         self.settings = settings
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> WorkerProcess:
-        log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "driftline", "worker"],
-            env=settings_env(self.settings),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-        return self
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown hook runs, nothing is flushed."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
+    def spawn(self) -> subprocess.Popen[bytes]:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "driftline", *self.command],
+                env=settings_env(self.settings),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        return self.process
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -64,6 +63,22 @@ class WorkerProcess:
     def log_tail(self, lines: int = 60) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         return "\n".join(text.splitlines()[-lines:])
+
+
+class WorkerProcess(DriftlineProcess):
+    """``driftline worker``."""
+
+    command = ("worker",)
+
+    def start(self) -> WorkerProcess:
+        self.spawn()
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown hook runs, nothing is flushed."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
 
 
 @pytest.fixture
@@ -166,45 +181,25 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class ApiProcess:
-    """``driftline api`` (uvicorn, as deployed) as a child process on a free port."""
+class ApiProcess(DriftlineProcess):
+    """``driftline api`` (uvicorn, as deployed) on a free port."""
+
+    command = ("api",)
 
     def __init__(self, settings: Settings, log_path: Path) -> None:
-        self.settings = settings.model_copy(update={"api_port": free_port()})
+        super().__init__(settings.model_copy(update={"api_port": free_port()}), log_path)
         self.url = f"http://127.0.0.1:{self.settings.api_port}"
-        self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ApiProcess:
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "driftline", "api"],
-                env=settings_env(self.settings),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
+        process = self.spawn()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            assert self.process.poll() is None, self.log_tail()
+            assert process.poll() is None, self.log_tail()
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
                     return self
             time.sleep(0.2)
         raise AssertionError(f"the API did not answer within 30 s:\n{self.log_tail()}")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def log_tail(self, lines: int = 40) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
 
 
 @pytest.fixture
@@ -219,3 +214,19 @@ def start_api(tmp_path: Path) -> Iterator[Callable[[Settings], ApiProcess]]:
     yield start
     for api in apis:
         api.stop()
+
+
+T = TypeVar("T")
+
+
+def on_registry(settings: Settings, action: Callable[[ModelRegistry], Awaitable[T]]) -> T:
+    """Run ``action`` on the registry of ``settings`` (its own Redis connection, closed after)."""
+
+    async def go() -> T:
+        redis = AsyncRedis.from_url(settings.redis_url)
+        try:
+            return await action(settings.registry(redis))
+        finally:
+            await redis.aclose()
+
+    return asyncio.run(go())

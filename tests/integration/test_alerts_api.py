@@ -33,7 +33,7 @@ from driftline.models.learner import OnlineLearner
 from driftline.models.specs import ModelSpec
 from driftline.settings import Settings
 
-from .conftest import ApiProcess, settings_env
+from .conftest import ApiProcess, on_registry, settings_env
 
 pytestmark = pytest.mark.integration
 
@@ -72,17 +72,6 @@ def record(settings: Settings, *alerts: Alert) -> float:
 
     asyncio.run(publish())
     return time.monotonic()
-
-
-def registry_call(settings: Settings, action: Callable[[Any], Any]) -> Any:
-    async def run() -> Any:
-        redis = Redis.from_url(settings.redis_url)
-        try:
-            return await action(settings.registry(redis))
-        finally:
-            await redis.aclose()
-
-    return asyncio.run(run())
 
 
 class SSEReader:
@@ -238,9 +227,9 @@ def test_an_ack_over_http_and_from_the_cli_records_who_and_when_once(make_settin
     assert by_cli.stdout.startswith(f"alert {alerts[1].id}: acked by carol at ")
     assert repeated.stdout.startswith(f"alert {alerts[1].id}: was already acked by carol at ")
     assert (missing.returncode, missing.stderr.strip()) == (2, "driftline: error: no alert 'nope'")
-    recorded = registry_call(settings, lambda registry: registry.alert(alerts[1].id))
+    recorded = on_registry(settings, lambda registry: registry.alert(alerts[1].id))
     assert recorded["acked_by"] == "carol" and "acked_key" not in recorded
-    audit = registry_call(settings, lambda registry: registry.audit("m"))
+    audit = on_registry(settings, lambda registry: registry.audit("m"))
     acks = [e for e in audit if e["action"] == "ack"]
     assert [(e["alert"], e["by"]) for e in acks] == [(alerts[1].id, "carol"), (alerts[0].id, "alice")]
     assert acks[1]["key"] == api_key_name(API_KEY) and acks[1]["at"] == shown["acked_at"]

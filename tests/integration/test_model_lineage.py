@@ -10,14 +10,12 @@ a promotion. No broker or worker is needed.
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from redis.asyncio import Redis
 
 from driftline.api.main import create_app
 from driftline.cli import main as cli
@@ -27,9 +25,10 @@ from driftline.models.registry import ModelRegistry
 from driftline.models.specs import ModelSpec
 from driftline.settings import Settings
 
+from .conftest import on_registry
+
 pytestmark = pytest.mark.integration
 
-T = TypeVar("T")
 #: A race every 50 events learned, decided after 20 scored; the challenger starts untrained (no
 #: buffer to warm-start on), so it learns only the regime the race starts in.
 RACING = {
@@ -41,17 +40,6 @@ RACING = {
     "margin": 0.0,
     "buffer": 0,
 }
-
-
-def on_registry(settings: Settings, action: Callable[[ModelRegistry], Awaitable[T]]) -> T:
-    async def go() -> T:
-        redis = Redis.from_url(settings.redis_url)
-        try:
-            return await action(settings.registry(redis))
-        finally:
-            await redis.aclose()
-
-    return asyncio.run(go())
 
 
 def race_and_publish(settings: Settings, events: int = 140, every: int = 20) -> OnlineLearner:

@@ -3,39 +3,27 @@ log, retention; and the API and the CLI reading the same registry."""
 
 from __future__ import annotations
 
-import asyncio
 import pickle
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from redis.asyncio import Redis
 
 from driftline.api.main import create_app
 from driftline.cli import main as cli
 from driftline.core.errors import RegistryError
 from driftline.core.records import FeatureRecord
 from driftline.models.learner import OnlineLearner
-from driftline.models.registry import CHALLENGER, CHAMPION, LATEST, ModelRegistry
+from driftline.models.registry import CHALLENGER, CHAMPION, LATEST
 from driftline.models.specs import ModelSpec
 from driftline.settings import Settings
 
+from .conftest import on_registry
+
 pytestmark = pytest.mark.integration
 
-T = TypeVar("T")
 READING = {"device_id": "dev-1", "readings": {"temperature": 20.0}}
-
-
-def on_registry(settings: Settings, action: Callable[[ModelRegistry], Awaitable[T]]) -> T:
-    async def go() -> T:
-        redis = Redis.from_url(settings.redis_url)
-        try:
-            return await action(settings.registry(redis))
-        finally:
-            await redis.aclose()
-
-    return asyncio.run(go())
 
 
 def learner_after(n: int, name: str = "default") -> OnlineLearner:
