@@ -327,13 +327,24 @@ def _put_stats(
     features: dict[str, float], names: tuple[str, ...], values: list[float], wanted: tuple[Stat, ...]
 ) -> None:
     """``features[name] = stat(values)`` for each wanted stat and its feature name."""
-    mean = _mean(values)
     if wanted == ALL_STATS:  # the default, spelled out: this runs per sensor per window per event
+        n = len(values)
+        mean = sum(values) / n
+        try:
+            variance = sum([(x - mean) ** 2 for x in values]) / n
+        except OverflowError:
+            variance = math.inf
+        if math.isfinite(mean + variance):
+            std = math.sqrt(max(variance, 0.0))
+        else:  # a huge value: the overflow-safe way, off the common path
+            mean = _mean(values)
+            std = _std(values, mean)
         features[names[0]] = mean
-        features[names[1]] = _std(values, mean)
+        features[names[1]] = std
         features[names[2]] = min(values)
         features[names[3]] = max(values)
         return
+    mean = _mean(values)
     for stat, name in zip(wanted, names, strict=True):
         if stat == "mean":
             features[name] = mean
@@ -526,9 +537,13 @@ def featurize(
             features["dow_sin"] = math.sin(2 * math.pi * day / 7)
             features["dow_cos"] = math.cos(2 * math.pi * day / 7)
     # The last guard: a difference, ratio or rate of finite values can still be beyond a float.
-    non_finite = [name for name, value in features.items() if not math.isfinite(value)]
-    for name in non_finite:
-        del features[name]
+    # One sum tells whether every value is finite (NaN and infinity carry through it); only then
+    # are they looked at one by one (a sum of finite values may overflow on its own).
+    non_finite = []
+    if not math.isfinite(sum(features.values())):
+        non_finite = [name for name, value in features.items() if not math.isfinite(value)]
+        for name in non_finite:
+            del features[name]
     if dropped or non_finite:
         state.counts[NON_FINITE_FEATURES] += dropped + len(non_finite)
     state.events += 1
