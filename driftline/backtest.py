@@ -241,7 +241,7 @@ def run_backtest(
     ``progress`` is called with the number of events handled so far; the headline metric is
     sampled every ``every`` events (and after the last) for :attr:`ModelResult.series`.
 
-    >>> events = [{"event_id": f"e{i}", "device_id": "d", "ts": i, "readings": {"x": float(i)},
+    >>> events = [{"event_id": f"e{i}", "device_id": "d", "ts": 1.7e9 + i, "readings": {"x": float(i)},
     ...            "target": 2.0 * i} for i in range(3)]
     >>> spec = ModelSpec(name="m", retrain={"policy": "never"})
     >>> settings = Settings(env="dev", features="raw", sensor_catalog="none", _env_file=None)

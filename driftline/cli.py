@@ -83,7 +83,8 @@ def cmd_reset(args: argparse.Namespace) -> int:
     import redis
 
     from driftline.core.errors import ServiceUnavailable
-    from driftline.state import read_state, reset_state, safe_url, state_contents, where
+    from driftline.core.urls import safe_url
+    from driftline.state import read_state, reset_state, state_contents, where
 
     settings = _settings()
     place = where(settings)

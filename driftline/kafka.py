@@ -30,6 +30,13 @@ def topic_plan(settings: Settings) -> dict[str, int]:
     }
 
 
+def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
+    """Topic settings driftline asks for when it creates a topic: the dead-letter topic keeps its
+    messages for ``dlq_retention_hours`` (long enough to look into, never for good)."""
+    retention_ms = int(settings.dlq_retention_hours * 3600 * 1000)
+    return {settings.dlq_topic: {"retention.ms": str(retention_ms), "cleanup.policy": "delete"}}
+
+
 def _admin(settings: Settings, timeout: float) -> KafkaAdminClient:
     deadline = time.monotonic() + timeout
     while True:
@@ -55,8 +62,9 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> dict[str, str]:
     admin = _admin(settings, timeout)
     try:
         existing = set(admin.list_topics())
+        configs = topic_configs(settings)
         missing = [
-            NewTopic(name, partitions, settings.replication_factor)
+            NewTopic(name, partitions, settings.replication_factor, topic_configs=configs.get(name, {}))
             for name, partitions in plan.items()
             if name not in existing
         ]

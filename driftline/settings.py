@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -20,6 +21,7 @@ from redis.asyncio import Redis
 
 from driftline.core.errors import ConfigurationError
 from driftline.core.keys import Keys
+from driftline.core.urls import safe_url
 from driftline.models.registry import ModelRegistry
 from driftline.models.specs import ModelSpec
 from driftline.streams.catalog import SensorSpec, describe_catalog, load_catalog
@@ -101,6 +103,20 @@ class Settings(BaseSettings):
     features: Annotated[FeatureSpec, NoDecode] = FeatureSpec()
     #: Silent devices' feature state expires from Redis after this long (seconds).
     device_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
+    #: Device states a worker keeps in memory; the least recently used beyond it are dropped
+    #: (they are in Redis) and fetched again when their device comes back.
+    max_devices_in_memory: int = Field(10_000, ge=1)
+    #: Sensors one device may have; readings of more are left out (DLQ ``too_many_sensors``).
+    max_sensors_per_device: int = Field(64, ge=1)
+    #: Only sensors the catalog lists are learned from; others are left out (DLQ ``unknown_sensor``).
+    strict_catalog: bool = False
+    #: Each Redis call of the worker times out after this long (seconds); an idempotent step
+    #: (checkpoint, device fetch, snapshot) is retried for ``redis_retry_seconds``, then the worker
+    #: stops (non-zero) so that its supervisor restarts it from its last checkpoint.
+    redis_timeout: float = Field(5.0, gt=0)
+    redis_retry_seconds: float = Field(60.0, ge=0)
+    #: How long the dead-letter topic keeps messages (hours), set when driftline creates it.
+    dlq_retention_hours: float = Field(14 * 24, gt=0)
     #: Sensor catalog: ``simulator`` (the simulator's four sensors), ``none`` (or empty: no
     #: catalog, every reading passes unchecked), or JSON
     #: (``{"temperature": {"unit": "°C", "min": -40, "max": 125}}``); see streams/catalog.py.
@@ -111,6 +127,11 @@ class Settings(BaseSettings):
     allowed_lateness_seconds: float = Field(300.0, ge=0)
     #: Events whose time is further ahead of their arrival than this are refused (bad clocks).
     max_future_seconds: float = Field(60.0, ge=0)
+    #: Events dated before this are refused (``too_old``: a clock never set sends 1970).
+    earliest_event_time: datetime = datetime(2000, 1, 1, tzinfo=UTC)
+    #: Events older than their arrival by more than this are refused too (0: no such bound, so
+    #: historical files replay with their own times).
+    max_past_seconds: float = Field(0.0, ge=0)
 
     #: Where runtime files go (logs, the worker's local files): one folder, never the checkout.
     data_dir: Path = Path(".driftline")
@@ -317,7 +338,7 @@ class Settings(BaseSettings):
             f"features: {self.features.describe()}, {self.features.schema_hash()}",
             "sensor catalog: "
             + describe_catalog(self.catalog(), self.sensor_catalog, self.sensor_catalog_file),
-            f"kafka: {self.kafka_bootstrap or '(not set)'}; redis: {self.redis_url}, "
+            f"kafka: {safe_url(self.kafka_bootstrap) or '(not set)'}; redis: {safe_url(self.redis_url)}, "
             f"namespace {self.namespace!r}; data dir: {self.data_dir.resolve()}",
         ]
 

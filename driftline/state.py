@@ -14,11 +14,11 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
 from driftline.core.keys import Keys
+from driftline.core.urls import safe_url
 from driftline.settings import Settings
 
 #: Keys deleted per Redis call.
@@ -30,19 +30,37 @@ def namespace_keys(client: redis.Redis, namespace: str) -> Iterator[bytes]:
     yield from client.scan_iter(match=Keys(namespace).pattern(), count=1000)
 
 
-def safe_url(url: str) -> str:
-    """``url`` without its password, for messages.
+def eviction_warning(policy: str) -> str | None:
+    """What a Redis ``maxmemory-policy`` puts at risk, if anything (README, "Redis memory").
 
-    >>> safe_url("redis://:s3cret@db:6379/0"), safe_url("redis://127.0.0.1:6379/0")
-    ('redis://:***@db:6379/0', 'redis://127.0.0.1:6379/0')
+    >>> eviction_warning("noeviction") is None
+    True
+    >>> eviction_warning("allkeys-lru")  # doctest: +ELLIPSIS
+    "Redis maxmemory-policy is 'allkeys-lru': when full it may evict the model registry..."
+    >>> eviction_warning("volatile-lru")  # doctest: +ELLIPSIS
+    "Redis maxmemory-policy is 'volatile-lru': when full it evicts device states..."
     """
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    if policy.startswith("allkeys-"):
+        return (
+            f"Redis maxmemory-policy is {policy!r}: when full it may evict the model registry "
+            "(snapshots, aliases, audit) and checkpoints; set it to 'noeviction' (see README, Redis memory)"
+        )
+    if policy.startswith("volatile-"):
+        return (
+            f"Redis maxmemory-policy is {policy!r}: when full it evicts device states (and with them "
+            "their duplicate memory); the registry, which has no expiry, is safe"
+        )
+    return None
+
+
+def check_eviction_policy(client: redis.Redis) -> str | None:
+    """:func:`eviction_warning` for ``client``'s server; None also when CONFIG is not allowed
+    (managed Redis often disables it)."""
+    try:
+        policy = client.config_get("maxmemory-policy").get("maxmemory-policy")
+    except redis.RedisError:
+        return None
+    return eviction_warning(policy.decode() if isinstance(policy, bytes) else str(policy or ""))
 
 
 def read_state(client: redis.Redis, namespace: str) -> dict[str, Any]:

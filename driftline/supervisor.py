@@ -21,6 +21,7 @@ from typing import Any
 
 import redis
 
+from driftline.core.urls import safe_url
 from driftline.embedded import (
     EmbeddedBroker,
     EmbeddedProcess,
@@ -102,13 +103,15 @@ def resolve_services(settings: Settings, stack: Stack, data_dir: Path) -> dict[s
         env["DRIFTLINE_KAFKA_URL"] = broker.url
         _say(f"Kafka: embedded broker (Tansu, memory only) at {broker.address}")
     if redis_answers(settings.redis_url):
-        _say(f"Redis: using {settings.redis_url}")
+        _say(f"Redis: using {safe_url(settings.redis_url)}")
     else:
         port = 6379 if not port_open("127.0.0.1", 6379) else free_port()
         redis = EmbeddedRedis(port, log_dir=data_dir / "redis").start()
         stack.services.append(redis)
         env["DRIFTLINE_REDIS_URL"] = redis.url
-        _say(f"Redis: {settings.redis_url} does not answer; embedded redis-server at {redis.address}")
+        _say(
+            f"Redis: {safe_url(settings.redis_url)} does not answer; embedded redis-server at {redis.address}"
+        )
     return env
 
 

@@ -15,6 +15,7 @@ import redis
 from driftline.core.errors import ServiceUnavailable
 from driftline.kafka import ensure_topics
 from driftline.settings import Settings
+from driftline.state import check_eviction_policy
 from driftline.streams.cleaning import TimePolicy
 from driftline.streams.config import Topics, WorkerConfig
 
@@ -45,11 +46,21 @@ def worker_config(settings: Settings) -> WorkerConfig:
         target=settings.target,
         features=settings.features,
         catalog=settings.catalog(),
-        time_policy=TimePolicy(settings.allowed_lateness_seconds, settings.max_future_seconds),
+        time_policy=TimePolicy(
+            settings.allowed_lateness_seconds,
+            settings.max_future_seconds,
+            earliest=settings.earliest_event_time.timestamp(),
+            max_past=settings.max_past_seconds or None,
+        ),
         max_message_bytes=settings.max_message_bytes,
         max_batch_events=settings.max_batch_events,
         dlq_max_bytes=settings.dlq_max_bytes,
         device_ttl_seconds=settings.device_ttl_seconds,
+        max_devices_in_memory=settings.max_devices_in_memory,
+        max_sensors_per_device=settings.max_sensors_per_device,
+        strict_catalog=settings.strict_catalog,
+        redis_timeout=settings.redis_timeout,
+        redis_retry_seconds=settings.redis_retry_seconds,
         batch_size=settings.batch_size,
         batch_within=settings.batch_within,
         snapshot_every_events=settings.snapshot_every_events,
@@ -83,6 +94,9 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5)
     try:
         announce_models(settings, client)
+        risk = check_eviction_policy(client)
+        if risk:
+            log.warning("%s", risk)
     except (redis.RedisError, OSError) as exc:
         raise ServiceUnavailable("Redis", settings.redis_url, str(exc)) from exc
     finally:

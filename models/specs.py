@@ -276,6 +276,13 @@ def _from_import_path(model: str, path: str, params: dict[str, Any]) -> Any:
             f"model {model!r}: unknown estimator {path!r}: use one of "
             f"{', '.join(ESTIMATORS)} or an import path like river.linear_model.PARegressor"
         )
+    if module_name.split(".", 1)[0] != "river":
+        # A spec is configuration, not code: importing any module a setting names would run
+        # whatever that module does on import (or a class's constructor) in every process.
+        raise ValueError(
+            f"model {model!r}: estimator {path!r} is not from River: import paths must start "
+            f"with 'river.' (or use one of {', '.join(ESTIMATORS)})"
+        )
     try:
         cls = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:

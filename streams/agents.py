@@ -9,9 +9,12 @@ Redis. See docs/design.md, "Exactly once".
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import os
+import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +23,15 @@ import httpx
 from faust.types import EventT
 from pydantic import ValidationError
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential,
+)
 
 from driftline.core import records
 from driftline.core.errors import ModelNotReady, SnapshotError
@@ -31,10 +43,11 @@ from driftline.models.registry import ModelRegistry
 from driftline.streams.app import StreamTopics, build_app
 from driftline.streams.batches import Incoming, IngestBatch, LearnBatch
 from driftline.streams.checkpoint import (
-    load_all_device_states,
+    load_device_states,
     load_offsets,
     load_stats,
     save_checkpoint,
+    take_partitions,
 )
 from driftline.streams.cleaning import Rejection
 from driftline.streams.config import WorkerConfig
@@ -55,9 +68,22 @@ def incoming(event: EventT[bytes]) -> Incoming:
         message.offset,
         message.value,
         message.key,
-        int(message.timestamp * 1000) if message.timestamp else None,
+        trusted_timestamp_ms(message.timestamp, time.time()),
         message,
     )
+
+
+def trusted_timestamp_ms(record_timestamp: float | None, wall_clock: float) -> int | None:
+    """The record's timestamp as the stages' "now" (so a replay decides as the first run did),
+    but never later than the clock: a producer sets it, and one stamped in the future must not
+    let future events in, nor push its device's watermark past every honest event.
+
+    >>> trusted_timestamp_ms(1_700_000_000.5, 1_800_000_000.0), trusted_timestamp_ms(2e9, 1.8e9)
+    (1700000000500, 1800000000000)
+    """
+    if not record_timestamp:
+        return None
+    return int(min(record_timestamp, wall_clock) * 1000)
 
 
 def dead_letter(message: Incoming, rejection: Rejection, max_bytes: int) -> dict[str, Any]:
@@ -77,6 +103,31 @@ def dead_letter(message: Incoming, rejection: Rejection, max_bytes: int) -> dict
 
 
 @dataclass
+class SampledLog:
+    """Which repeated messages to say: the first of each kind, then at most one per ``every``
+    seconds, with how many went unsaid. A flood of rejects must not flood the log (nor cost the
+    stream its throughput); the DLQ and the counters keep every one.
+
+    >>> sampled = SampledLog(every=10)
+    >>> [sampled.say("late", now) for now in (0, 1, 2, 11, 12)]
+    [0, None, None, 2, None]
+    """
+
+    every: float = 10.0
+    said_at: dict[str, float] = field(default_factory=dict)
+    unsaid: Counter[str] = field(default_factory=Counter)
+
+    def say(self, kind: str, now: float) -> int | None:
+        """``None``: not now (counted); else how many of ``kind`` went unsaid before this one."""
+        last = self.said_at.get(kind)
+        if last is not None and now - last < self.every:
+            self.unsaid[kind] += 1
+            return None
+        self.said_at[kind] = now
+        return self.unsaid.pop(kind, 0)
+
+
+@dataclass
 class Worker:
     """One worker process: its app, its stages' state and their effects on Kafka and Redis."""
 
@@ -88,11 +139,14 @@ class Worker:
     ingest_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     learn_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _redis: Redis | None = None
+    #: Events partition -> this worker's fence token (see streams.checkpoint.take_partitions).
+    fence: dict[int, int] = field(default_factory=dict)
+    rejections_said: SampledLog = field(default_factory=SampledLog)
 
     def __post_init__(self) -> None:
         config = self.config
         self.keys = Keys(config.namespace)
-        self.ingest = IngestBatch(config.ingest_stage(), self)
+        self.ingest = IngestBatch(config.ingest_stage(store_backed=True), self)
         self.learn = LearnBatch(
             {spec.name: spec for spec in config.specs},
             self,
@@ -104,8 +158,31 @@ class Worker:
     @property
     def redis(self) -> Redis:
         if self._redis is None:  # opened on the worker's own loop, when first needed
-            self._redis = Redis.from_url(self.config.redis_url)
+            # Timeouts: a stalled Redis must fail a call (then retried, see redis_retry) rather
+            # than hang the stage forever.
+            self._redis = Redis.from_url(
+                self.config.redis_url,
+                socket_timeout=self.config.redis_timeout,
+                socket_connect_timeout=self.config.redis_timeout,
+                health_check_interval=30,
+            )
         return self._redis
+
+    def redis_retry(self, what: str) -> AsyncRetrying:
+        """Bounded retries of an idempotent Redis step through a blip or a restart; past the
+        bound the error propagates and the worker stops (see :func:`stop_worker`)."""
+
+        def say(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            log.warning("%s failed (%s); retry %d", what, exc, state.attempt_number)
+
+        return AsyncRetrying(
+            retry=retry_if_exception_type((RedisConnectionError, RedisTimeoutError, OSError)),
+            stop=stop_after_delay(self.config.redis_retry_seconds),
+            wait=wait_exponential(multiplier=0.1, max=2.0),
+            before_sleep=say,
+            reraise=True,
+        )
 
     @property
     def registry(self) -> ModelRegistry:
@@ -126,7 +203,17 @@ class Worker:
         await self.topics.dlq.send(
             key=message.key, **dead_letter(message, rejection, self.config.dlq_max_bytes)
         )
-        log.info("rejected %s:%s:%s: %s", message.topic, message.partition, message.offset, rejection.message)
+        unsaid = self.rejections_said.say(rejection.reason, time.monotonic())
+        if unsaid is not None:
+            log.info(
+                "rejected %s:%s:%s (%s): %s%s",
+                message.topic,
+                message.partition,
+                message.offset,
+                rejection.reason,
+                rejection.message,
+                f" ({unsaid} more {rejection.reason} since the last said)" if unsaid else "",
+            )
 
     async def flush(self) -> None:
         await self.app.producer.flush()
@@ -137,20 +224,35 @@ class Worker:
         devices: Mapping[str, DeviceState],
         stats: Mapping[int, Counter[str]],
     ) -> None:
-        await save_checkpoint(
-            self.redis,
-            self.keys,
-            self.config.topics.events,
-            self.events_topic_id,
-            offsets,
-            devices,
-            stats,
-            device_ttl_seconds=self.config.device_ttl_seconds,
-        )
+        # The same transaction again is harmless (it writes values, not increments).
+        async for attempt in self.redis_retry("checkpoint"):
+            with attempt:
+                await save_checkpoint(
+                    self.redis,
+                    self.keys,
+                    self.config.topics.events,
+                    self.events_topic_id,
+                    offsets,
+                    devices,
+                    stats,
+                    device_ttl_seconds=self.config.device_ttl_seconds,
+                    fence=self.fence,
+                )
+
+    async def load_devices(self, device_ids: Sequence[str]) -> Mapping[str, DeviceState]:
+        async for attempt in self.redis_retry("loading device states"):
+            with attempt:
+                return await load_device_states(self.redis, self.keys, device_ids)
+        raise AssertionError("unreachable: the retry either returns or raises")
 
     # --- LearnEffects (and dead_letter, flush above) ------------------------------------------
     async def publish(self, learner: OnlineLearner) -> SnapshotMeta:
-        return await self.registry.publish(learner)
+        # Retried through a Redis blip: at worst an unanswered attempt that did commit leaves one
+        # more version holding the same learner.
+        async for attempt in self.redis_retry(f"publishing {learner.name}"):
+            with attempt:
+                return await self.registry.publish(learner)
+        raise AssertionError("unreachable: the retry either returns or raises")
 
     def ack(self, message: Incoming) -> None:
         message.handle.ack(self.app.consumer)
@@ -173,12 +275,17 @@ class Worker:
                 await self.restore_learners()
 
     async def restore_ingest(self, partitions: list[int]) -> None:
+        """Claim the partitions (fencing out their earlier owner), then read their checkpoint.
+
+        Device states are not read here: each is fetched when its device's next event comes,
+        so a restore costs the same with ten devices or a million.
+        """
         topic, topic_id = self.config.topics.events, self.events_topic_id
+        self.fence = await take_partitions(self.redis, self.keys, topic, topic_id, partitions)
         offsets = await load_offsets(self.redis, self.keys, topic, topic_id, partitions)
         stats = await load_stats(self.redis, self.keys, topic, topic_id, partitions)
-        devices = await load_all_device_states(self.redis, self.keys)
-        self.ingest.restore(offsets, stats, devices)
-        log.info("ingest restored: offsets %s, %d devices", offsets, len(devices))
+        self.ingest.restore(offsets, stats, {})
+        log.info("ingest restored: partitions %s at offsets %s", partitions, offsets)
 
     async def restore_learners(self) -> None:
         loaded = []
@@ -293,6 +400,43 @@ class Worker:
                     await self.learn.publish()
 
 
+#: The exit status of a worker that stopped because a stage failed.
+EXIT_STAGE_FAILED = 70
+
+
+def stops_on_failure(name: str, body: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+    """``body`` (an agent or timer), stopping the worker when it fails (:func:`stop_worker`)."""
+
+    @functools.wraps(body)
+    async def run(*args: Any) -> None:
+        try:
+            await body(*args)
+        except Exception as exc:
+            stop_worker(name, exc)
+
+    return run
+
+
+def stop_worker(stage: str, exc: BaseException) -> None:
+    """A stage failed past its retries (Redis gone for good, a checkpoint fenced out by a newer
+    owner, a bug): stop the process, non-zero, so its supervisor starts it again.
+
+    Faust would restart the agent in the same process, with its batch unacknowledged and its
+    in-memory state ahead of the checkpoint: commits would stall behind it, and a fenced worker
+    would go on emitting. A fresh process resumes exactly from the last checkpoint instead
+    (the same path as a crash, which the exactly-once protocol is built for).
+    """
+    log.critical(
+        "stage %s failed: %s: %s; the worker stops (exit %d) to restart from its last checkpoint",
+        stage,
+        type(exc).__name__,
+        exc,
+        EXIT_STAGE_FAILED,
+    )
+    logging.shutdown()
+    os._exit(EXIT_STAGE_FAILED)
+
+
 def build_worker(config: WorkerConfig, topic_ids: Mapping[str, str] | None = None) -> Worker:
     """An app with the agents of ``config.stages`` registered, ready for ``faust.Worker``."""
     app, topics = build_app(config)
@@ -304,13 +448,15 @@ def build_worker(config: WorkerConfig, topic_ids: Mapping[str, str] | None = Non
 
     app.on_partitions_assigned.connect(restore_state)  # type: ignore[arg-type]  # faust's stub wants signal=
     if "ingest" in config.stages:
-        app.agent(topics.events, name="clean_and_featurize")(worker.clean_and_featurize)
-        app.agent(topics.labels, name="relay_labels")(worker.relay_labels)
+        app.agent(topics.events, name="clean_and_featurize")(
+            stops_on_failure("clean_and_featurize", worker.clean_and_featurize)
+        )
+        app.agent(topics.labels, name="relay_labels")(stops_on_failure("relay_labels", worker.relay_labels))
     if "learn" in config.stages:
-        app.agent(topics.features, name="learn")(worker.learn_features)
-        app.timer(interval=0.5)(worker.publish_due_snapshots)
+        app.agent(topics.features, name="learn")(stops_on_failure("learn", worker.learn_features))
+        app.timer(interval=0.5)(stops_on_failure("snapshots", worker.publish_due_snapshots))
         app.task(worker.relay_alerts)
     return worker
 
 
-__all__ = ["Worker", "build_worker", "dead_letter", "incoming"]
+__all__ = ["EXIT_STAGE_FAILED", "Worker", "build_worker", "dead_letter", "incoming", "stop_worker"]

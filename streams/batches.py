@@ -34,7 +34,7 @@ from driftline.models.learner import OnlineLearner
 from driftline.models.specs import ModelSpec
 from driftline.streams.cleaning import Rejection
 from driftline.streams.features import DeviceState
-from driftline.streams.ingest import IngestStage
+from driftline.streams.ingest import IngestStage, NeedDevices
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,10 @@ class IngestEffects(Protocol):
         stats: Mapping[int, Counter[str]],
     ) -> None: ...
 
+    async def load_devices(self, device_ids: Sequence[str]) -> Mapping[str, DeviceState]:
+        """The stored states of those of ``device_ids`` that have one (for a store-backed stage)."""
+        ...
+
 
 @dataclass
 class IngestBatch:
@@ -102,10 +106,20 @@ class IngestBatch:
         # One features message per model and source partition for the whole batch: per-message
         # costs (send, fetch, dispatch) are paid once, not per event.
         out: dict[tuple[str, int], list[FeatureRecord]] = {}
+        stage = self.stage
+        if stage.store_backed:
+            # Driftline's producers key a message by its device: fetch the states of the batch's
+            # devices not in memory at once (a message that names others asks for them below).
+            hinted = {m.key.decode(errors="replace") for m in messages if m.key}
+            await self._fetch(hinted.difference(stage.devices))
         for message in messages:
-            for outcome in self.stage.handle(
-                message.value, message.partition, message.offset, message.timestamp_ms
-            ):
+            outcomes = stage.handle(message.value, message.partition, message.offset, message.timestamp_ms)
+            if outcomes and isinstance(outcomes[0], NeedDevices):
+                await self._fetch(outcomes[0].device_ids)
+                outcomes = stage.handle(
+                    message.value, message.partition, message.offset, message.timestamp_ms
+                )
+            for outcome in outcomes:
                 if isinstance(outcome, FeatureRecord):
                     out.setdefault((outcome.model, outcome.source_partition), []).append(outcome)
                 elif isinstance(outcome, Rejection):
@@ -116,7 +130,16 @@ class IngestBatch:
         # Output first, then the checkpoint: a crash in between re-emits (the learner drops
         # the repeats by position), never loses.
         await self.effects.flush()
-        await self.effects.checkpoint(self.stage.offsets, self.stage.take_dirty(), self.stage.stats)
+        dirty = stage.dirty_states()
+        await self.effects.checkpoint(stage.offsets, dirty, stage.stats)
+        # Only now clean (a failed checkpoint keeps them dirty for the next), and evictable.
+        stage.checkpointed(dirty)
+        stage.evict()
+
+    async def _fetch(self, device_ids: Iterable[str]) -> None:
+        wanted = list(device_ids)
+        if wanted:
+            self.stage.adopt(wanted, await self.effects.load_devices(wanted))
 
     def restore(
         self,

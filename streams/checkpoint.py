@@ -12,9 +12,30 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 
 from redis.asyncio import Redis
+from redis.exceptions import WatchError
 
+from driftline.core.errors import Fenced
 from driftline.core.keys import Keys
 from driftline.streams.features import DeviceState
+
+
+async def take_partitions(
+    redis: Redis, keys: Keys, topic: str, topic_id: str, partitions: Iterable[int]
+) -> dict[int, int]:
+    """Claim ``partitions`` for this worker: a new fence token each, which its checkpoints carry.
+
+    Called when partitions are assigned, before their checkpoint is read: from then on a worker
+    that restored them earlier (and lost them, maybe without knowing) can no longer write.
+    """
+    wanted = sorted(partitions)
+    if not wanted:
+        return {}
+    key = keys.ingest_fence(topic, topic_id)
+    async with redis.pipeline(transaction=True) as tx:
+        for partition in wanted:
+            tx.hincrby(key, str(partition), 1)
+        tokens = await tx.execute()
+    return dict(zip(wanted, (int(t) for t in tokens), strict=True))
 
 
 async def save_checkpoint(
@@ -26,9 +47,26 @@ async def save_checkpoint(
     devices: Mapping[str, DeviceState],
     stats: Mapping[int, Mapping[str, int]] | None = None,
     device_ttl_seconds: int | None = None,
+    fence: Mapping[int, int] | None = None,
 ) -> None:
-    """Write changed device states, counters and the offsets they reflect atomically."""
+    """Write changed device states, counters and the offsets they reflect atomically.
+
+    With ``fence`` (partition -> token from :func:`take_partitions`), the write happens only if
+    every one of those partitions still carries this worker's token; else :class:`Fenced`.
+    """
+    fence_key = keys.ingest_fence(topic, topic_id)
     async with redis.pipeline(transaction=True) as tx:
+        if fence:
+            # WATCH: a claim landing between this check and EXEC aborts the write too.
+            await tx.watch(fence_key)
+            current = await tx.hmget(fence_key, [str(p) for p in fence])
+            lost = [p for p, token in zip(fence, current, strict=True) if int(token or 0) != fence[p]]
+            if lost:
+                raise Fenced(
+                    f"partitions {lost} of {topic} were claimed by another worker since this one "
+                    "restored them: its checkpoint is refused"
+                )
+            tx.multi()
         for device_id, state in devices.items():
             tx.set(
                 keys.device(device_id),
@@ -42,7 +80,10 @@ async def save_checkpoint(
                 keys.ingest_stats(topic, topic_id),
                 mapping={str(p): json.dumps(dict(c)) for p, c in stats.items()},
             )
-        await tx.execute()
+        try:
+            await tx.execute()
+        except WatchError as exc:
+            raise Fenced(f"partitions of {topic} were claimed by another worker during a checkpoint") from exc
 
 
 async def load_offsets(
@@ -81,10 +122,3 @@ async def load_device_states(redis: Redis, keys: Keys, device_ids: Iterable[str]
         for device_id, value in zip(ids, values, strict=True)
         if value is not None
     }
-
-
-async def load_all_device_states(redis: Redis, keys: Keys) -> dict[str, DeviceState]:
-    """Every checkpointed device state of the deployment (used when partitions are assigned)."""
-    prefix = keys.device("")
-    ids = [key.decode()[len(prefix) :] async for key in redis.scan_iter(match=prefix + "*", count=1000)]
-    return await load_device_states(redis, keys, ids)

@@ -112,6 +112,7 @@ def _rejection_from(exc: ValidationError) -> Rejection:
 DUPLICATE = "duplicate"
 LATE = "late"
 FUTURE = "future"
+TOO_OLD = "too_old"
 OUT_OF_RANGE = "out_of_range"
 INTERNAL = "internal"
 
@@ -142,12 +143,26 @@ def check_time(ts: float, watermark: float | None, now: float, policy: TimePolic
     'late'
     >>> check_time(1020, watermark=None, now=1000, policy=policy).reason
     'future'
+    >>> check_time(5, watermark=None, now=1000, policy=policy._replace(earliest=946684800)).reason
+    'too_old'
     """
     if ts > now + policy.max_future:
         return Rejection(
             FUTURE,
             f"event time is {ts - now:.0f} s ahead of its arrival "
             f"(limit {policy.max_future:.0f} s): check the device clock",
+        )
+    if policy.earliest is not None and ts < policy.earliest:
+        return Rejection(
+            TOO_OLD,
+            f"event time {ts:.0f} is before {policy.earliest:.0f} (DRIFTLINE_EARLIEST_EVENT_TIME): "
+            "check the device clock",
+        )
+    if policy.max_past and ts < now - policy.max_past:
+        return Rejection(
+            TOO_OLD,
+            f"event time is {now - ts:.0f} s before its arrival "
+            f"(limit {policy.max_past:.0f} s, DRIFTLINE_MAX_PAST_SECONDS)",
         )
     if watermark is not None and ts < watermark - policy.allowed_lateness:
         return Rejection(
@@ -161,6 +176,11 @@ def check_time(ts: float, watermark: float | None, now: float, policy: TimePolic
 class TimePolicy(NamedTuple):
     allowed_lateness: float
     max_future: float
+    #: Event times before this (epoch s) are refused: a device whose clock was never set sends
+    #: 1970. An absolute floor, not one relative to arrival, so historical data still replays.
+    earliest: float | None = None
+    #: Optionally, event times older than their arrival by more than this are refused too.
+    max_past: float | None = None
 
 
 def clean_readings(

@@ -54,6 +54,13 @@ class WorkerConfig:
     max_batch_events: int = 1000
     dlq_max_bytes: int = 4 * 1024 * 1024
     device_ttl_seconds: int = 7 * 24 * 3600
+    #: Device states kept in memory (least recently used evicted; fetched again on demand).
+    max_devices_in_memory: int = 10_000
+    max_sensors_per_device: int = 64
+    strict_catalog: bool = False
+    #: Each Redis call's timeout, and how long an idempotent step is retried before the worker stops.
+    redis_timeout: float = 5.0
+    redis_retry_seconds: float = 60.0
     batch_size: int = 500
     batch_within: float = 0.5
     snapshot_every_events: int = 1000
@@ -69,9 +76,12 @@ class WorkerConfig:
     #: Faust's own local files go under it.
     data_dir: Path = Path(".driftline")
 
-    def ingest_stage(self, models: tuple[ModelSpec, ...] | None = None) -> IngestStage:
+    def ingest_stage(
+        self, models: tuple[ModelSpec, ...] | None = None, store_backed: bool = False
+    ) -> IngestStage:
         """The ``clean_and_featurize`` stage this configuration describes, feeding ``models``
-        (default: the configured ones); the worker and ``driftline backtest`` build it here."""
+        (default: the configured ones); the worker (``store_backed``: device states in Redis)
+        and ``driftline backtest`` (all in memory) build it here."""
         from driftline.streams.ingest import IngestStage  # the stage needs this module's types
 
         return IngestStage(
@@ -82,4 +92,8 @@ class WorkerConfig:
             max_batch_events=self.max_batch_events,
             catalog=self.catalog,
             time_policy=self.time_policy,
+            max_sensors_per_device=self.max_sensors_per_device,
+            strict_catalog=self.strict_catalog,
+            store_backed=store_backed,
+            max_devices_in_memory=self.max_devices_in_memory,
         )

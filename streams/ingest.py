@@ -5,13 +5,14 @@ offset handled per partition, the counters) and accounts for every message it is
 
     received == accepted + deduplicated + rejected + late
 
-The agent around it moves bytes, and checkpoints :meth:`IngestStage.take_dirty` with
+The agent around it moves bytes, and checkpoints :meth:`IngestStage.dirty_states` with
 :attr:`IngestStage.offsets` and :attr:`IngestStage.stats` in one Redis transaction.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -43,14 +44,75 @@ class Duplicate:
     event_id: str
 
 
+@dataclass(frozen=True)
+class NeedDevices:
+    """The message names devices whose state is not in memory (evicted, or held by the store
+    since before a restart): fetch them, :meth:`IngestStage.adopt` them, and hand the message
+    again. Nothing of the message has been handled yet."""
+
+    device_ids: frozenset[str]
+
+
 #: Result of handling one message; the list is empty for a replayed offset (not counted again).
-Outcome = FeatureRecord | Rejection | Duplicate
+Outcome = FeatureRecord | Rejection | Duplicate | NeedDevices
 
 #: The counters every partition keeps; ``rejected:<reason>`` ones are added as reasons occur.
 COUNTERS = ("received", "accepted", "deduplicated", "rejected", "late", "imputed", "clipped")
 
 #: Counted (outside the identity above) for each label left out because it did not fit its model.
 LABELS_REFUSED = "labels_refused"
+
+#: Reason codes (DLQ ``dl-reason``) and counters of readings left out of an accepted event: a
+#: sensor beyond the device's bound, or one the catalog lacks in strict mode.
+TOO_MANY_SENSORS = "too_many_sensors"
+UNKNOWN_SENSOR = "unknown_sensor"
+READINGS_REFUSED = "readings_refused"
+
+
+def admit_sensors(
+    readings: dict[str, float | None],
+    known: Mapping[str, object],
+    labels: frozenset[str],
+    catalog: Mapping[str, object],
+    max_sensors: int,
+    strict: bool,
+) -> tuple[dict[str, float | None], list[Rejection]]:
+    """The readings a device may add to its state, and why the others were left out.
+
+    A device has at most ``max_sensors`` sensors (``known``: those it has a state of); a sensor
+    beyond that is refused, so one device cannot grow its state and the model's feature space
+    without bound. In ``strict`` mode, a sensor the catalog does not list is refused as well.
+    Labels are never features and pass untouched.
+
+    >>> kept, refused = admit_sensors({"a": 1.0, "b": 2.0, "c": 3.0}, {"a": 0.0}, frozenset(), {}, 2, False)
+    >>> kept, [(r.reason, r.message) for r in refused]  # doctest: +NORMALIZE_WHITESPACE
+    ({'a': 1.0, 'b': 2.0}, [('too_many_sensors',
+      "sensor 'c' refused: the device already has 2 sensors (DRIFTLINE_MAX_SENSORS_PER_DEVICE)")])
+    >>> admit_sensors({"t": 1.0, "zz": 2.0, "y": 5.0}, {}, frozenset({"y"}), {"t": 0}, 64, True)[0]
+    {'t': 1.0, 'y': 5.0}
+    """
+    kept: dict[str, float | None] = {}
+    refused: list[Rejection] = []
+    count = len(known)
+    for name, value in readings.items():
+        if name in labels or name in known:
+            kept[name] = value
+        elif strict and name not in catalog:
+            refused.append(
+                Rejection(UNKNOWN_SENSOR, f"sensor {name!r} refused: not in the catalog (strict catalog)")
+            )
+        elif count >= max_sensors:
+            refused.append(
+                Rejection(
+                    TOO_MANY_SENSORS,
+                    f"sensor {name!r} refused: the device already has {max_sensors} sensors "
+                    "(DRIFTLINE_MAX_SENSORS_PER_DEVICE)",
+                )
+            )
+        else:
+            kept[name] = value
+            count += 1
+    return kept, refused
 
 
 def label_readings(specs: Iterable[ModelSpec], target: str) -> frozenset[str]:
@@ -160,6 +222,17 @@ class IngestStage:
     max_batch_events: int = 1000
     catalog: dict[str, SensorSpec] = field(default_factory=lambda: dict(DEFAULT_CATALOG))
     time_policy: TimePolicy = TimePolicy(allowed_lateness=300.0, max_future=60.0)
+    #: At most this many sensors per device (:func:`admit_sensors`).
+    max_sensors_per_device: int = 64
+    #: Refuse readings of sensors the catalog does not list.
+    strict_catalog: bool = False
+    #: Device states beyond memory live in a store (Redis): a device not in :attr:`devices` must
+    #: be fetched before its event is handled (:class:`NeedDevices`), and :meth:`evict` may drop
+    #: checkpointed states. Without a store every device stays in memory.
+    store_backed: bool = False
+    #: The most device states kept in memory when :attr:`store_backed`.
+    max_devices_in_memory: int = 10_000
+    #: Device states by id, least recently used first (the eviction order).
     devices: dict[str, DeviceState] = field(default_factory=dict)
     #: Source partition -> last offset whose effect is in :attr:`devices`.
     offsets: dict[int, int] = field(default_factory=dict)
@@ -186,13 +259,19 @@ class IngestStage:
         """Handle one message (one event, or a JSON array of them). Never raises."""
         if offset <= self.offsets.get(partition, -1):
             return []  # replayed after a restart: its effect is already in the checkpoint
-        self.offsets[partition] = offset
-        counts = self.stats.setdefault(partition, Counter())
-        outcomes: list[Outcome] = []
         try:
             decoded = decode_message(raw, self.max_message_bytes, self.max_batch_events)
         except Exception as exc:
             decoded = [Rejection(INTERNAL, f"{type(exc).__name__}: {exc}")]
+        if self.store_backed:
+            missing = frozenset(
+                e.device_id for e in decoded if isinstance(e, SensorEvent) and e.device_id not in self.devices
+            )
+            if missing:
+                return [NeedDevices(missing)]
+        self.offsets[partition] = offset
+        counts = self.stats.setdefault(partition, Counter())
+        outcomes: list[Outcome] = []
         now = timestamp_ms / 1000 if timestamp_ms and timestamp_ms > 0 else time.time()
         for index, event in enumerate(decoded):
             counts["received"] += 1
@@ -216,27 +295,37 @@ class IngestStage:
         now: float,
         counts: Counter[str],
     ) -> list[Outcome]:
-        state = self.devices.get(event.device_id)
+        # Popped and put back: the dict's order is the order of last use (the eviction order).
+        state = self.devices.pop(event.device_id, None)
         if state is None:
-            state = self.devices[event.device_id] = DeviceState()
+            state = DeviceState()
+        self.devices[event.device_id] = state
         self.dirty.add(event.device_id)
         if event.event_id in state.recent_ids:
             counts["deduplicated"] += 1
             state.counts["deduplicated"] += 1
             return [Duplicate(event.event_id)]
         ts = event.ts.timestamp()
-        refused = check_time(ts, state.watermark, now, self.time_policy)
-        if refused is not None:
-            return [self._reject(counts, state, refused._replace(item=index))]
+        untimely = check_time(ts, state.watermark, now, self.time_policy)
+        if untimely is not None:
+            return [self._reject(counts, state, untimely._replace(item=index))]
+        readings, refused = admit_sensors(
+            event.readings,
+            state.last,
+            self.labels,
+            self.catalog,
+            self.max_sensors_per_device,
+            self.strict_catalog,
+        )
         featurized = featurize_reading(
-            event.readings, event.ts, state, labels=self.labels, catalog=self.catalog, spec=self.features
+            readings, event.ts, state, labels=self.labels, catalog=self.catalog, spec=self.features
         )
         if isinstance(featurized, Rejection):
             return [self._reject(counts, state, featurized._replace(item=index))]
         cleaned, features = featurized
         state.recent_ids.append(event.event_id)
         state.watermark = ts if state.watermark is None else max(state.watermark, ts)
-        for name, value in event.readings.items():
+        for name, value in readings.items():
             if value is not None and name not in self.labels:
                 state.last_seen[name] = ts
         for counter in (counts, state.counts):
@@ -244,7 +333,11 @@ class IngestStage:
             counter["imputed"] += len(cleaned.imputed)
             counter["clipped"] += len(cleaned.clipped)
         outcomes: list[Outcome] = []
-        unfit: list[Outcome] = []
+        # Left out, not lost: each refused reading goes to the DLQ with its reason.
+        unfit: list[Outcome] = [why._replace(item=index) for why in refused]
+        if refused:
+            for counter in (counts, state.counts):
+                counter[READINGS_REFUSED] += len(refused)
         for spec in self.specs:
             target = self._target(event, cleaned.readings, spec)
             why = None if target is None else label_refusal(spec, target, self.binary)
@@ -313,8 +406,28 @@ class IngestStage:
         # Hashing the spec costs a JSON dump: once per stage, not once per event.
         return self.features.schema_hash()
 
-    def take_dirty(self) -> dict[str, DeviceState]:
-        """The devices changed since the last call: what the next checkpoint must write."""
-        dirty = {device: self.devices[device] for device in self.dirty}
-        self.dirty = set()
-        return dirty
+    def dirty_states(self) -> dict[str, DeviceState]:
+        """The devices changed since the last checkpoint: what the next one must write. They
+        stay dirty until :meth:`checkpointed` says they are written: a failed write loses none."""
+        return {device: self.devices[device] for device in self.dirty}
+
+    def checkpointed(self, written: Iterable[str]) -> None:
+        """``written`` are in the store now: clean, and evictable."""
+        self.dirty.difference_update(written)
+
+    def adopt(self, wanted: Iterable[str], stored: Mapping[str, DeviceState]) -> None:
+        """Take the states fetched for ``wanted`` devices; a device the store has none of is new."""
+        for device_id in wanted:
+            if device_id not in self.devices:
+                self.devices[device_id] = stored.get(device_id) or DeviceState()
+
+    def evict(self) -> int:
+        """Drop least recently used clean states beyond :attr:`max_devices_in_memory` (they are in
+        the store, and are fetched again when their device comes back); return how many."""
+        excess = len(self.devices) - self.max_devices_in_memory
+        if not self.store_backed or excess <= 0:
+            return 0
+        victims = list(itertools.islice((d for d in self.devices if d not in self.dirty), excess))
+        for device_id in victims:
+            del self.devices[device_id]
+        return len(victims)

@@ -31,6 +31,7 @@ from redis.asyncio import Redis
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from driftline.core.keys import Keys
+from driftline.core.urls import safe_url
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,9 @@ class WebhookChannel:
 
     @property
     def name(self) -> str:
-        return f"webhook:{self.url}"
+        # Also the key of its delivery position: a plain URL keeps its name; one with a
+        # password or a token in its query never shows them.
+        return f"webhook:{safe_url(self.url)}"
 
     async def deliver(self, alert: dict[str, Any]) -> None:
         body = alertmanager_body(alert) if self.alertmanager else alert

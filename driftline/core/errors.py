@@ -9,10 +9,13 @@
     │   └── SnapshotSignatureError   its HMAC does not match (tampered, or another secret)
     ├── ModelNotReady             no verified snapshot of the model exists yet
     ├── FeatureSchemaMismatch     a model was trained on other features than the API computes
-    └── RegistryError             a registry operation cannot be done as asked (no such version)
+    ├── RegistryError             a registry operation cannot be done as asked (no such version)
+    └── Fenced                    another worker owns these partitions now: checkpoint refused
 """
 
 from __future__ import annotations
+
+from driftline.core.urls import safe_url
 
 
 class DriftlineError(Exception):
@@ -28,7 +31,7 @@ class ServiceUnavailable(DriftlineError):
 
     def __init__(self, service: str, address: str, detail: str = "") -> None:
         self.service = service
-        self.address = address
+        self.address = address = safe_url(address)  # messages are logged and shown
         super().__init__(f"{service} at {address} is unreachable" + (f": {detail}" if detail else ""))
 
 
@@ -64,3 +67,9 @@ class FeatureSchemaMismatch(DriftlineError):
 
 class RegistryError(DriftlineError):
     """A registry operation that cannot be done as asked (unknown version, nothing to roll back)."""
+
+
+class Fenced(DriftlineError):
+    """Another worker took these partitions since this one restored them: its checkpoint is
+    refused, so a stalled ("zombie") worker can never overwrite the owner's state or move its
+    offsets backwards."""

@@ -51,6 +51,7 @@ def test_the_sealing_module_imports_neither_settings_nor_river_nor_the_stream_co
         "driftline",
         "driftline.core",
         "driftline.core.errors",
+        "driftline.core.urls",
         "driftline.models",
         "driftline.models.snapshot",
     ]

@@ -174,7 +174,13 @@ def test_a_signed_blob_that_does_not_unpickle_is_a_snapshot_error() -> None:
     [
         ({"estimator": "no_such_model"}, "unknown estimator 'no_such_model'"),
         ({"estimator": "river.linear_model.NoSuch"}, "cannot import estimator"),
-        ({"estimator": "collections.OrderedDict"}, "is not a River estimator"),
+        (
+            {"estimator": "collections.OrderedDict"},
+            "is not from River: import paths must start with 'river.'",
+        ),
+        ({"estimator": "subprocess.Popen", "params": {"args": "touch /tmp/x"}}, "is not from River"),
+        ({"estimator": "riverx.evil.Model"}, "is not from River"),
+        ({"estimator": "river.stats.Mean"}, "is not a River estimator"),
         ({"estimator": "linear_regression", "params": {"bogus": 1}}, "bad params for 'linear_regression'"),
         ({"task": "classification", "estimator": "river.linear_model.PARegressor"}, "not a Classifier"),
         ({"task": "anomaly"}, "is for regression, forecast, not anomaly"),

@@ -19,9 +19,19 @@ from driftline.core.records import (
     encode,
 )
 from driftline.models.specs import ModelSpec
+from driftline.streams.catalog import SensorSpec
 from driftline.streams.cleaning import Rejection
-from driftline.streams.features import FeatureSpec
-from driftline.streams.ingest import COUNTERS, Duplicate, IngestStage, Outcome
+from driftline.streams.features import DeviceState, FeatureSpec, RecentIds
+from driftline.streams.ingest import (
+    COUNTERS,
+    READINGS_REFUSED,
+    TOO_MANY_SENSORS,
+    UNKNOWN_SENSOR,
+    Duplicate,
+    IngestStage,
+    NeedDevices,
+    Outcome,
+)
 from driftline.streams.schema import LABEL_TYPE
 
 NOW_MS = 1_800_000_000_000  # the broker timestamp every message arrives with
@@ -278,22 +288,72 @@ def test_a_record_carries_its_source_position_and_feature_schema() -> None:
 # --- dirty devices ------------------------------------------------------------------------------
 
 
-def test_take_dirty_returns_the_changed_devices_then_nothing() -> None:
+def test_dirty_devices_stay_dirty_until_checkpointed() -> None:
     stage = make_stage()
     stage.handle(message("e1", device_id="d1"), 0, 0, NOW_MS)
     stage.handle(message("e2", device_id="d2"), 0, 1, NOW_MS)
-    dirty = stage.take_dirty()
+    dirty = stage.dirty_states()
     assert set(dirty) == {"d1", "d2"}
     assert dirty["d1"] is stage.devices["d1"]
-    assert stage.take_dirty() == {}
+    assert set(stage.dirty_states()) == {"d1", "d2"}, "a checkpoint that failed loses nothing"
+    stage.checkpointed(dirty)
+    assert stage.dirty_states() == {}
     stage.handle(message("e3", device_id="d2", ts=NOW + 1), 0, 2, NOW_MS)
-    assert set(stage.take_dirty()) == {"d2"}
+    assert set(stage.dirty_states()) == {"d2"}
 
 
 def test_a_message_that_never_names_a_device_dirties_nothing() -> None:
     stage = make_stage()
     stage.handle(b"junk", 0, 0, NOW_MS)
-    assert stage.take_dirty() == {}
+    assert stage.dirty_states() == {}
+
+
+# --- bounded state ------------------------------------------------------------------------------
+
+
+def test_a_store_backed_stage_asks_for_unknown_devices_before_handling_anything() -> None:
+    stage = make_stage(store_backed=True, max_devices_in_memory=2)
+    raw = message("e1", device_id="d1")
+    assert stage.handle(raw, 0, 0, NOW_MS) == [NeedDevices(frozenset({"d1"}))]
+    assert stage.offsets == {} and stage.totals()["received"] == 0, "nothing handled yet"
+    stored = DeviceState(recent_ids=RecentIds(["e1"]))  # the store already saw e1
+    stage.adopt(["d1"], {"d1": stored})
+    assert stage.handle(raw, 0, 0, NOW_MS) == [Duplicate("e1")]
+
+
+def test_only_clean_least_recently_used_states_are_evicted() -> None:
+    stage = make_stage(store_backed=True, max_devices_in_memory=2)
+    stage.adopt(["d1", "d2", "d3"], {})
+    for offset, device in enumerate(["d1", "d2", "d3", "d1"]):
+        stage.handle(message(f"e{offset}", device_id=device, ts=NOW + offset), 0, offset, NOW_MS)
+    assert stage.evict() == 0, "all dirty: none may go before it is checkpointed"
+    stage.checkpointed(stage.dirty_states())
+    assert stage.evict() == 1
+    assert list(stage.devices) == ["d3", "d1"], "d2 was used least recently"
+
+
+def test_a_device_has_a_bounded_number_of_sensors() -> None:
+    stage = make_stage(max_sensors_per_device=3)
+    first = stage.handle(message("e1", readings={"a": 1.0, "b": 2.0}), 0, 0, NOW_MS)
+    assert not [o for o in first if isinstance(o, Rejection)]
+    flood = {f"s{i}": float(i) for i in range(50)} | {"a": 1.5}
+    outcomes = stage.handle(message("e2", readings=flood, ts=NOW + 1), 0, 1, NOW_MS)
+    record = next(o for o in outcomes if isinstance(o, FeatureRecord))
+    refused = [o for o in outcomes if isinstance(o, Rejection)]
+    assert set(stage.devices["d1"].last) == {"a", "b", "s0"}
+    assert len(refused) == 49 and {r.reason for r in refused} == {TOO_MANY_SENSORS}
+    assert refused[0].message.startswith("sensor 's1' refused: the device already has 3 sensors")
+    assert not any(name.startswith("s1") for name in record.features)
+    assert stage.totals()[READINGS_REFUSED] == 49 and stage.totals()["accepted"] == 2
+
+
+def test_a_strict_catalog_learns_only_catalogued_sensors() -> None:
+    stage = make_stage(strict_catalog=True, catalog={"a": SensorSpec(min=0, max=10)})
+    outcomes = stage.handle(message("e1", readings={"a": 1.0, "rogue": 2.0}), 0, 0, NOW_MS)
+    record = next(o for o in outcomes if isinstance(o, FeatureRecord))
+    (refused,) = [o for o in outcomes if isinstance(o, Rejection)]
+    assert refused.reason == UNKNOWN_SENSOR and "'rogue'" in refused.message
+    assert not any(name.startswith("rogue") for name in record.features)
 
 
 # --- FeatureRecord serialisation -----------------------------------------------------------------

@@ -1,0 +1,57 @@
+"""The ingest checkpoint against the real Redis: a worker that lost its partitions (a "zombie"
+that stalled through a rebalance) can no longer write their state or move their offsets back."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from redis.asyncio import Redis
+
+from driftline.core.errors import Fenced
+from driftline.core.keys import Keys
+from driftline.settings import Settings
+from driftline.streams.checkpoint import load_offsets, save_checkpoint, take_partitions
+from driftline.streams.features import DeviceState
+
+from ..conftest import SettingsFactory
+
+pytestmark = pytest.mark.integration
+
+TOPIC, TOPIC_ID = "sensor-events", "t1"
+
+
+async def zombie_and_owner(settings: Settings) -> tuple[dict[int, int], str, str]:
+    redis = Redis.from_url(settings.redis_url)
+    keys = Keys(settings.namespace)
+    try:
+        zombie = await take_partitions(redis, keys, TOPIC, TOPIC_ID, [0, 1])
+        await save_checkpoint(
+            redis, keys, TOPIC, TOPIC_ID, {0: 10, 1: 5}, {"d": DeviceState(events=1)}, fence=zombie
+        )
+        # A rebalance: the owner-to-be claims partition 1 and checkpoints further.
+        owner = await take_partitions(redis, keys, TOPIC, TOPIC_ID, [1])
+        await save_checkpoint(
+            redis, keys, TOPIC, TOPIC_ID, {1: 50}, {"d": DeviceState(events=9)}, fence=owner
+        )
+        with pytest.raises(Fenced, match=r"partitions \[1\] of sensor-events were claimed by another worker"):
+            # The zombie wakes up with an older view: refused whole, device state included.
+            await save_checkpoint(
+                redis, keys, TOPIC, TOPIC_ID, {0: 11, 1: 7}, {"d": DeviceState(events=2)}, fence=zombie
+            )
+        offsets = await load_offsets(redis, keys, TOPIC, TOPIC_ID, [0, 1])
+        device = json.loads(await redis.get(keys.device("d")) or b"{}")
+        fence = await redis.hgetall(keys.ingest_fence(TOPIC, TOPIC_ID))
+        return offsets, str(device["events"]), json.dumps({k.decode(): int(v) for k, v in fence.items()})
+    finally:
+        await redis.aclose()
+
+
+def test_a_worker_that_lost_its_partitions_cannot_write_their_checkpoint(
+    make_settings: SettingsFactory,
+) -> None:
+    offsets, device_events, fence = asyncio.run(zombie_and_owner(make_settings()))
+    assert offsets == {0: 10, 1: 50}, "offsets never go backwards"
+    assert device_events == "9", "the owner's device state stands"
+    assert json.loads(fence) == {"0": 1, "1": 2}
