@@ -152,6 +152,9 @@ def models_show(settings: Settings, name: str, as_json: bool = False) -> str:
             "model": name,
             "aliases": await registry.aliases(name),
             "versions": await registry.versions(name),
+            # From each blob itself, checked with the configured keys: tells an operator which
+            # keys the retained versions still need (README, "Security").
+            "signatures": {str(v): s for v, s in (await registry.signatures(name)).items()},
             "audit": await registry.audit(name, 20),
         }
 
@@ -174,6 +177,7 @@ def models_show(settings: Settings, name: str, as_json: bool = False) -> str:
             "size": m.get("size_bytes"),
             "schema": (m.get("feature_schema") or "")[:12],
             "aliases": ",".join(a for a, v in found["aliases"].items() if v == m["version"]),
+            **_signature_columns(found["signatures"].get(str(m["version"]))),
         }
         for m in found["versions"]
     ]
@@ -206,6 +210,22 @@ def models_show(settings: Settings, name: str, as_json: bool = False) -> str:
             format_table(audit, ["at", "action", "version", "alias", "by", "metrics", "reason"]),
         ]
     )
+
+
+def _signature_columns(signature: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The key that signed a version and whether it verifies, as ``models show`` lists them.
+
+    >>> _signature_columns({"format": 2, "key_id": "e746a50ba543ff94", "verifies": "ok"})
+    {'key_id': 'e746a50ba543ff94', 'verified': 'yes'}
+    >>> _signature_columns({"format": 1, "key_id": "(format 1)", "verifies": "ok"})
+    {'key_id': '(format 1)', 'verified': 'yes'}
+    >>> _signature_columns({"format": 2, "key_id": "00", "verifies": "snapshot signed with key id 00, ..."})
+    {'key_id': '00', 'verified': 'REFUSED: snapshot signed with key id 00, ...'}
+    """
+    if signature is None:
+        return {"key_id": None, "verified": None}
+    verified = "yes" if signature["verifies"] == "ok" else f"REFUSED: {signature['verifies']}"
+    return {"key_id": signature["key_id"], "verified": verified}
 
 
 def lineage_lines(meta: Mapping[str, Any]) -> list[str]:

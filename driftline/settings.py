@@ -147,6 +147,9 @@ class Settings(BaseSettings):
     snapshot_every_seconds: float = Field(5.0, gt=0)
     #: Versions kept per model besides the aliased ones.
     keep_versions: int = Field(20, ge=1)
+    #: The snapshot signing keys, comma-separated: the first signs, every one verifies (rotate by
+    #: putting a new key first and dropping the old one once no stored version needs it; README,
+    #: "Security"). Each at least 16 characters.
     secret_key: SecretStr = SecretStr(DEV_SECRET)
 
     #: Webhooks that get every drift alert (comma-separated URLs); ``alertmanager+http://…`` posts
@@ -210,8 +213,16 @@ class Settings(BaseSettings):
                 "the development secrets are published). On a development machine set "
                 "DRIFTLINE_ENV=dev instead"
             )
-        if len(self.secret_key.get_secret_value()) < 16:
-            raise ValueError("DRIFTLINE_SECRET_KEY must be at least 16 characters")
+        keys = self._secret_key_texts()
+        if not keys:
+            raise ValueError("DRIFTLINE_SECRET_KEY must hold at least one key")
+        if any(len(key) < 16 for key in keys):
+            raise ValueError(
+                "DRIFTLINE_SECRET_KEY must be at least 16 characters"
+                + (" (each of its comma-separated keys)" if len(keys) > 1 else "")
+            )
+        if len(set(keys)) != len(keys):
+            raise ValueError("DRIFTLINE_SECRET_KEY names a key twice")
         try:
             self.catalog()
         except (OSError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
@@ -250,6 +261,18 @@ class Settings(BaseSettings):
         """The accepted API keys."""
         return frozenset(k.strip() for k in self.api_keys.get_secret_value().split(",") if k.strip())
 
+    def _secret_key_texts(self) -> list[str]:
+        return [k.strip() for k in self.secret_key.get_secret_value().split(",") if k.strip()]
+
+    def secret_keys(self) -> tuple[bytes, ...]:
+        """The snapshot keys, the signing one first.
+
+        >>> keys = "new-key-0123456789, old-key-0123456789"
+        >>> Settings(env="dev", secret_key=keys, _env_file=None).secret_keys()
+        (b'new-key-0123456789', b'old-key-0123456789')
+        """
+        return tuple(k.encode() for k in self._secret_key_texts())
+
     def dev_secrets(self) -> list[str]:
         """The variables whose value is a published development secret (empty: none is).
 
@@ -257,7 +280,7 @@ class Settings(BaseSettings):
         ['DRIFTLINE_SECRET_KEY', 'DRIFTLINE_API_KEYS']
         """
         found = []
-        if self.secret_key.get_secret_value() == DEV_SECRET:
+        if DEV_SECRET in self._secret_key_texts():  # signing or verifying: either can forge
             found.append("DRIFTLINE_SECRET_KEY")
         if DEV_API_KEY in self.api_key_set():
             found.append("DRIFTLINE_API_KEYS")
@@ -362,9 +385,7 @@ class Settings(BaseSettings):
 
     def registry(self, redis: Redis) -> ModelRegistry:
         """The model registry of this deployment on ``redis`` (an asyncio client)."""
-        return ModelRegistry(
-            redis, self.namespace, self.secret_key.get_secret_value().encode(), self.keep_versions
-        )
+        return ModelRegistry(redis, self.namespace, self.secret_keys(), self.keep_versions)
 
 
 @lru_cache(maxsize=8)

@@ -29,7 +29,7 @@ def worker_config(settings: Settings) -> WorkerConfig:
         broker=settings.faust_broker if settings.kafka_url else "kafka://127.0.0.1:9092",
         redis_url=settings.redis_url,
         namespace=settings.namespace,
-        secret=settings.secret_key.get_secret_value().encode(),
+        secrets=settings.secret_keys(),
         # One consumer group per stage set: a worker that runs only the learn stage joining or
         # leaving never makes the ingest workers rebalance, and the other way round.
         group_id=settings.worker_id if len(stages) == 2 else f"{settings.worker_id}-{stages[0]}",

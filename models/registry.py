@@ -26,6 +26,7 @@ import json
 import pickle
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -40,7 +41,7 @@ from driftline.core.keys import Keys
 from driftline.core.meta import SignedMeta, SnapshotMeta
 from driftline.models.learner import OnlineLearner
 from driftline.models.retrain import ModelEvent
-from driftline.models.snapshot import open_snapshot, seal_pickled
+from driftline.models.snapshot import KeyRing, Secrets, open_snapshot, read_header, read_meta, seal_pickled
 
 LATEST = "latest"
 CHAMPION = "champion"
@@ -63,13 +64,25 @@ def _who() -> str:
         return "unknown"
 
 
-class ModelRegistry:
-    """Publish, alias and read signed model snapshots."""
+@dataclass(frozen=True)
+class Refusal:
+    """A stored version that could not be loaded, and why (the error's words)."""
 
-    def __init__(self, redis: Redis, namespace: str, secret: bytes, keep_versions: int = 20):
+    version: int
+    reason: str
+
+
+class ModelRegistry:
+    """Publish, alias and read signed model snapshots.
+
+    ``secrets`` is one key or several: snapshots are signed with the first, and verified with
+    whichever the snapshot's header names (key rotation, see driftline.models.snapshot).
+    """
+
+    def __init__(self, redis: Redis, namespace: str, secrets: Secrets | KeyRing, keep_versions: int = 20):
         self.redis = redis
         self.keys = Keys(namespace)
-        self.secret = secret
+        self.key_ring = KeyRing.of(secrets)
         self.keep_versions = keep_versions
 
     @property
@@ -138,11 +151,12 @@ class ModelRegistry:
                 "model_bytes": len(payload),  # inside the signed metadata, unlike the blob's size
                 "lineage": {**lineage, "model_bytes": len(payload)},
             }
-            blob = seal_pickled(payload, dict(meta), self.secret)
+            blob = seal_pickled(payload, dict(meta), self.key_ring, model=name, namespace=self.namespace)
             listing: SnapshotMeta = {
                 **meta,
                 "size_bytes": len(blob),
                 "seal_ms": round(1000 * (time.perf_counter() - started), 3),
+                "key_id": self.key_ring.signing_id,
             }
             try:
                 await self._record(learner, version, blob, listing, alerts, events)
@@ -388,10 +402,114 @@ class ModelRegistry:
         blob = await self.redis.get(self._model_key(name, "blob", str(version)))
         if not isinstance(blob, bytes):
             raise SnapshotError(f"model {name!r} version {version} is not in the registry")
-        learner, meta = open_snapshot(blob, self.secret)
-        if not isinstance(learner, OnlineLearner) or meta.get("version") != version:
+        learner, meta = open_snapshot(blob, self.key_ring, model=name, namespace=self.namespace)
+        # Format 1 blobs bind no name: their signed metadata must name this slot's model.
+        if (
+            not isinstance(learner, OnlineLearner)
+            or meta.get("version") != version
+            or meta.get("model", name) != name
+            or learner.name != name
+        ):
             raise SnapshotError(f"model {name!r} version {version}: blob does not hold that version")
         return learner, cast(SnapshotMeta, meta)
+
+    async def load_newest_verifiable(
+        self, name: str
+    ) -> tuple[OnlineLearner | None, SnapshotMeta | None, list[Refusal]]:
+        """The newest stored version of ``name`` that loads and verifies, walking back from
+        ``latest`` past refused ones; and the versions refused on the way, newest first.
+
+        ``(None, None, [])``: the model has no version yet. ``(None, None, refusals)``: none of
+        its stored versions can be trusted.
+        """
+        latest = await self.alias_version(name, LATEST)
+        if latest is None:
+            return None, None, []
+        stored = sorted({latest, *await self._stored_versions(name)}, reverse=True)
+        refused: list[Refusal] = []
+        for version in (v for v in stored if v <= latest):
+            try:
+                learner, meta = await self.load(name, version)
+            except SnapshotError as exc:
+                refused.append(Refusal(version, str(exc)))
+                continue
+            return learner, meta, refused
+        return None, None, refused
+
+    async def record_refusal(self, name: str, refusal: Refusal, outcome: str, by: str) -> bool:
+        """Raise a ``snapshot`` alert (warning) for a refused version, with an audit entry: once
+        per model and version, however often it is refused. ``outcome`` says what the refusing
+        process did instead (resumed from which version, or started a new model); ``by`` who
+        refused it. Returns whether this call recorded it.
+
+        The alert goes where drift alerts go (the alerts stream and records, so ``/alerts``, the
+        relay's topic and webhooks carry it), but it is written at once: it cannot wait for a
+        snapshot, since the one it concerns is the snapshot that failed.
+        """
+        alert = Alert.create(
+            name,
+            "snapshot",
+            "signature" if "signature" in refusal.reason or "key id" in refusal.reason else "load",
+            {},
+            "warning",
+            "registry",
+            refusal.version,
+            0,
+            time.time(),
+            0,
+            message=f"version {refusal.version} refused ({refusal.reason}); {outcome}",
+        )
+        records = self.keys.alert_records()
+        while True:
+            async with self.redis.pipeline(transaction=True) as tx:
+                try:
+                    await tx.watch(records)
+                    if await tx.hexists(records, alert.id):
+                        return False
+                    text = json.dumps({**alert.to_json(), "version": refusal.version})
+                    tx.multi()
+                    tx.hset(records, alert.id, text)
+                    tx.xadd(
+                        self.keys.alerts(),
+                        {"id": alert.id, "alert": text},
+                        maxlen=ALERT_HISTORY,
+                        approximate=True,
+                    )
+                    tx.hincrby(self.keys.alert_counts(), f"{name}|snapshot|warning|firing", 1)
+                    self._audit(
+                        tx, "refuse", name, refusal.version, by=by, reason=refusal.reason, outcome=outcome
+                    )
+                    await tx.execute()
+                    return True
+                except WatchError:
+                    continue
+
+    async def signatures(self, name: str) -> dict[int, dict[str, Any]]:
+        """Per stored version: its format, the id of the key that signed it (from the blob's
+        header) and whether it verifies with the configured keys (``ok``, or the refusal's
+        words); the pickle is never read. What an operator checks before retiring a key."""
+        out: dict[int, dict[str, Any]] = {}
+        for version in await self._stored_versions(name):
+            blob = await self.redis.get(self._model_key(name, "blob", str(version)))
+            if not isinstance(blob, bytes):
+                out[version] = {"format": None, "key_id": None, "verifies": "blob missing"}
+                continue
+            try:
+                header = read_header(blob)
+            except SnapshotError as exc:
+                out[version] = {"format": None, "key_id": None, "verifies": str(exc)}
+                continue
+            try:
+                read_meta(blob, self.key_ring, model=name, namespace=self.namespace)
+                status = "ok"
+            except SnapshotError as exc:
+                status = str(exc)
+            out[version] = {
+                "format": header.format,
+                "key_id": header.key_id or "(format 1)",
+                "verifies": status,
+            }
+        return out
 
     async def versions(self, name: str) -> list[SnapshotMeta]:
         """Metadata of every stored version, oldest first (from the listing copy)."""

@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +34,6 @@ from tenacity import (
 )
 
 from driftline.core import records
-from driftline.core.errors import ModelNotReady, SnapshotError
 from driftline.core.keys import Keys
 from driftline.core.meta import SnapshotMeta
 from driftline.core.records import LabelRecord
@@ -186,7 +185,9 @@ class Worker:
 
     @property
     def registry(self) -> ModelRegistry:
-        return ModelRegistry(self.redis, self.config.namespace, self.config.secret, self.config.keep_versions)
+        return ModelRegistry(
+            self.redis, self.config.namespace, self.config.secrets, self.config.keep_versions
+        )
 
     @property
     def events_topic_id(self) -> str:
@@ -271,8 +272,10 @@ class Worker:
                 await self.redis.hset(self.keys.topics(), mapping=topic_ids)
             events = sorted(tp.partition for tp in assigned if tp.topic == self.config.topics.events)
             await self.restore_ingest(events)
-            if any(tp.topic == self.config.topics.features for tp in assigned):
-                await self.restore_learners()
+            features = [tp for tp in assigned if tp.topic == self.config.topics.features]
+            if features:
+                rewinds = await self.restore_learners([tp.partition for tp in features])
+                await self.rewind(features, rewinds)
 
     async def restore_ingest(self, partitions: list[int]) -> None:
         """Claim the partitions (fencing out their earlier owner), then read their checkpoint.
@@ -287,17 +290,28 @@ class Worker:
         self.ingest.restore(offsets, stats, {})
         log.info("ingest restored: partitions %s at offsets %s", partitions, offsets)
 
-    async def restore_learners(self) -> None:
-        loaded = []
+    async def restore_learners(self, partitions: list[int] | None = None) -> dict[int, int]:
+        """Resume each model from its newest version that verifies; returns the features
+        partitions to read again, and from which offset (see :func:`rewind_offsets`).
+
+        A refused version (altered, signed with a key not configured, unreadable) is walked past
+        to the one before, and each one refused raises a ``snapshot`` alert. Only when no stored
+        version verifies does a model start over, loudly.
+        """
+        loaded, behind = [], set()
+        registry = self.registry
         for name, spec in self.learn.specs.items():
-            try:
-                learner, meta = await self.registry.load(name)
+            learner, meta, refused = await registry.load_newest_verifiable(name)
+            if learner is not None and meta is not None:
+                outcome = f"resumed from version {meta['version']}"
                 log.info(
                     "learner %s restored from version %s (%d events)",
                     name,
                     meta["version"],
                     learner.events_learned,
                 )
+                if refused:
+                    behind.add(name)
                 if learner.spec != spec:
                     # The operator changed the spec: a new model, in the same version line.
                     log.warning(
@@ -306,14 +320,33 @@ class Worker:
                         meta["version"],
                     )
                     learner = OnlineLearner.create(spec)
-            except ModelNotReady:
+            else:
                 learner = OnlineLearner.create(spec)
-            except SnapshotError as exc:
-                # Never build on a snapshot we cannot verify: start over and say so loudly.
-                log.error("learner %s: latest snapshot refused (%s); starting a new model", name, exc)
-                learner = OnlineLearner.create(spec)
+                outcome = "no stored version verifies: started a new model"
+                if refused:
+                    behind.add(name)
+            for refusal in refused:
+                # Never build on a snapshot we cannot verify; and never quietly.
+                log.error(
+                    "learner %s: version %s refused (%s); %s", name, refusal.version, refusal.reason, outcome
+                )
+                await registry.record_refusal(name, refusal, outcome, by=self.config.group_id)
             loaded.append(learner)
         self.learn.restore(loaded)
+        return rewind_offsets(self.learn.learners.values(), behind, partitions or [])
+
+    async def rewind(self, assigned: list[Any], rewinds: Mapping[int, int]) -> None:
+        """Read features partitions again from the offsets given: commit them, so that Faust's
+        own seeks to the committed offset (during recovery) land there too, and seek."""
+        wanted = {tp: rewinds[tp.partition] for tp in assigned if tp.partition in rewinds}
+        if not wanted:
+            return
+        log.warning("features read again from %s, to relearn what refused versions held", wanted)
+        # Faust has no public call to commit chosen offsets; this one also keeps its bookkeeping
+        # (the committed offset acks are compared with) in step.
+        await self.app.consumer._commit_offsets(wanted)  # type: ignore[attr-defined]  # see above
+        for tp, offset in wanted.items():
+            await self.app.consumer.seek(tp, offset)
 
     # --- the agents ----------------------------------------------------------------------------
     async def clean_and_featurize(self, stream: Any) -> None:
@@ -437,6 +470,40 @@ def stop_worker(stage: str, exc: BaseException) -> None:
     os._exit(EXIT_STAGE_FAILED)
 
 
+def rewind_offsets(
+    learners: Iterable[OnlineLearner], behind: Collection[str], partitions: Iterable[int]
+) -> dict[int, int]:
+    """Where to read each features partition again from, when some models resumed behind their
+    ``latest`` version (its snapshot refused): the committed offset is past what those models
+    hold, and they must relearn the difference, or they would silently miss it.
+
+    A model resumed from an older version reads again from just after its own input offsets; a
+    model started over because nothing verified reads its partitions from the start (0: the
+    earliest the broker still has). Every other model on those partitions skips what it already
+    holds by input offset, so the lowest offset wins. Nothing is behind: nothing to rewind.
+
+    >>> from driftline.models.specs import ModelSpec
+    >>> a, b = OnlineLearner.create(ModelSpec(name="a")), OnlineLearner.create(ModelSpec(name="b"))
+    >>> a.input_offsets, b.input_offsets = {0: 41}, {0: 99, 1: 7}
+    >>> rewind_offsets([a, b], {"a"}, [0, 1]), rewind_offsets([a, b], set(), [0, 1])
+    ({0: 42}, {})
+    >>> rewind_offsets([OnlineLearner.create(ModelSpec(name="c"))], {"c"}, [0, 1])
+    {0: 0, 1: 0}
+    """
+    wanted: dict[int, int] = {}
+    for learner in learners:
+        if learner.name not in behind:
+            continue
+        starts = (
+            {p: offset + 1 for p, offset in learner.input_offsets.items()}
+            if learner.input_offsets
+            else dict.fromkeys(partitions, 0)
+        )
+        for partition, start in starts.items():
+            wanted[partition] = min(start, wanted.get(partition, start))
+    return wanted
+
+
 def build_worker(config: WorkerConfig, topic_ids: Mapping[str, str] | None = None) -> Worker:
     """An app with the agents of ``config.stages`` registered, ready for ``faust.Worker``."""
     app, topics = build_app(config)
@@ -459,4 +526,12 @@ def build_worker(config: WorkerConfig, topic_ids: Mapping[str, str] | None = Non
     return worker
 
 
-__all__ = ["EXIT_STAGE_FAILED", "Worker", "build_worker", "dead_letter", "incoming", "stop_worker"]
+__all__ = [
+    "EXIT_STAGE_FAILED",
+    "Worker",
+    "build_worker",
+    "dead_letter",
+    "incoming",
+    "rewind_offsets",
+    "stop_worker",
+]

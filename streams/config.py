@@ -39,7 +39,8 @@ class WorkerConfig:
     broker: str
     redis_url: str
     namespace: str
-    secret: bytes
+    #: Snapshot keys: the first signs, all verify.
+    secrets: tuple[bytes, ...]
     #: The consumer group (and Faust app id).
     group_id: str
     #: ``("ingest",)``, ``("learn",)`` or both.

@@ -72,8 +72,9 @@ def alertmanager_body(alert: dict[str, Any]) -> list[dict[str, Any]]:
     >>> body[0]["labels"]["alertname"], body[0]["endsAt"]
     ('DriftDetected', '1970-01-01T00:01:00+00:00')
     """
+    refused = alert["signal"] == "snapshot"  # a stored version refused, not a drift
     labels = {
-        "alertname": "DriftDetected",
+        "alertname": "SnapshotRefused" if refused else "DriftDetected",
         "model": alert["model"],
         "signal": alert["signal"],
         "severity": alert["severity"],
@@ -84,7 +85,9 @@ def alertmanager_body(alert: dict[str, Any]) -> list[dict[str, Any]]:
         "labels": labels,
         "annotations": {
             "summary": f"{alert['severity']} on {alert['signal']} of model {alert['model']}",
-            "description": (
+            "description": alert.get("message")
+            if refused
+            else (
                 f"{alert['detector']} saw the mean of {alert['signal']} go from "
                 f"{alert.get('before')} to {alert.get('after')} (model version "
                 f"{alert.get('version')})"

@@ -31,7 +31,8 @@ class Alert:
     #: ``model:signal:source:offset:index``: the same event stream gives the same id.
     id: str
     model: str
-    #: ``error`` (the prequential error), ``score`` (an anomaly model's score) or ``feature:<name>``.
+    #: ``error`` (the prequential error), ``score`` (an anomaly model's score), ``feature:<name>``,
+    #: or ``snapshot`` (a stored version refused: tampered, unknown key, unreadable).
     signal: str
     detector: str
     params: dict[str, Any]
@@ -63,6 +64,9 @@ class Alert:
     #: What resolved it when the signal did not settle by itself: the race whose promotion
     #: replaced the model (``model:race:source:offset:index``).
     resolved_by: str | None = None
+    #: What happened, in words, for an alert no detector raised (``signal`` ``snapshot``: a
+    #: stored version refused, and what was done instead).
+    message: str | None = None
 
     @classmethod
     def create(

@@ -77,3 +77,5 @@ class SnapshotMeta(SignedMeta):
     size_bytes: NotRequired[int]
     #: how long pickling and signing took, ms (listing copy only)
     seal_ms: NotRequired[float]
+    #: the id of the key that signed it (listing copy only; the blob's header says the same)
+    key_id: NotRequired[str]

@@ -298,3 +298,50 @@ def test_a_command_beside_a_running_dev_stack_takes_its_mode(
     get_settings.cache_clear()
     with pytest.raises(ValidationError, match="DRIFTLINE_SECRET_KEY"):
         _settings()
+
+
+# --- several snapshot keys (rotation) ----------------------------------------------------------
+
+OLD_SECRET = "the-old-secret-of-32-characters!"
+
+
+def test_several_snapshot_keys_first_signs_all_verify(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_env(
+        monkeypatch,
+        {"DRIFTLINE_SECRET_KEY": f"{SECRET}, {OLD_SECRET}", "DRIFTLINE_API_KEYS": "prod-key-0123456789"},
+    )
+    settings = Settings(_env_file=None)
+    assert settings.secret_keys() == (SECRET.encode(), OLD_SECRET.encode())
+    assert settings.dev_secrets() == []
+    registry = settings.registry(None)  # type: ignore[arg-type]  # no call reaches Redis here
+    assert registry.key_ring.keys == (SECRET.encode(), OLD_SECRET.encode())
+    assert Settings(_env_file=None, **{"secret_key": SECRET}).secret_keys() == (SECRET.encode(),)
+
+
+@pytest.mark.parametrize("env", ["prod", "dev"])
+def test_every_snapshot_key_must_be_long_enough(monkeypatch: pytest.MonkeyPatch, env: str) -> None:
+    set_env(
+        monkeypatch,
+        {"DRIFTLINE_ENV": env, "DRIFTLINE_SECRET_KEY": f"{SECRET},short", "DRIFTLINE_API_KEYS": "prod-key"},
+    )
+    with pytest.raises(
+        ValidationError, match="at least 16 characters \\(each of its comma-separated keys\\)"
+    ):
+        Settings(_env_file=None)
+
+
+def test_a_snapshot_key_named_twice_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_env(monkeypatch, {"DRIFTLINE_SECRET_KEY": f"{SECRET},{SECRET}", "DRIFTLINE_API_KEYS": "prod-key"})
+    with pytest.raises(ValidationError, match="names a key twice"):
+        Settings(_env_file=None)
+
+
+def test_the_development_secret_is_refused_in_prod_even_as_a_verification_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A verifying key forges as well as the signing one: the published secret is refused there too."""
+    set_env(monkeypatch, {"DRIFTLINE_SECRET_KEY": f"{SECRET},{DEV_SECRET}", "DRIFTLINE_API_KEYS": "prod-key"})
+    with pytest.raises(ValidationError, match="DRIFTLINE_SECRET_KEY must be set to a real secret"):
+        Settings(_env_file=None)
+    set_env(monkeypatch, {"DRIFTLINE_ENV": "dev"})
+    assert Settings(_env_file=None).dev_secrets() == ["DRIFTLINE_SECRET_KEY"]

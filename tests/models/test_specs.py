@@ -160,11 +160,13 @@ def test_spec_tolerates_missing_and_new_features(spec: ModelSpec) -> None:
 
 def test_a_signed_blob_that_does_not_unpickle_is_a_snapshot_error() -> None:
     blob = seal_snapshot({"x": 1}, {}, SECRET)
-    body = blob[len(MAGIC) + 32 : -3] + b"bad"
+    body = blob[len(MAGIC) + 8 + 32 : -3] + b"bad"
     import hashlib
     import hmac
 
-    forged = MAGIC + hmac.new(SECRET, body, hashlib.sha256).digest() + body
+    from driftline.models.snapshot import MAGIC_V1
+
+    forged = MAGIC_V1 + hmac.new(SECRET, body, hashlib.sha256).digest() + body
     with pytest.raises(SnapshotError, match="cannot be unpickled"):
         open_snapshot(forged, SECRET)
 

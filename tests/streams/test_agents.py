@@ -18,7 +18,7 @@ def config(tmp_path: Path, stages: tuple[str, ...]) -> WorkerConfig:
         broker="kafka://127.0.0.1:1",
         redis_url="redis://127.0.0.1:1/0",
         namespace="t",
-        secret=b"s" * 16,
+        secrets=(b"s" * 16,),
         group_id="g",
         stages=stages,
         data_dir=tmp_path,

@@ -204,7 +204,7 @@ def test_the_label_relay_sends_a_label_only_to_models_that_can_learn_it(tmp_path
         broker="kafka://127.0.0.1:1",
         redis_url="redis://127.0.0.1:1/0",
         namespace="t",
-        secret=b"s" * 16,
+        secrets=(b"s" * 16,),
         group_id="g",
         stages=("ingest",),
         data_dir=tmp_path,
