@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from driftline.api.model_store import ModelStore
+from driftline.api.model_store import LoaderThread, ModelStore
 from driftline.api.publisher import EventPublisher
 from driftline.api.routes import router
 from driftline.core.errors import (
@@ -39,7 +39,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
-        store = ModelStore(settings.registry(redis))
+        # Verifying and unpickling run in a worker thread: a large snapshot never stalls requests.
+        store = ModelStore(
+            settings.registry(redis), loader=LoaderThread(settings.registry, settings.redis_url)
+        )
         app.state.settings = settings
         app.state.redis = redis
         app.state.model_store = store
@@ -81,16 +84,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 async def _driftline_error(request: Request, exc: Exception) -> JSONResponse:
     code = status.HTTP_400_BAD_REQUEST
+    detail = str(exc)
     if isinstance(exc, FeatureSchemaMismatch):
         code = status.HTTP_409_CONFLICT
     if isinstance(exc, RegistryError):
         code = status.HTTP_404_NOT_FOUND
     if isinstance(exc, ModelNotReady | SnapshotError | ServiceUnavailable):
         code = status.HTTP_503_SERVICE_UNAVAILABLE
-    return JSONResponse({"detail": str(exc)}, status_code=code)
+    if isinstance(exc, ServiceUnavailable):
+        # The service's address and its client's error are for the operator's log, not for
+        # whoever called (the read endpoints take anonymous callers).
+        log.warning("%s %s: %s", request.method, request.url.path, exc)
+        detail = f"{exc.service} is unreachable; retry shortly"
+    return JSONResponse({"detail": detail}, status_code=code)
 
 
 async def _redis_error(request: Request, exc: Exception) -> JSONResponse:
+    # Redis's own message names its address: logged here, never sent.
+    log.warning("%s %s: Redis unavailable: %r", request.method, request.url.path, exc)
     return JSONResponse(
-        {"detail": f"Redis is unavailable: {exc}"}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE
+        {"detail": "Redis is unavailable; retry shortly"}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE
     )

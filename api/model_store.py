@@ -3,17 +3,24 @@
 A snapshot reaches the API only through :meth:`ModelRegistry.load`, which checks its HMAC before
 unpickling. A refused snapshot (tampered, signed with another key, unreadable) is counted and
 logged; the model already being served stays in place.
+
+Verifying and unpickling a large snapshot takes CPU time: the app's store does it in a worker
+thread (:class:`LoaderThread`), so requests keep being answered while a new model loads.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
+import threading
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from driftline.core.errors import ModelNotReady, RegistryError, SnapshotError
@@ -44,6 +51,65 @@ class Refusals:
 #: Versions other than the champions kept loaded (a challenger being compared, say).
 OTHER_VERSIONS_KEPT = 8
 
+#: Reads one version of a model, verified: ``await load(name, version)``.
+SnapshotLoader = Callable[[str, int], Awaitable[tuple[OnlineLearner, SnapshotMeta]]]
+
+
+class LoaderThread:
+    """Loads snapshots off the event loop: each load runs :meth:`ModelRegistry.load` (read, verify,
+    unpickle: the very checks the registry makes) in a worker thread, on a loop and a Redis
+    connection of that thread's own (an asyncio Redis client belongs to the loop that opened it).
+
+    ``registry_on`` builds the deployment's registry on a client (``settings.registry``). Loads
+    are rare (one per announced version), so a connection per load costs nothing that matters.
+    """
+
+    def __init__(self, registry_on: Callable[[Redis], ModelRegistry], redis_url: str, timeout: float = 5.0):
+        self.registry_on = registry_on
+        self.redis_url = redis_url
+        self.timeout = timeout
+
+    async def __call__(self, name: str, version: int) -> tuple[OnlineLearner, SnapshotMeta]:
+        return await asyncio.to_thread(asyncio.run, self._load(name, version))
+
+    async def _load(self, name: str, version: int) -> tuple[OnlineLearner, SnapshotMeta]:
+        redis = Redis.from_url(
+            self.redis_url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout
+        )
+        try:
+            with collection_paused():
+                return await self.registry_on(redis).load(name, version)
+        finally:
+            await redis.aclose()
+
+
+#: Loads under way that paused the collector, and whether it ran before the first (see below).
+_pauses = {"count": 0, "was_enabled": True}
+_pauses_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def collection_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector (process-wide) while a snapshot is unpickled.
+
+    The C unpickler holds the GIL, so a worker thread alone does not spare the event loop; and most
+    of its time is the collector, which allocating a whole object graph sets off again and again:
+    a 5 MB Hoeffding tree took 600-900 ms to unpickle with it, 100 ms without. Loads may overlap:
+    the collector resumes (if it ran before) when the last one ends.
+    """
+    with _pauses_lock:
+        if _pauses["count"] == 0:
+            _pauses["was_enabled"] = gc.isenabled()
+            gc.disable()
+        _pauses["count"] += 1
+    try:
+        yield
+    finally:
+        with _pauses_lock:
+            _pauses["count"] -= 1
+            if _pauses["count"] == 0 and _pauses["was_enabled"]:
+                gc.enable()
+
 
 @dataclass
 class ModelStore:
@@ -54,6 +120,12 @@ class ModelStore:
     refusals: dict[str, Refusals] = field(default_factory=dict)
     #: (name, version) -> a verified snapshot asked for by alias or version, newest use last.
     others: OrderedDict[tuple[str, int], ServedModel] = field(default_factory=OrderedDict)
+    #: How a version is loaded; default: ``registry.load`` on the caller's loop (the app passes a
+    #: :class:`LoaderThread`).
+    loader: SnapshotLoader | None = None
+
+    async def _load(self, name: str, version: int) -> tuple[OnlineLearner, SnapshotMeta]:
+        return await (self.loader or self.registry.load)(name, version)
 
     def get(self, name: str) -> ServedModel:
         served = self.served.get(name)
@@ -86,7 +158,7 @@ class ModelStore:
             self.others.move_to_end(key)
             return self.others[key]
         await self.registry.version_meta(name, version)  # RegistryError if not stored
-        learner, meta = await self.registry.load(name, version)
+        learner, meta = await self._load(name, version)
         self.others[key] = ServedModel(learner, meta)
         while len(self.others) > OTHER_VERSIONS_KEPT:
             self.others.popitem(last=False)
@@ -103,7 +175,7 @@ class ModelStore:
         if version is None or (current is not None and version == current.version):
             return False
         try:
-            learner, meta = await self.registry.load(name, version)
+            learner, meta = await self._load(name, version)
         except ModelNotReady:
             return False
         except SnapshotError as exc:

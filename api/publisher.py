@@ -1,7 +1,8 @@
 """``POST /events``: validate before Kafka, publish with acks=all, answer with counts.
 
 The producer (kafka-python) is created on first use: the API serves predictions without a broker,
-and says 503 for writes while none answers.
+and says 503 for writes while none answers. Everything that may block on the broker (creating the
+producer, sending, waiting for acknowledgements) runs in a worker thread, never on the event loop.
 """
 
 from __future__ import annotations
@@ -33,8 +34,13 @@ class EventPublisher:
             return self._producer
 
     async def publish(self, items: list[Any]) -> dict[str, Any]:
-        """Validate every item; publish the valid ones as sent; return counts and per-item errors."""
-        valid: list[tuple[str, bytes]] = []
+        """Validate every item; publish the valid ones; return counts and per-item errors.
+
+        Returns only once the broker acknowledged every valid item (acks=all); raises
+        :class:`~driftline.core.errors.ServiceUnavailable` if it did not within
+        ``events_ack_timeout`` seconds, or when no broker answers.
+        """
+        valid: list[tuple[bytes | None, bytes]] = []
         errors: list[dict[str, Any]] = []
         for index, item in enumerate(items):
             try:
@@ -42,15 +48,13 @@ class EventPublisher:
             except ValidationError as exc:
                 errors.append({"index": index, "errors": exc.errors(include_url=False, include_input=False)})
                 continue
-            valid.append((event.device_id, json.dumps(item, separators=(",", ":")).encode()))
+            valid.append((event.device_id.encode(), json.dumps(item, separators=(",", ":")).encode()))
         if valid:
             producer = await self.producer()
-            for device_id, value in valid:
-                producer.send_raw(device_id.encode(), value)
-            # acks=all before we answer 202: an accepted event is on the broker.
-            await run_in_threadpool(producer.flush, self.settings.kafka_connect_timeout * 3)
+            await run_in_threadpool(producer.send_acknowledged, valid, self.settings.events_ack_timeout)
         return {"accepted": len(valid), "rejected": len(errors), "errors": errors}
 
     async def close(self) -> None:
         if self._producer is not None:
-            await run_in_threadpool(self._producer.close)
+            # Bounded: with the broker gone, unsent records must not hold the shutdown forever.
+            await run_in_threadpool(self._producer.close, self.settings.events_ack_timeout)

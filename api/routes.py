@@ -9,14 +9,14 @@ import logging
 import math
 import re
 import secrets
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import UTC, datetime
 from functools import cache
 from importlib.resources import files
 from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Response, status
+from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Request, Response, status
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from pydantic import BaseModel, Field
 from redis.asyncio import Redis
@@ -65,6 +65,20 @@ class PredictionResponse(BaseModel):
     #: why ``prediction`` is null although a model answered: it said NaN or infinity, which is
     #: no prediction (and not JSON); the status stays 200, the features are still shown
     warning: str | None = None
+    #: the device's history could not be read (Redis down): the features, and so the prediction,
+    #: come from this reading alone; ``degraded_reason`` says so
+    degraded: bool = False
+    degraded_reason: str | None = None
+
+
+#: Longest ``/predict`` waits for a device's state before answering without it: the state is one
+#: small read, so anything slower is an outage (a Redis that drops packets, not one that refuses).
+DEVICE_STATE_TIMEOUT_SECONDS = 1.0
+#: What a degraded prediction says, and all it says (Redis's own error is logged, not sent).
+NO_DEVICE_STATE = (
+    "the device's feature history is unavailable (feature store unreachable): "
+    "features computed from this reading alone"
+)
 
 
 @router.post(
@@ -73,19 +87,30 @@ class PredictionResponse(BaseModel):
     responses={
         503: {"description": "no model yet"},
         404: {"description": "the alias asked for is not set, or the version is not stored"},
+        401: {"description": "an alias or version asked for with an unknown X-API-Key"},
+        403: {"description": "an alias or version other than the champion asked for without X-API-Key"},
     },
 )
 async def predict(
-    reading: Reading, settings: SettingsDep, redis: RedisDep, store: ModelStoreDep
+    reading: Reading,
+    settings: SettingsDep,
+    redis: RedisDep,
+    store: ModelStoreDep,
+    x_api_key: Annotated[str | None, Header()] = None,
 ) -> PredictionResponse:
-    """Predict from one raw reading, featurized with the device's live state (as the stream does)."""
+    """Predict from one raw reading, featurized with the device's live state (as the stream does).
+
+    Anyone may ask the champion; another alias or a stored version (each a snapshot to load and
+    verify) needs an API key. With Redis down, the champion still answers, from the reading alone,
+    marked ``degraded``."""
+    if not asks_for_the_champion(reading):
+        _require_key_for_versions(settings, x_api_key)
     name = reading.model or settings.default_model
     served = await store.pick(name, reading.alias, reading.version)
     check_feature_schema(served.meta, settings)
-    states = await load_device_states(redis, settings.keys, [reading.device_id])
+    state, degraded_reason = await _device_state_for_serving(reading.device_id, settings, redis)
     # A copy of the stream's state: serving reads it and never writes it back. Cleaning and
     # featurizing are the stream's own functions, so serving sees what training saw.
-    state = states.get(reading.device_id) or DeviceState()
     featurized = featurize_reading(
         reading.readings,
         reading.ts or datetime.now(UTC),
@@ -121,7 +146,45 @@ async def predict(
         events_learned=int(served.meta.get("events_learned", 0)),
         alias=reading.alias,
         warning=warning,
+        degraded=degraded_reason is not None,
+        degraded_reason=degraded_reason,
     )
+
+
+def asks_for_the_champion(reading: Reading) -> bool:
+    """Whether a request leaves the version to the server (the champion being served).
+
+    >>> asks_for_the_champion(Reading(device_id="d", readings={}, alias="champion"))
+    True
+    >>> asks_for_the_champion(Reading(device_id="d", readings={}, version=3))
+    False
+    """
+    return reading.version is None and reading.alias in (None, CHAMPION)
+
+
+def _require_key_for_versions(settings: Settings, key: str | None) -> None:
+    # Any other version is a snapshot to read, verify and unpickle on demand: not for anyone.
+    if not key:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            "only the champion answers without an API key: send X-API-Key to ask for an alias or a version",
+        )
+    _check_api_key(settings, key)
+
+
+async def _device_state_for_serving(
+    device_id: str, settings: Settings, redis: Redis
+) -> tuple[DeviceState, str | None]:
+    """The device's checkpointed state (an empty one for a device never seen); with Redis down
+    or too slow, an empty one and the reason the answer is degraded."""
+    try:
+        states = await asyncio.wait_for(
+            load_device_states(redis, settings.keys, [device_id]), DEVICE_STATE_TIMEOUT_SECONDS
+        )
+    except (RedisError, OSError, TimeoutError) as exc:
+        log.warning("/predict for device %s without its state (Redis: %r)", device_id, exc)
+        return DeviceState(), NO_DEVICE_STATE
+    return states.get(device_id) or DeviceState(), None
 
 
 def _finite(value: float | bool | str | None, probabilities: dict[str, float] | None) -> bool:
@@ -237,10 +300,7 @@ async def home() -> RedirectResponse:
 @router.get("/health")
 async def health(response: Response, redis: RedisDep, store: ModelStoreDep) -> dict[str, Any]:
     """``ok`` when Redis answers; lists the model versions being served."""
-    try:
-        redis_ok = bool(await redis.ping())
-    except Exception:
-        redis_ok = False
+    redis_ok = await _redis_answers(redis)
     if not redis_ok:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     return {
@@ -248,6 +308,47 @@ async def health(response: Response, redis: RedisDep, store: ModelStoreDep) -> d
         "redis": redis_ok,
         "models": {name: served.version for name, served in store.served.items()},
     }
+
+
+@router.get(
+    "/ready",
+    responses={
+        200: {"description": "`ready`, or `degraded`: predictions are answered, without device history"},
+        503: {"description": "`not_ready`: the default model is not loaded yet"},
+    },
+)
+async def ready(
+    response: Response, settings: SettingsDep, redis: RedisDep, store: ModelStoreDep
+) -> dict[str, Any]:
+    """Whether to route ``/predict`` here (a load balancer's readiness check): ``ready``; or
+    ``degraded``, still 200, when Redis is down but the default model is in memory (predictions
+    come from the reading alone and no new snapshot loads until Redis is back); ``not_ready``, 503,
+    until the default model (the one ``/predict`` answers with when asked for none) is loaded."""
+    redis_ok = await _redis_answers(redis)
+    served = {name: model.version for name, model in store.served.items()}
+    body: dict[str, Any] = {"status": "ready", "redis": redis_ok, "models": served}
+    if settings.default_model not in served:
+        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+        return {
+            **body,
+            "status": "not_ready",
+            "reason": f"model {settings.default_model!r} is not loaded yet",
+        }
+    if not redis_ok:
+        return {
+            **body,
+            "status": "degraded",
+            "reason": "Redis is unreachable: predictions use no device history, new snapshots wait",
+        }
+    return body
+
+
+async def _redis_answers(redis: Redis) -> bool:
+    try:
+        return bool(await asyncio.wait_for(redis.ping(), DEVICE_STATE_TIMEOUT_SECONDS))
+    except Exception as exc:  # any failure to answer is "down", and a probe never errs
+        log.debug("Redis ping failed: %r", exc)
+        return False
 
 
 @router.get("/schema/event")
@@ -259,8 +360,34 @@ async def event_schema() -> dict[str, Any]:
 # --- ways in, and what became of them ---------------------------------------------------------
 
 
+def api_key_valid(given: str | None, keys: Iterable[str]) -> bool:
+    """Whether ``given`` (a header's value) is one of ``keys``, compared in constant time as bytes,
+    so any header value is an answer (never an error) and timing tells nothing about the keys.
+
+    >>> api_key_valid("k1", {"k1", "k2"}), api_key_valid("k3", {"k1"}), api_key_valid(None, {"k1"})
+    (True, False, False)
+    >>> api_key_valid("clé", {"k1"})
+    False
+    """
+    if not given:
+        return False
+    raw = _header_bytes(given)
+    # Every key is compared (no early exit): the time taken does not say which one matched.
+    matches = [secrets.compare_digest(raw, key.encode()) for key in keys]
+    return any(matches)
+
+
+def _header_bytes(value: str) -> bytes:
+    """A header value's bytes: the server decodes headers as Latin-1, so that gives them back
+    exactly; text that did not come from a header (a test's) is taken as UTF-8."""
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:
+        return value.encode()
+
+
 def _check_api_key(settings: Settings, key: str | None) -> None:
-    if not key or not any(secrets.compare_digest(key, k) for k in settings.api_key_set()):
+    if not api_key_valid(key, settings.api_key_set()):
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             "missing or unknown API key (header X-API-Key)",
@@ -290,39 +417,92 @@ ApiKeyNameDep = Annotated[str, Depends(api_key_holder)]
     "/events",
     status_code=status.HTTP_202_ACCEPTED,
     responses={
-        401: {"description": "no valid X-API-Key"},
-        413: {"description": "batch too large"},
-        422: {"description": "no event was valid; reasons per item"},
-        503: {"description": "Kafka unreachable"},
+        401: {"description": "no valid X-API-Key (checked before the body is read)"},
+        413: {"description": "over DRIFTLINE_EVENTS_MAX_BYTES, or DRIFTLINE_MAX_BATCH_EVENTS events"},
+        422: {"description": "not JSON, or no event was valid; reasons per item"},
+        503: {"description": "Kafka unreachable, or it did not acknowledge the events in time"},
+    },
+    # The body is read by the route itself (after the key check, within a size limit): described
+    # here for the OpenAPI page.
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "description": "one sensor event, or a JSON array of them (schema: GET /schema/event)",
+            "content": {
+                "application/json": {
+                    "schema": {"oneOf": [{"type": "object"}, {"type": "array", "items": {"type": "object"}}]},
+                    "example": {
+                        "event_id": "sensor-001-00000001",
+                        "device_id": "sensor-001",
+                        "ts": "2026-11-22T10:00:00Z",
+                        "readings": {"temperature": 21.5},
+                    },
+                }
+            },
+        }
     },
 )
 async def post_events(
+    request: Request,
     settings: SettingsDep,
     publisher: PublisherDep,
-    body: Annotated[
-        Any,
-        Body(
-            description="one sensor event, or a JSON array of them",
-            examples=[
-                {
-                    "event_id": "sensor-001-00000001",
-                    "device_id": "sensor-001",
-                    "ts": "2026-11-22T10:00:00Z",
-                    "readings": {"temperature": 21.5},
-                }
-            ],
-        ),
-    ],
     x_api_key: Annotated[str | None, Header()] = None,
 ) -> Any:
-    """Publish readings to the events topic, validated first: 202 with counts, reasons per bad item."""
+    """Publish readings to the events topic, validated first. ``202`` with counts (reasons per bad
+    item) only once the broker has acknowledged every accepted event."""
+    # The key first: nothing of an unauthenticated request's body is read, let alone parsed.
     _check_api_key(settings, x_api_key)
+    body = parse_json_body(await read_body_within(request, settings.events_max_bytes))
     items = batch_items(body, settings.max_batch_events)
     # A validation error's ctx may hold the exception itself: default=str makes it JSON.
     result = json.loads(json.dumps(await publisher.publish(items), default=str))
     if result["accepted"] == 0:
         return JSONResponse(result, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
     return result
+
+
+async def read_body_within(request: Request, limit: int) -> bytes:
+    """The request's body, refused with 413 as soon as it is known to exceed ``limit`` bytes: from
+    its Content-Length before reading anything, else while it streams in (chunked)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, "Content-Length is not a number")
+        if int(declared) > limit:
+            raise _too_large(limit)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise _too_large(limit)
+    return bytes(body)
+
+
+def _too_large(limit: int) -> HTTPException:
+    return HTTPException(
+        status.HTTP_413_CONTENT_TOO_LARGE,
+        f"the body is over {limit} bytes (DRIFTLINE_EVENTS_MAX_BYTES): send fewer events per request",
+    )
+
+
+def parse_json_body(raw: bytes) -> Any:
+    """A body's JSON; 422 with the reason when it is none (not UTF-8, not JSON, nested too deep).
+
+    >>> parse_json_body(b'[{"a": 1}]')
+    [{'a': 1}]
+    >>> parse_json_body(b"[" * 100_000)
+    Traceback (most recent call last):
+    ...
+    fastapi.exceptions.HTTPException: 422: the body is not JSON: nested too deeply
+    """
+    try:
+        return json.loads(raw)
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"the body is not JSON: {exc}") from None
+    except RecursionError:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, "the body is not JSON: nested too deeply"
+        ) from None
 
 
 def batch_items(body: Any, limit: int) -> list[Any]:
@@ -450,7 +630,8 @@ async def _follow_alerts(
             )
         except RedisError as exc:
             log.warning("alert stream: Redis unavailable (%s); retrying in %.1fs", exc, backoff)
-            yield ServerSentEvent(comment=f"Redis unavailable, retrying: {exc}")
+            # Redis's message (its address) stays in the log: the stream's readers are anonymous.
+            yield ServerSentEvent(comment="Redis unavailable, retrying")
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
             continue

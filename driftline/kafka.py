@@ -10,7 +10,7 @@ from typing import Any
 
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 
 from driftline.core.errors import ServiceUnavailable
 from driftline.settings import Settings
@@ -125,6 +125,25 @@ class SensorProducer:
         """Queue raw bytes as they are: what a device that sends bad data would do."""
         self._producer.send(topic or self.topic, key=key, value=value)
 
+    def send_acknowledged(self, records: list[tuple[bytes | None, bytes]], timeout: float) -> None:
+        """Send ``(key, value)`` records and return once the broker acknowledged every one of them
+        (acks=all), blocking the calling thread up to about ``timeout`` seconds in all.
+
+        Raises :class:`~driftline.core.errors.ServiceUnavailable` when a record is refused or not
+        acknowledged in time. Records may still have been written then (the producer retries in
+        the background): a client that retries may send an event twice, which the ingest stage
+        drops by its ``event_id``.
+        """
+        deadline = time.monotonic() + timeout
+        try:
+            futures = [self._producer.send(self.topic, key=key, value=value) for key, value in records]
+            for future in futures:
+                future.get(timeout=max(deadline - time.monotonic(), 0.001))
+        except KafkaError as exc:
+            raise ServiceUnavailable(
+                "Kafka", self.settings.kafka_bootstrap, f"records not acknowledged: {exc!r}"
+            ) from exc
+
     def send_label(self, event_id: str, label: float | bool | str, model: str | None = None) -> None:
         """Queue the ground truth for an event sent earlier (to ``sensor-labels``)."""
         body: dict[str, Any] = {"event_id": event_id, "label": label}
@@ -135,8 +154,22 @@ class SensorProducer:
     def flush(self, timeout: float | None = 30.0) -> None:
         self._producer.flush(timeout)
 
-    def close(self) -> None:
-        self._producer.close()
+    def close(self, timeout: float | None = None) -> None:
+        """Send what is queued and close; ``timeout``: the longest to wait (``None``: until sent)."""
+        try:
+            self._producer.close(timeout)
+        except KafkaTimeoutError:
+            # kafka-python gives up closing while records wait for a broker that is gone (and
+            # tries again, noisily, when the producer is collected). They were never acknowledged
+            # (whoever sent them was told so): its sender is stopped without them, as
+            # kafka-python's own close does once it has flushed.
+            log.warning(
+                "Kafka producer closed with records unsent: no broker acknowledged them in %ss", timeout
+            )
+            sender = getattr(self._producer, "_sender", None)
+            if sender is not None:
+                sender.force_close()
+                sender.join(timeout)
 
     def __enter__(self) -> SensorProducer:
         return self

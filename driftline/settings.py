@@ -165,6 +165,10 @@ class Settings(BaseSettings):
     api_keys: SecretStr = SecretStr(DEV_API_KEY)
     #: Most events one ``POST /events`` may carry.
     max_batch_events: int = Field(1000, ge=1)
+    #: Largest ``POST /events`` body (bytes): a larger one is refused (413) before it is read.
+    events_max_bytes: int = Field(1024 * 1024, ge=1024)
+    #: Longest ``POST /events`` waits for the broker to acknowledge its events (seconds): 503 after.
+    events_ack_timeout: float = Field(10.0, gt=0)
 
     # --- Ways in -----------------------------------------------------------------------------
     mqtt_url: str = "mqtt://127.0.0.1:1883"

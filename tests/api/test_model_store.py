@@ -1,4 +1,5 @@
-"""The snapshot follower stops on shutdown even when the Redis client swallows a cancellation.
+"""The model store: its snapshot follower stops on shutdown even when the Redis client swallows a
+cancellation, and snapshots load off the event loop.
 
 redis-py can turn a cancellation that lands mid-read into ``ConnectionError``; a follower that
 waits out connection errors would then run on and hold the event loop's shutdown forever. This
@@ -9,12 +10,15 @@ real Redis in the integration tests.
 from __future__ import annotations
 
 import asyncio
+import gc
+import threading
 import time
+from types import SimpleNamespace
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from driftline.api.model_store import ModelStore
+from driftline.api.model_store import LoaderThread, ModelStore, collection_paused
 
 
 class SwallowingPubSub:
@@ -64,3 +68,62 @@ def test_follower_stops_when_told_even_if_a_cancellation_is_swallowed() -> None:
     elapsed, subscriptions = asyncio.run(scenario())
     assert elapsed < 1.0
     assert subscriptions == 1  # it did not go round again to resubscribe
+
+
+class SlowRegistry:
+    """A registry whose load blocks its thread for a while, as verifying and unpickling a large
+    snapshot does; it records the thread that loaded."""
+
+    channel = "snapshots"
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.loaded_on: list[int] = []
+        self.collecting: list[bool] = []
+
+    async def alias_version(self, name: str, alias: str = "latest") -> int:
+        return 1
+
+    async def load(self, name: str, version: int) -> tuple[Any, dict[str, Any]]:
+        self.loaded_on.append(threading.get_ident())
+        self.collecting.append(gc.isenabled())
+        time.sleep(self.seconds)  # blocking, on purpose: what CPU-bound work does to a loop
+        return SimpleNamespace(events_learned=0), {"model": name, "version": version}
+
+
+def test_the_loader_thread_verifies_and_unpickles_off_the_event_loop() -> None:
+    registry = SlowRegistry(seconds=0.6)
+    # Redis is never reached: the registry double stands in for it (a client opens lazily).
+    loader = LoaderThread(lambda redis: registry, "redis://127.0.0.1:1/0")  # type: ignore[arg-type,return-value]
+    store = ModelStore(registry, loader=loader)  # type: ignore[arg-type]
+
+    async def scenario() -> tuple[bool, float]:
+        longest_gap, last = 0.0, time.monotonic()
+        refresh = asyncio.create_task(store.refresh("m"))
+        while not refresh.done():  # the loop's other work: how long does it wait between turns?
+            await asyncio.sleep(0.01)
+            now = time.monotonic()
+            longest_gap, last = max(longest_gap, now - last), now
+        return await refresh, longest_gap
+
+    swapped, longest_gap = asyncio.run(scenario())
+
+    assert swapped and store.get("m").version == 1
+    assert registry.loaded_on and registry.loaded_on[0] != threading.get_ident()
+    assert registry.collecting == [False] and gc.isenabled()  # paused for the load only
+    assert longest_gap < 0.3, f"the event loop stalled {longest_gap:.2f}s while a snapshot loaded"
+
+
+def test_overlapping_loads_resume_the_collector_when_the_last_ends_and_only_if_it_ran() -> None:
+    with collection_paused():
+        with collection_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()  # an application that runs without it keeps it off
+    try:
+        with collection_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

@@ -20,11 +20,11 @@ import pytest
 import redis.exceptions
 from fastapi.testclient import TestClient
 
-from driftline.api import deps
+from driftline.api import deps, routes
 from driftline.api.main import create_app
 from driftline.api.model_store import ModelStore, ServedModel
 from driftline.api.routes import api_key_name
-from driftline.core.errors import RegistryError
+from driftline.core.errors import RegistryError, ServiceUnavailable
 from driftline.core.records import FeatureRecord
 from driftline.models.evaluation import Prediction
 from driftline.models.learner import OnlineLearner
@@ -37,6 +37,10 @@ from driftline.streams.ingest import featurize_reading, label_readings
 
 KEY = "k1"
 T0 = datetime(2026, 1, 1, 12, tzinfo=UTC)
+#: What a Redis client says when its server is down: it names the server, which no client of the
+#: API may read.
+REDIS_DOWN = "Error 111 connecting to 10.0.0.7:6379. Connection refused."
+INTERNALS = ("10.0.0.7", "6379", "Error 111", "Traceback")
 
 
 def make_settings(**overrides: Any) -> Settings:
@@ -75,11 +79,14 @@ class FakeRedis:
             (_bytes(entry_id), {_bytes(k): _bytes(v) for k, v in fields.items()})
         )
 
+    def _answer(self) -> None:
+        if not self.reachable:
+            raise redis.exceptions.ConnectionError(REDIS_DOWN)
+
     async def xrevrange(
         self, key: str, max: str = "+", min: str = "-", count: int | None = None
     ) -> list[Entry]:
-        if not self.reachable:
-            raise redis.exceptions.ConnectionError("Error 111 connecting to 127.0.0.1:6379")
+        self._answer()
         return self.streams.get(key, [])[::-1][:count]
 
     async def xread(self, streams: dict[str, str], count: int | None = None, block: int | None = None) -> Any:
@@ -112,9 +119,11 @@ class FakeRedis:
         return True
 
     async def get(self, key: str) -> bytes | None:
+        self._answer()
         return self.strings.get(key)
 
     async def mget(self, keys: list[str]) -> list[bytes | None]:
+        self._answer()
         return [self.strings.get(k) for k in keys]
 
     async def hget(self, key: str, field: str | bytes) -> bytes | None:
@@ -422,6 +431,108 @@ def test_a_finite_prediction_carries_no_warning() -> None:
     assert isinstance(body["prediction"], float) and body["warning"] is None
 
 
+def test_with_redis_down_predict_answers_from_the_reading_alone_marked_degraded() -> None:
+    settings = make_settings()
+    learner = trained_learner(settings)
+    redis = FakeRedis()
+    stored_device(settings, redis, "dev-1", [18.0, 19.0, 23.0])
+    redis.reachable = False
+    ts = T0 + timedelta(hours=1)
+    stateless = features_of(settings, {"temperature": 20.0, "vibration": 0.5}, ts, DeviceState())
+    client = serving_client(settings, learner, snapshot_meta(learner, version=3), redis)
+
+    response = client.post(
+        "/predict",
+        json={
+            "device_id": "dev-1",
+            "ts": ts.isoformat(),
+            "readings": {"temperature": 20.0, "vibration": 0.5},
+        },
+    )
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["features"] == stateless
+    assert body["prediction"] == pytest.approx(learner.predict(stateless).value)
+    assert (body["version"], body["degraded"]) == (3, True)
+    assert body["degraded_reason"] == routes.NO_DEVICE_STATE
+    assert not any(leak in response.text for leak in INTERNALS)
+
+
+def test_predict_answers_degraded_when_the_device_state_does_not_come_in_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = make_settings()
+    learner = trained_learner(settings, events=10)
+    redis = FakeRedis()
+
+    async def hanging_mget(keys: list[str]) -> list[bytes | None]:
+        await asyncio.sleep(30)  # a Redis that drops packets
+        return []
+
+    monkeypatch.setattr(redis, "mget", hanging_mget)
+    monkeypatch.setattr(routes, "DEVICE_STATE_TIMEOUT_SECONDS", 0.05)
+    client = serving_client(settings, learner, snapshot_meta(learner, version=1), redis)
+
+    body = client.post("/predict", json={"device_id": "d", "readings": {"temperature": 20.0}}).json()
+
+    assert (body["degraded"], body["degraded_reason"]) == (True, routes.NO_DEVICE_STATE)
+
+
+def test_a_normal_prediction_is_not_degraded() -> None:
+    settings = make_settings()
+    learner = trained_learner(settings, events=10)
+    client = serving_client(settings, learner, snapshot_meta(learner, version=1))
+
+    body = client.post("/predict", json={"device_id": "d", "readings": {"temperature": 20.0}}).json()
+
+    assert (body["degraded"], body["degraded_reason"]) == (False, None)
+
+
+@pytest.mark.parametrize(
+    "asks", [{"version": 3}, {"version": 1}, {"alias": "challenger"}, {"alias": "latest"}]
+)
+def test_only_keyed_callers_may_ask_for_another_version_than_the_champion(asks: dict[str, Any]) -> None:
+    settings = make_settings()
+    learner = trained_learner(settings, events=10)
+    store = serving(learner, snapshot_meta(learner, version=3))
+    loads: list[tuple[str, int]] = []
+
+    async def loader(name: str, version: int) -> Any:
+        loads.append((name, version))
+        return learner, snapshot_meta(learner, version=version)
+
+    store.loader = loader
+    store.registry.add(snapshot_meta(learner, version=1))  # type: ignore[attr-defined]
+    store.registry.pinned[learner.name] = {"challenger": 1}  # type: ignore[attr-defined]
+    client = serve(settings, store=store, registry=store.registry)  # type: ignore[arg-type]
+    reading = {"device_id": "d", "readings": {"temperature": 20.0}, **asks}
+
+    anonymous = client.post("/predict", json=reading)
+    wrong_key = client.post("/predict", json=reading, headers={"X-API-Key": "wrong"})
+    keyed = client.post("/predict", json=reading, headers={"X-API-Key": KEY})
+
+    assert anonymous.status_code == 403
+    assert "send X-API-Key" in anonymous.json()["detail"]
+    assert wrong_key.status_code == 401
+    assert keyed.status_code == 200, keyed.text
+    # nothing was loaded for the refused callers: the one load is the keyed caller's
+    assert loads == ([] if keyed.json()["version"] == 3 else [(settings.default_model, 1)])
+
+
+def test_anyone_may_ask_the_champion_by_name_or_by_default() -> None:
+    settings = make_settings()
+    learner = trained_learner(settings, events=10)
+    client = serving_client(settings, learner, snapshot_meta(learner, version=3))
+    reading = {"device_id": "d", "readings": {"temperature": 20.0}}
+
+    default = client.post("/predict", json=reading)
+    by_alias = client.post("/predict", json={**reading, "alias": "champion"})
+
+    assert (default.status_code, by_alias.status_code) == (200, 200)
+    assert default.json()["version"] == by_alias.json()["version"] == 3
+
+
 # --- /stats, /models --------------------------------------------------------------------------
 
 
@@ -708,6 +819,90 @@ def test_a_batch_with_no_valid_event_is_422_with_its_reasons_as_json() -> None:
     assert response.json()["errors"] == [{"index": 0, "errors": [{"ctx": {"error": "ts is odd"}}]}]
 
 
+@pytest.mark.parametrize("key", ["clé".encode(), "clé".encode("latin-1"), b"\xff\xfe", "k1é".encode()])
+def test_an_api_key_with_any_bytes_is_compared_and_refused_with_401_never_a_500(key: bytes) -> None:
+    publisher = RecordingPublisher()
+    client = serve(publisher=publisher)
+
+    response = client.post("/events", json=[EVENT], headers={"X-API-Key": key})  # type: ignore[dict-item]
+
+    assert response.status_code == 401
+    assert publisher.batches == []
+
+
+def test_a_non_ascii_key_that_is_configured_is_accepted() -> None:
+    client = serve(make_settings(api_keys="clé-0123"))
+
+    response = client.post("/events", json=[EVENT], headers={"X-API-Key": "clé-0123".encode()})  # type: ignore[dict-item]
+
+    assert response.status_code == 202
+
+
+@pytest.mark.parametrize("body", [b"{not json", b"[" * 100_000, b"x" * 5000])
+def test_the_key_is_checked_before_the_body_is_read(body: bytes) -> None:
+    publisher = RecordingPublisher()
+    client = serve(make_settings(events_max_bytes=1024), publisher=publisher)
+
+    response = client.post("/events", content=body, headers={"content-type": "application/json"})
+
+    assert response.status_code == 401
+    assert publisher.batches == []
+
+
+def test_a_body_over_the_byte_limit_is_413_by_its_length_or_while_it_streams() -> None:
+    publisher = RecordingPublisher()
+    client = serve(make_settings(events_max_bytes=1024), publisher=publisher)
+    headers = {"X-API-Key": KEY, "content-type": "application/json"}
+    big = json.dumps([EVENT] * 20).encode()  # about 2 KB
+
+    declared = client.post("/events", content=big, headers=headers)
+    # a generator has no length: sent chunked, counted as it comes
+    streamed = client.post("/events", content=iter([big[:1000], big[1000:]]), headers=headers)
+    within = client.post("/events", content=json.dumps([EVENT] * 5).encode(), headers=headers)
+
+    assert declared.status_code == streamed.status_code == 413
+    assert "over 1024 bytes" in declared.json()["detail"]
+    assert "chunked" in streamed.request.headers.get("transfer-encoding", "")
+    assert within.status_code == 202
+    assert [len(batch) for batch in publisher.batches] == [5]
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"{not json", "the body is not JSON: Expecting property name"),
+        (b"[" * 100_000, "the body is not JSON: nested too deeply"),
+        (b"[\xc3\x28]", "the body is not JSON: 'utf-8' codec can't decode"),
+        (b"", "the body is not JSON: Expecting value"),
+    ],
+)
+def test_a_body_that_is_not_json_is_422_with_the_reason(body: bytes, reason: str) -> None:
+    client = serve()
+
+    response = client.post("/events", content=body, headers={"X-API-Key": KEY})
+
+    assert response.status_code == 422
+    assert response.json()["detail"].startswith(reason)
+
+
+class DownPublisher:
+    """A publisher whose broker is gone (or did not acknowledge in time)."""
+
+    async def publish(self, items: list[Any]) -> dict[str, Any]:
+        raise ServiceUnavailable(
+            "Kafka", "10.0.0.7:9092", "KafkaTimeoutError('Timeout after waiting for 10 secs.')"
+        )
+
+
+def test_events_the_broker_did_not_acknowledge_are_503_without_its_address() -> None:
+    client = serve(publisher=DownPublisher())  # type: ignore[arg-type]
+
+    response = client.post("/events", json=[EVENT], headers={"X-API-Key": KEY})
+
+    assert response.status_code == 503
+    assert response.json() == {"detail": "Kafka is unreachable; retry shortly"}
+
+
 # --- /health ----------------------------------------------------------------------------------
 
 
@@ -723,6 +918,63 @@ def test_health_is_ok_with_the_served_versions_and_503_when_redis_does_not_answe
     assert ok.json() == {"status": "ok", "redis": True, "models": {learner.name: 4}}
     assert down.status_code == 503
     assert down.json()["status"] == "degraded"
+
+
+def test_ready_is_200_ready_200_degraded_without_redis_and_503_until_the_model_is_loaded() -> None:
+    settings = make_settings()
+    learner = trained_learner(settings, events=5)
+    store = serving(learner, snapshot_meta(learner, version=4))
+
+    up = serve(settings, store=store).get("/ready")
+    redis_down = serve(settings, store=store, redis=FakeRedis(reachable=False)).get("/ready")
+    no_model = serve(settings).get("/ready")
+
+    assert up.status_code == 200
+    assert up.json() == {"status": "ready", "redis": True, "models": {learner.name: 4}}
+    assert redis_down.status_code == 200
+    assert (redis_down.json()["status"], redis_down.json()["redis"]) == ("degraded", False)
+    assert "Redis is unreachable" in redis_down.json()["reason"]
+    assert no_model.status_code == 503
+    assert no_model.json()["status"] == "not_ready"
+
+
+# --- what an anonymous caller may read of a failure ----------------------------------------------
+
+
+class DownRegistry:
+    """A registry on a Redis that is down: every call fails as the real client's do."""
+
+    def __getattr__(self, name: str) -> Any:
+        async def down(*args: Any, **kwargs: Any) -> Any:
+            raise redis.exceptions.ConnectionError(REDIS_DOWN)
+
+        return down
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/models"),
+        ("GET", "/models/default"),
+        ("GET", "/models/default/history"),
+        ("GET", "/alerts"),
+        ("GET", "/alerts/m:error:events/2:5087:0"),
+        ("GET", "/alerts/stream"),
+        ("GET", "/stats"),
+        ("GET", "/metrics"),
+        ("GET", "/devices/d/features"),
+        ("POST", "/predict"),
+    ],
+)
+def test_with_redis_down_no_answer_carries_redis_errors_or_addresses(method: str, path: str) -> None:
+    client = serve(registry=DownRegistry(), redis=FakeRedis(reachable=False))  # type: ignore[arg-type]
+    body = {"device_id": "d", "readings": {"temperature": 20.0}, "version": 2} if method == "POST" else None
+    headers = {"X-API-Key": KEY} if method == "POST" else {}  # a keyed caller, so the version is read
+
+    response = client.request(method, path, json=body, headers=headers)
+
+    assert response.status_code == 503, response.text
+    assert response.json() == {"detail": "Redis is unavailable; retry shortly"}
 
 
 # --- /alerts: acknowledging, and the stream -----------------------------------------------------
@@ -840,12 +1092,14 @@ def test_alert_stream_waits_out_a_redis_outage_once_started() -> None:
     settings = make_settings()
     stopping = asyncio.Event()
     fake = stream_redis(settings, stopping)
-    fake.failures.append(redis.exceptions.ConnectionError("connection reset"))
+    fake.failures.append(redis.exceptions.ConnectionError(REDIS_DOWN))
     client = serve(settings, redis=fake, stopping=stopping)
 
-    messages = sse_messages(client.get("/alerts/stream").text)
+    response = client.get("/alerts/stream")
+    messages = sse_messages(response.text)
 
-    assert messages[1] == {"": "Redis unavailable, retrying: connection reset"}
+    assert messages[1] == {"": "Redis unavailable, retrying"}
+    assert not any(leak in response.text for leak in INTERNALS)
     assert [m["id"] for m in messages[2:]] == ["2-0", "3-0"]
 
 
@@ -854,6 +1108,6 @@ def test_alert_stream_is_503_before_streaming_when_redis_is_down_and_422_for_a_b
     bad = serve().get("/alerts/stream", headers={"Last-Event-ID": "yesterday"})
 
     assert down.status_code == 503
-    assert down.json()["detail"].startswith("Redis is unavailable")
+    assert down.json()["detail"] == "Redis is unavailable; retry shortly"
     assert bad.status_code == 422
     assert "yesterday" in bad.json()["detail"]

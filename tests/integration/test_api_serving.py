@@ -239,7 +239,8 @@ def test_predict_answers_from_the_challenger_or_a_stored_version_when_asked(make
     settings = make_settings()
     for n in (30, 60, 90):
         publish(settings, trained_learner("default", n))
-    with TestClient(create_app(settings)) as client:
+    # Any version but the champion is for keyed callers only.
+    with TestClient(create_app(settings), headers={"X-API-Key": "test-api-key-0123456789"}) as client:
         no_challenger = client.post("/predict", json={**READING, "alias": "challenger"})
         run(
             settings,
@@ -264,3 +265,36 @@ def test_predict_answers_from_the_challenger_or_a_stored_version_when_asked(make
         assert body["prediction"] == trained_learner("default", n).predict(body["features"]).value
     assert missing.status_code == 404 and "no version 99" in missing.json()["detail"]
     assert both.status_code == 422
+
+
+class SlowToUnpickle:
+    """Unpickles as ``time.sleep(seconds)``: makes a snapshot that long to load."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __reduce__(self) -> tuple[Any, tuple[float]]:
+        return time.sleep, (self.seconds,)
+
+
+def test_requests_are_answered_while_a_slow_snapshot_loads(make_settings: Any) -> None:
+    settings = make_settings()
+    publish(settings, trained_learner("default", 20))
+    slow = trained_learner("default", 40)
+    slow.slow_to_load = SlowToUnpickle(2.0)  # type: ignore[attr-defined]
+    with TestClient(create_app(settings)) as client:
+        published = time.monotonic()
+        publish(settings, slow)
+        latencies: list[float] = []
+        version = 1
+        while version == 1 and time.monotonic() - published < 15:
+            started = time.monotonic()
+            response = client.post("/predict", json=READING)
+            latencies.append(time.monotonic() - started)
+            assert response.status_code == 200, response.text
+            version = response.json()["version"]
+            time.sleep(0.05)
+        loaded_after = time.monotonic() - published
+    assert version == 2, "the slow snapshot was served in the end"
+    assert loaded_after >= 2.0  # it did take that long to load...
+    assert len(latencies) > 10 and max(latencies) < 0.5  # ...and /predict answered all along
