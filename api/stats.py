@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 
 from driftline.settings import Settings
 from driftline.streams.checkpoint import load_stats
-from driftline.streams.ingest import COUNTERS
+from driftline.streams.ingest import COUNTERS, LABELS_REFUSED, READINGS_REFUSED
 
 
 async def ingest_totals(redis: Redis, settings: Settings) -> dict[str, Any]:
@@ -53,6 +53,8 @@ def summarize(per_partition: dict[int, Counter[str]]) -> dict[str, Any]:
     )
     return {
         "totals": plain,
+        # Outside the identity: parts of accepted events left out, each dead-lettered.
+        "left_out": {"labels": totals[LABELS_REFUSED], "readings": totals[READINGS_REFUSED]},
         "rejected_by_reason": by_reason,
         "balanced": balanced,
         "partitions": {str(p): dict(c) for p, c in sorted(per_partition.items())},
@@ -85,6 +87,15 @@ class _Snapshot:
         readings.add_metric(["imputed"], self.ingest["totals"]["imputed"])
         readings.add_metric(["clipped"], self.ingest["totals"]["clipped"])
         yield readings
+        left_out = CounterMetricFamily(
+            "driftline_ingest_left_out",
+            "Parts of accepted events left out (each dead-lettered): labels unfit for a model, "
+            "readings beyond a device's sensors or the strict catalog",
+            labels=["what"],
+        )
+        for what, count in self.ingest["left_out"].items():
+            left_out.add_metric([what], count)
+        yield left_out
         rejected = CounterMetricFamily(
             "driftline_ingest_rejected", "Rejected events by reason", labels=["reason"]
         )
@@ -110,6 +121,11 @@ class _Snapshot:
             "Distribution of an anomaly model's scores",
             labels=["model", "stat"],
         )
+        failed = CounterMetricFamily(
+            "driftline_model_records_failed",
+            "Records the model failed on in the learn stage (dead-lettered as learn_failed)",
+            labels=["model"],
+        )
         refused = CounterMetricFamily(
             "driftline_snapshots_refused",
             "Snapshots the API refused (bad signature or unreadable)",
@@ -119,6 +135,7 @@ class _Snapshot:
             meta = model["meta"] or {}
             if meta:
                 learned.add_metric([model["name"]], meta.get("events_learned", 0))
+                failed.add_metric([model["name"]], meta.get("records_failed", 0))
                 version.add_metric([model["name"]], model["served_version"])
                 report = meta.get("metrics", {})
                 for window in ("cumulative", "rolling"):
@@ -131,7 +148,7 @@ class _Snapshot:
                     if value is not None:
                         scores.add_metric([model["name"], stat], value)
             refused.add_metric([model["name"]], model["refused_snapshots"])
-        yield from (learned, version, metric, labels, scores, refused)
+        yield from (learned, failed, version, metric, labels, scores, refused)
         drift = CounterMetricFamily(
             "driftline_drift_alerts",
             "Drift alerts recorded (firing, and resolved)",

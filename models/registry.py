@@ -37,6 +37,7 @@ from redis.exceptions import WatchError
 from driftline.core.alerts import Alert
 from driftline.core.buildinfo import build_info
 from driftline.core.errors import ModelNotReady, RegistryError, SnapshotError
+from driftline.core.fence import Fence, check
 from driftline.core.keys import Keys
 from driftline.core.meta import SignedMeta, SnapshotMeta
 from driftline.models.learner import OnlineLearner
@@ -125,8 +126,13 @@ class ModelRegistry:
             )
 
     # --- writing ------------------------------------------------------------------------------
-    async def publish(self, learner: OnlineLearner) -> SnapshotMeta:
-        """Sign and store a snapshot of ``learner`` as its newest version; return its metadata."""
+    async def publish(self, learner: OnlineLearner, fence: Fence | None = None) -> SnapshotMeta:
+        """Sign and store a snapshot of ``learner`` as its newest version; return its metadata.
+
+        With ``fence`` (the worker's claim on the features partitions the learner reads), a
+        worker that lost those partitions since is refused (:class:`Fenced`): a stalled worker
+        cannot make ``latest`` a snapshot behind the new owner's.
+        """
         started = time.perf_counter()
         name = learner.name
         version = int(await self.redis.incr(self._model_key(name, "next_version")))
@@ -159,7 +165,7 @@ class ModelRegistry:
                 "key_id": self.key_ring.signing_id,
             }
             try:
-                await self._record(learner, version, blob, listing, alerts, events)
+                await self._record(learner, version, blob, listing, alerts, events, fence)
             except BaseException:
                 learner.lineage_mark(None, restore=parent)
                 raise
@@ -205,9 +211,10 @@ class ModelRegistry:
         listing: SnapshotMeta,
         alerts: list[Alert],
         events: list[ModelEvent],
+        fence: Fence | None = None,
     ) -> None:
         """Store the snapshot, move ``latest``, record its alerts and model events and audit it:
-        one transaction.
+        one transaction (refused if ``fence`` was claimed by another worker).
 
         A resolution merges into the alert's record, which an acknowledgement may change at the
         same moment, and a promotion reads the champion an operator may move at the same moment:
@@ -220,11 +227,12 @@ class ModelRegistry:
         while True:
             async with self.redis.pipeline(transaction=True) as tx:
                 try:
+                    await check(tx, fence, f"snapshot of {name}")
                     if resolves:
                         await tx.watch(self.keys.alert_records())
                     if promotes:
                         await tx.watch(aliases_key)
-                    reader = tx if resolves or promotes else self.redis
+                    reader = tx if resolves or promotes or fence else self.redis
                     records = await self._alert_records(alerts, version, reader)
                     served_before = None
                     if promotes:
@@ -279,7 +287,9 @@ class ModelRegistry:
                     await tx.execute()
                     return
                 except WatchError:
-                    continue  # an acknowledgement came between the read and the write: again
+                    # An acknowledgement came between the read and the write: again (a claim
+                    # of the fence is seen by the check, and refused there).
+                    continue
 
     async def promote(
         self,

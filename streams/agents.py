@@ -34,6 +34,7 @@ from tenacity import (
 )
 
 from driftline.core import records
+from driftline.core.fence import Fence, claim
 from driftline.core.keys import Keys
 from driftline.core.meta import SnapshotMeta
 from driftline.core.records import LabelRecord
@@ -46,7 +47,6 @@ from driftline.streams.checkpoint import (
     load_offsets,
     load_stats,
     save_checkpoint,
-    take_partitions,
 )
 from driftline.streams.cleaning import Rejection
 from driftline.streams.config import WorkerConfig
@@ -138,8 +138,9 @@ class Worker:
     ingest_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     learn_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _redis: Redis | None = None
-    #: Events partition -> this worker's fence token (see streams.checkpoint.take_partitions).
-    fence: dict[int, int] = field(default_factory=dict)
+    #: This worker's claims on the events and features partitions it owns (driftline.core.fence).
+    fence: Fence | None = None
+    learn_fence: Fence | None = None
     rejections_said: SampledLog = field(default_factory=SampledLog)
 
     def __post_init__(self) -> None:
@@ -252,7 +253,7 @@ class Worker:
         # more version holding the same learner.
         async for attempt in self.redis_retry(f"publishing {learner.name}"):
             with attempt:
-                return await self.registry.publish(learner)
+                return await self.registry.publish(learner, self.learn_fence)
         raise AssertionError("unreachable: the retry either returns or raises")
 
     def ack(self, message: Incoming) -> None:
@@ -274,6 +275,12 @@ class Worker:
             await self.restore_ingest(events)
             features = [tp for tp in assigned if tp.topic == self.config.topics.features]
             if features:
+                features_topic = self.config.topics.features
+                self.learn_fence = await claim(
+                    self.redis,
+                    self.keys.fence(features_topic, self.topic_ids.get(features_topic, "")),
+                    [tp.partition for tp in features],
+                )
                 rewinds = await self.restore_learners([tp.partition for tp in features])
                 await self.rewind(features, rewinds)
 
@@ -283,12 +290,18 @@ class Worker:
         Device states are not read here: each is fetched when its device's next event comes,
         so a restore costs the same with ten devices or a million.
         """
+        started = time.monotonic()
         topic, topic_id = self.config.topics.events, self.events_topic_id
-        self.fence = await take_partitions(self.redis, self.keys, topic, topic_id, partitions)
+        self.fence = await claim(self.redis, self.keys.fence(topic, topic_id), partitions)
         offsets = await load_offsets(self.redis, self.keys, topic, topic_id, partitions)
         stats = await load_stats(self.redis, self.keys, topic, topic_id, partitions)
         self.ingest.restore(offsets, stats, {})
-        log.info("ingest restored: partitions %s at offsets %s", partitions, offsets)
+        log.info(
+            "ingest restored: partitions %s at offsets %s in %.3f s",
+            partitions,
+            offsets,
+            time.monotonic() - started,
+        )
 
     async def restore_learners(self, partitions: list[int] | None = None) -> dict[int, int]:
         """Resume each model from its newest version that verifies; returns the features

@@ -15,27 +15,9 @@ from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
 from driftline.core.errors import Fenced
+from driftline.core.fence import Fence, check
 from driftline.core.keys import Keys
 from driftline.streams.features import DeviceState
-
-
-async def take_partitions(
-    redis: Redis, keys: Keys, topic: str, topic_id: str, partitions: Iterable[int]
-) -> dict[int, int]:
-    """Claim ``partitions`` for this worker: a new fence token each, which its checkpoints carry.
-
-    Called when partitions are assigned, before their checkpoint is read: from then on a worker
-    that restored them earlier (and lost them, maybe without knowing) can no longer write.
-    """
-    wanted = sorted(partitions)
-    if not wanted:
-        return {}
-    key = keys.ingest_fence(topic, topic_id)
-    async with redis.pipeline(transaction=True) as tx:
-        for partition in wanted:
-            tx.hincrby(key, str(partition), 1)
-        tokens = await tx.execute()
-    return dict(zip(wanted, (int(t) for t in tokens), strict=True))
 
 
 async def save_checkpoint(
@@ -47,25 +29,16 @@ async def save_checkpoint(
     devices: Mapping[str, DeviceState],
     stats: Mapping[int, Mapping[str, int]] | None = None,
     device_ttl_seconds: int | None = None,
-    fence: Mapping[int, int] | None = None,
+    fence: Fence | None = None,
 ) -> None:
     """Write changed device states, counters and the offsets they reflect atomically.
 
-    With ``fence`` (partition -> token from :func:`take_partitions`), the write happens only if
-    every one of those partitions still carries this worker's token; else :class:`Fenced`.
+    With ``fence`` (from :func:`driftline.core.fence.claim`), the write happens only if every one
+    of its partitions still carries this worker's token; else :class:`Fenced`.
     """
-    fence_key = keys.ingest_fence(topic, topic_id)
     async with redis.pipeline(transaction=True) as tx:
         if fence:
-            # WATCH: a claim landing between this check and EXEC aborts the write too.
-            await tx.watch(fence_key)
-            current = await tx.hmget(fence_key, [str(p) for p in fence])
-            lost = [p for p, token in zip(fence, current, strict=True) if int(token or 0) != fence[p]]
-            if lost:
-                raise Fenced(
-                    f"partitions {lost} of {topic} were claimed by another worker since this one "
-                    "restored them: its checkpoint is refused"
-                )
+            await check(tx, fence, f"checkpoint of {topic}")
             tx.multi()
         for device_id, state in devices.items():
             tx.set(

@@ -100,9 +100,10 @@ class Keys:
     def ingest_stats(self, topic: str, topic_id: str) -> str:
         return self.key("ingest", "stats", topic, topic_id)
 
-    def ingest_fence(self, topic: str, topic_id: str) -> str:
-        """Partition -> the token of the worker that restored it last (only it may checkpoint)."""
-        return self.key("ingest", "fence", topic, topic_id)
+    def fence(self, topic: str, topic_id: str) -> str:
+        """Partition -> the token of the worker that claimed it last (only it may write what
+        reflects the partition: see driftline.core.fence)."""
+        return self.key("fence", topic, topic_id)
 
     def topics(self) -> str:
         return self.key("topics")
