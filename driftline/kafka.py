@@ -113,9 +113,18 @@ class SensorProducer:
         if events:
             self.send_raw(str(events[0]["device_id"]).encode(), json.dumps(events).encode())
 
-    def send_raw(self, key: bytes | None, value: bytes, topic: str | None = None) -> None:
-        """Queue raw bytes as they are: what a device that sends bad data would do."""
-        self._producer.send(topic or self.topic, key=key, value=value)
+    def send_raw(
+        self,
+        key: bytes | None,
+        value: bytes,
+        topic: str | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> Any:
+        """Queue raw bytes as they are: what a device that sends bad data would do.
+
+        Returns kafka-python's future for the record (``.succeeded()``, ``.exception`` once done).
+        """
+        return self._producer.send(topic or self.topic, key=key, value=value, headers=headers)
 
     def send_label(self, event_id: str, label: float | bool | str, model: str | None = None) -> None:
         """Queue the ground truth for an event sent earlier (to ``sensor-labels``)."""
@@ -127,8 +136,8 @@ class SensorProducer:
     def flush(self, timeout: float | None = 30.0) -> None:
         self._producer.flush(timeout)
 
-    def close(self) -> None:
-        self._producer.close()
+    def close(self, timeout: float | None = None) -> None:
+        self._producer.close(timeout=timeout)
 
     def __enter__(self) -> SensorProducer:
         return self

@@ -9,7 +9,8 @@
     │   └── SnapshotSignatureError   its HMAC does not match (tampered, or another secret)
     ├── ModelNotReady             no verified snapshot of the model exists yet
     ├── FeatureSchemaMismatch     a model was trained on other features than the API computes
-    └── RegistryError             a registry operation cannot be done as asked (no such version)
+    ├── RegistryError             a registry operation cannot be done as asked (no such version)
+    └── BridgeFailed              the MQTT bridge can no longer forward (its loop ended, Kafka failed)
 """
 
 from __future__ import annotations
@@ -64,3 +65,9 @@ class FeatureSchemaMismatch(DriftlineError):
 
 class RegistryError(DriftlineError):
     """A registry operation that cannot be done as asked (unknown version, nothing to roll back)."""
+
+
+class BridgeFailed(DriftlineError):
+    """Raised when the MQTT bridge can no longer forward: its MQTT network loop ended, the broker
+    refused its connection or subscriptions, or Kafka kept failing past the retries. The process
+    exits non-zero so that a supervisor restarts it; unacknowledged messages wait in the broker."""
