@@ -52,6 +52,19 @@ def mqtt_url(mqtt_broker: tuple[str, bool]) -> str:
     return mqtt_broker[0]
 
 
+@pytest.fixture
+def client_id(mqtt_url: str) -> Iterator[str]:
+    """A client id of this test's own; its persistent session is dropped from the broker after."""
+    name = f"driftline-test-{uuid.uuid4().hex[:8]}"
+    yield name
+    host, port = urlparse(mqtt_url).hostname or "127.0.0.1", urlparse(mqtt_url).port or 1883
+    forget = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=name, clean_session=True)
+    forget.connect(host, port)
+    forget.loop_start()
+    forget.disconnect()
+    forget.loop_stop()
+
+
 @dataclass
 class RunningBridge:
     thread: threading.Thread
@@ -131,7 +144,7 @@ def read_records(
 
 
 def test_bridge_forwards_every_mqtt_message_and_fills_what_devices_leave_out(
-    make_settings: Any, mqtt_url: str, wait_for: Any
+    make_settings: Any, mqtt_url: str, client_id: str, wait_for: Any
 ) -> None:
     settings = make_settings()
     ensure_topics(settings)
@@ -143,7 +156,7 @@ def test_bridge_forwards_every_mqtt_message_and_fills_what_devices_leave_out(
         "readings": {"temperature": 20.5},
         "target": 1.5,
     }
-    with bridge(settings, mqtt_url, (f"sensors/{device}/#",), device) as running:
+    with bridge(settings, mqtt_url, (f"sensors/{device}/#",), client_id) as running:
         publish(
             mqtt_url,
             [
@@ -171,7 +184,7 @@ def test_bridge_forwards_every_mqtt_message_and_fills_what_devices_leave_out(
 
 
 def test_payloads_that_cannot_be_forwarded_reach_the_dlq_and_the_bridge_goes_on(
-    make_settings: Any, mqtt_url: str, wait_for: Any
+    make_settings: Any, mqtt_url: str, client_id: str, wait_for: Any
 ) -> None:
     settings = make_settings()
     ensure_topics(settings)
@@ -180,7 +193,7 @@ def test_payloads_that_cannot_be_forwarded_reach_the_dlq_and_the_bridge_goes_on(
     oversized = b'{"t": [' + b"1," * 750_000 + b"1]}"  # 1.5 MB: past Kafka's default request size
     assert len(oversized) > settings.max_message_bytes
     good = json.dumps({"event_id": f"{device}-ok", "ts": "2026-01-01T00:00:00Z", "t": 1.0}).encode()
-    with bridge(settings, mqtt_url, (f"sensors/{device}",), device) as running:
+    with bridge(settings, mqtt_url, (f"sensors/{device}",), client_id) as running:
         publish(
             mqtt_url,
             [
@@ -207,7 +220,7 @@ def test_payloads_that_cannot_be_forwarded_reach_the_dlq_and_the_bridge_goes_on(
 
 
 def test_the_bridge_exits_non_zero_when_its_mqtt_loop_dies(
-    make_settings: Any, mqtt_url: str, tmp_path: Path
+    make_settings: Any, mqtt_url: str, client_id: str, tmp_path: Path
 ) -> None:
     # A filter paho refuses raises inside on_connect, on paho's network thread: the thread ends.
     settings = make_settings()
@@ -224,7 +237,7 @@ def test_the_bridge_exits_non_zero_when_its_mqtt_loop_dies(
                 "--topic",
                 "sensors/#/x",
             ],
-            env={**settings_env(settings), "DRIFTLINE_MQTT_CLIENT_ID": f"loop-{uuid.uuid4().hex[:8]}"},
+            env={**settings_env(settings), "DRIFTLINE_MQTT_CLIENT_ID": client_id},
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -242,6 +255,7 @@ def test_the_bridge_exits_non_zero_when_its_mqtt_loop_dies(
 def test_messages_are_acknowledged_only_once_kafka_has_them(
     make_settings: Any,
     mqtt_broker: tuple[str, bool],
+    client_id: str,
     wait_for: Any,
     tmp_path: Path,
     request: pytest.FixtureRequest,
@@ -254,7 +268,7 @@ def test_messages_are_acknowledged_only_once_kafka_has_them(
     # A Kafka of its own, to take away while MQTT messages arrive.
     kafka = EmbeddedBroker(log_dir=tmp_path).start()
     settings = make_settings(kafka_url=kafka.url, kafka_connect_timeout=1.0)
-    device, client_id = f"mq-{uuid.uuid4().hex[:8]}", f"bridge-{uuid.uuid4().hex[:8]}"
+    device = f"mq-{uuid.uuid4().hex[:8]}"
     readings = [
         (f"sensors/{device}", json.dumps({"t": float(i), "ts": f"2026-01-01T00:00:0{i}Z"}).encode())
         for i in range(3)
