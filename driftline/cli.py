@@ -222,11 +222,22 @@ def cmd_backtest(args: argparse.Namespace) -> int:
 
 
 def cmd_mqtt_bridge(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from driftline.kafka import ensure_topics
     from driftline.mqtt_bridge import run_bridge
 
-    settings = _settings(mqtt_url=args.mqtt_url)
+    settings = _settings(mqtt_url=args.mqtt_url, mqtt_client_id=args.client_id)
     _require_kafka(settings)
-    run_bridge(settings, settings.mqtt_url, topics=tuple(args.topic or ["sensors/#"]), qos=args.qos)
+    ensure_topics(settings)  # before any record: auto-created topics would get the wrong partitions
+    stop = threading.Event()
+    # A supervisor's SIGTERM: forward and acknowledge what arrived, then leave the session.
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    # BridgeFailed (its MQTT loop ended, Kafka kept failing) exits non-zero, through main().
+    run_bridge(
+        settings, settings.mqtt_url, topics=tuple(args.topic or ["sensors/#"]), qos=args.qos, stop=stop
+    )
     return 0
 
 
@@ -439,7 +450,17 @@ def build_parser() -> argparse.ArgumentParser:
     bridge = sub.add_parser("mqtt-bridge", help="forward MQTT topics sensors/<device>[/<sensor>] to Kafka")
     bridge.add_argument("--mqtt-url", help="MQTT broker (default: DRIFTLINE_MQTT_URL, mqtt://127.0.0.1:1883)")
     bridge.add_argument("--topic", action="append", help="topic filter, repeatable (default: sensors/#)")
-    bridge.add_argument("--qos", type=int, default=1, choices=[0, 1, 2])
+    bridge.add_argument(
+        "--client-id",
+        help="MQTT client id of the persistent session (default: DRIFTLINE_MQTT_CLIENT_ID, driftline-bridge)",
+    )
+    bridge.add_argument(
+        "--qos",
+        type=int,
+        default=1,
+        choices=[0, 1],
+        help="1 (default): at least once, acknowledged once Kafka has it; 0: at most once",
+    )
     bridge.set_defaults(func=cmd_mqtt_bridge)
 
     alerts = sub.add_parser("alerts", help="drift alerts: list, show, tail, ack")

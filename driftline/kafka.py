@@ -121,9 +121,18 @@ class SensorProducer:
         if events:
             self.send_raw(str(events[0]["device_id"]).encode(), json.dumps(events).encode())
 
-    def send_raw(self, key: bytes | None, value: bytes, topic: str | None = None) -> None:
-        """Queue raw bytes as they are: what a device that sends bad data would do."""
-        self._producer.send(topic or self.topic, key=key, value=value)
+    def send_raw(
+        self,
+        key: bytes | None,
+        value: bytes,
+        topic: str | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> Any:
+        """Queue raw bytes as they are: what a device that sends bad data would do.
+
+        Returns kafka-python's future for the record (``.succeeded()``, ``.exception`` once done).
+        """
+        return self._producer.send(topic or self.topic, key=key, value=value, headers=headers)
 
     def send_acknowledged(self, records: list[tuple[bytes | None, bytes]], timeout: float) -> None:
         """Send ``(key, value)`` records and return once the broker acknowledged every one of them

@@ -172,6 +172,9 @@ class Settings(BaseSettings):
 
     # --- Ways in -----------------------------------------------------------------------------
     mqtt_url: str = "mqtt://127.0.0.1:1883"
+    #: The MQTT bridge's client id: the broker keeps its persistent session (subscriptions and
+    #: unacknowledged messages) under this name, so keep it stable; one per bridge process.
+    mqtt_client_id: str = Field("driftline-bridge", min_length=1, max_length=64)
     #: How long a producer waits for the broker before saying it is unreachable (seconds).
     kafka_connect_timeout: float = Field(10.0, gt=0)
 

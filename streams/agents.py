@@ -48,7 +48,7 @@ from driftline.streams.checkpoint import (
     load_stats,
     save_checkpoint,
 )
-from driftline.streams.cleaning import Rejection
+from driftline.streams.cleaning import Rejection, dead_letter_record
 from driftline.streams.config import WorkerConfig
 from driftline.streams.features import DeviceState
 from driftline.streams.ingest import label_refusal
@@ -87,17 +87,8 @@ def trusted_timestamp_ms(record_timestamp: float | None, wall_clock: float) -> i
 
 def dead_letter(message: Incoming, rejection: Rejection, max_bytes: int) -> dict[str, Any]:
     """The DLQ copy of a refused message: its bytes as they came, and why, and from where."""
-    value = message.value or b""
-    headers = [
-        ("dl-reason", rejection.reason.encode()),
-        ("dl-message", rejection.message.encode()[:4096]),
-        ("dl-source", f"{message.topic}:{message.partition}:{message.offset}".encode()),
-    ]
-    if rejection.item is not None:
-        headers.append(("dl-item", str(rejection.item).encode()))
-    if len(value) > max_bytes:
-        headers.append(("dl-truncated", str(len(value)).encode()))
-        value = value[:max_bytes]
+    source = f"{message.topic}:{message.partition}:{message.offset}"
+    value, headers = dead_letter_record(message.value, rejection, source, max_bytes)
     return {"value": value, "headers": headers}
 
 

@@ -33,6 +33,33 @@ class Rejection(NamedTuple):
     item: int | None = None
 
 
+def dead_letter_record(
+    value: bytes | None, rejection: Rejection, source: str, max_bytes: int
+) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """The DLQ copy of a refused message, for every way in (stream, MQTT bridge): its bytes as
+    they came (cut at ``max_bytes``, header ``dl-truncated`` = the original size), why, and from
+    where.
+
+    Examples
+    --------
+    >>> value, headers = dead_letter_record(b"x" * 50, Rejection(TOO_LARGE, "too big"), "ev:0:7", 20)
+    >>> len(value), dict(headers)["dl-reason"], dict(headers)["dl-truncated"]
+    (20, b'too_large', b'50')
+    """
+    value = value or b""
+    headers = [
+        ("dl-reason", rejection.reason.encode()),
+        ("dl-message", rejection.message.encode()[:4096]),
+        ("dl-source", source.encode()),
+    ]
+    if rejection.item is not None:
+        headers.append(("dl-item", str(rejection.item).encode()))
+    if len(value) > max_bytes:
+        headers.append(("dl-truncated", str(len(value)).encode()))
+        value = value[:max_bytes]
+    return value, headers
+
+
 def decode_event(raw: bytes | None, max_bytes: int) -> SensorEvent | Rejection:
     """Parse and validate one message; never raises.
 

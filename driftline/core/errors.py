@@ -10,7 +10,8 @@
     ├── ModelNotReady             no verified snapshot of the model exists yet
     ├── FeatureSchemaMismatch     a model was trained on other features than the API computes
     ├── RegistryError             a registry operation cannot be done as asked (no such version)
-    └── Fenced                    another worker owns these partitions now: checkpoint refused
+    ├── Fenced                    another worker owns these partitions now: checkpoint refused
+    └── BridgeFailed              the MQTT bridge can no longer forward (its loop ended, Kafka failed)
 """
 
 from __future__ import annotations
@@ -73,3 +74,9 @@ class Fenced(DriftlineError):
     """Another worker took these partitions since this one restored them: its checkpoint is
     refused, so a stalled ("zombie") worker can never overwrite the owner's state or move its
     offsets backwards."""
+
+
+class BridgeFailed(DriftlineError):
+    """Raised when the MQTT bridge can no longer forward: its MQTT network loop ended, the broker
+    refused its connection or subscriptions, or Kafka kept failing past the retries. The process
+    exits non-zero so that a supervisor restarts it; unacknowledged messages wait in the broker."""

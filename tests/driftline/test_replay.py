@@ -1,4 +1,4 @@
-"""Replay and MQTT mapping: rows and MQTT messages become valid events, or pass through untouched."""
+"""Replay: rows become valid events."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import pytest
 
 from driftline.cli import build_parser, main, replay_mapping
 from driftline.core.errors import DriftlineError
-from driftline.mqtt_bridge import mqtt_to_event
 from driftline.replay import ColumnMapping, read_rows, row_to_event, with_times
 from driftline.streams.schema import SensorEvent
 
@@ -123,50 +122,3 @@ def test_unknown_sources_say_why(tmp_path: Path) -> None:
     (tmp_path / "a.parquet").write_bytes(b"")
     with pytest.raises(DriftlineError, match="use .csv"):
         read_rows(str(tmp_path / "a.parquet"))
-
-
-@pytest.mark.parametrize(
-    ("topic", "payload", "expected"),
-    [
-        (
-            "sensors/d1",
-            b'{"readings": {"t": 1.0}}',
-            {"readings": {"t": 1.0}, "device_id": "d1", "ts": AT.isoformat()},
-        ),
-        (
-            "sensors/d1",
-            b'{"t": 1.0, "h": null}',
-            {"readings": {"t": 1.0, "h": None}, "device_id": "d1", "ts": AT.isoformat()},
-        ),
-        ("sensors/d1/t", b"7", {"readings": {"t": 7}, "device_id": "d1", "ts": AT.isoformat()}),
-        (
-            "sensors/d1",
-            b'{"event_id": "e", "device_id": "other", "ts": "2026-01-01T00:00:00Z", "readings": {}}',
-            {"event_id": "e", "device_id": "other", "ts": "2026-01-01T00:00:00Z", "readings": {}},
-        ),
-    ],
-)
-def test_mqtt_payloads_are_completed_into_events(topic: str, payload: bytes, expected: dict) -> None:
-    key, value = mqtt_to_event(topic, payload, AT)
-    event = json.loads(value)
-    assert key == b"d1"
-    event_id = event.pop("event_id")
-    assert event_id == expected.pop("event_id", event_id)
-    assert event_id.startswith("d1-") or event_id == "e"
-    assert event == expected
-    assert mqtt_to_event(topic, payload, AT) == (key, value), "the same message gets the same id"
-
-
-@pytest.mark.parametrize(
-    ("topic", "payload", "key"),
-    [
-        ("sensors/d1", b"\xff not json", b"d1"),
-        ("sensors/d1", b"[1, 2]", b"d1"),
-        ("sensors/d1", b'{"t": "warm"}', b"d1"),
-        ("sensors/d1", b"true", b"d1"),
-        ("weather/x", b'{"t": 1}', b"unknown"),
-        ("sensors/", b'{"t": 1}', b"unknown"),
-    ],
-)
-def test_unreadable_mqtt_payloads_are_forwarded_unchanged(topic: str, payload: bytes, key: bytes) -> None:
-    assert mqtt_to_event(topic, payload, AT) == (key, payload)
