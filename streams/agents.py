@@ -285,6 +285,13 @@ class Worker:
         delivered = await self.app.producer.send(topic, key, value, None, None, None)
         await delivered  # acknowledged by the broker before the relay moves on
 
+    async def release_held(self) -> None:
+        """Publish what the learn stage holds, so its messages are acknowledged: Faust waits for
+        that before a rebalance and before a (SIGTERM) shutdown, when the timer no longer runs."""
+        async with self.learn_lock:
+            if self.learn.unacked:
+                await self.learn.publish()
+
     async def publish_due_snapshots(self) -> None:
         """Publish on time even when the stream is quiet."""
         if self.learn.snapshot_due():
@@ -309,6 +316,7 @@ def build_worker(config: WorkerConfig, topic_ids: Mapping[str, str] | None = Non
     if "learn" in config.stages:
         app.agent(topics.features, name="learn")(worker.learn_features)
         app.timer(interval=0.5)(worker.publish_due_snapshots)
+        app.driftline_release_held = worker.release_held  # type: ignore[attr-defined]  # see app.py
         app.task(worker.relay_alerts)
     return worker
 
