@@ -153,6 +153,10 @@ class TcpProxy:
             doomed, self._open = self._open, set()
             self.dropped += len(doomed) // 2
         if not hold and self._server is not None:
+            # shutdown, not just close: a close leaves the socket listening while the accepting
+            # thread is blocked on it
+            with contextlib.suppress(OSError):
+                self._server.shutdown(socket.SHUT_RDWR)
             _close(self._server)
             self._server = None
         for sock in doomed:

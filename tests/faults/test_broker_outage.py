@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from driftline.core.errors import ServiceUnavailable
 from driftline.kafka import SensorProducer, ensure_topics
 from driftline.simulator import SensorSimulator
 from tests.faults.conftest import (
@@ -90,3 +91,22 @@ def test_broker_outage_loses_nothing_and_the_worker_resumes_on_its_own(
     assert_same_learning(found, reference_run(settings, messages))
     counters = ingest_counters(settings)["totals"]
     assert (counters["received"], counters["accepted"]) == (len(events), len(events)), counters
+
+
+def test_a_producer_that_cannot_deliver_within_its_timeout_fails_loudly(
+    proxied_broker: ProxiedBroker, make_settings: Any
+) -> None:
+    """Past the delivery timeout a buffered event is given up: the caller must hear of it."""
+    settings = make_settings(kafka_url=proxied_broker.url)
+    ensure_topics(settings)
+    producer = SensorProducer(settings, delivery_timeout_ms=3000, request_timeout_ms=1000, linger_ms=0)
+    producer.send_raw(DEVICE.encode(), b'{"first": "delivered"}')
+    producer.flush()
+    proxied_broker.proxy.cut()
+    producer.send_raw(DEVICE.encode(), b'{"second": "never delivered"}')
+    try:
+        with pytest.raises(ServiceUnavailable, match=r"1 message\(s\) not delivered"):
+            producer.flush(timeout=20)
+    finally:
+        proxied_broker.proxy.restore()
+        producer.close(timeout=1)

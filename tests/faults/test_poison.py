@@ -22,10 +22,10 @@ import pytest
 from driftline.kafka import SensorProducer, ensure_topics
 from driftline.settings import Settings
 from driftline.simulator import SensorSimulator
+from driftline.worker import worker_config
 from tests.faults.conftest import (
     START,
     assert_same_learning,
-    batched,
     ingest_counters,
     newest_metas,
     read_dlq,
@@ -87,20 +87,26 @@ POISON: dict[str, tuple[Callable[[int, float], bytes], str | None]] = {
 }
 
 
-def poisoned_stream(good: int, seed: int) -> tuple[list[bytes], list[tuple[str, bytes]]]:
-    """``good`` simulated events in messages of 9, each message followed by one pill: 10% of the
-    events are poison, every kind in turn. Returns the messages and the pills (kind, bytes)."""
+def poisoned_stream(
+    good: int, seed: int, per_message: int = 9
+) -> tuple[list[bytes], list[tuple[str, bytes]]]:
+    """``good`` simulated events, a pill after every 9 of them (10% of the events are poison,
+    every kind in turn), the good ones ``per_message`` to a message (a JSON array; 1: one event,
+    a JSON object). Returns the messages and the pills (kind, bytes)."""
     events = list(
         SensorSimulator(devices=1, seed=seed, start=datetime.fromtimestamp(START, UTC)).events(good)
     )
     kinds = list(POISON)
     messages: list[bytes] = []
     pills: list[tuple[str, bytes]] = []
-    for n, message in enumerate(batched(events, 9)):
-        messages.append(message)
-        kind = kinds[n % len(kinds)]
-        now = datetime.fromisoformat(json.loads(message)[-1]["ts"]).timestamp()  # the stream's time
-        pill = POISON[kind][0](n, now)
+    for start in range(0, good, per_message):
+        chunk = events[start : start + per_message]
+        messages.append(json.dumps(chunk if per_message > 1 else chunk[0]).encode())
+        if (start + len(chunk)) % 9:
+            continue
+        kind = kinds[len(pills) % len(kinds)]
+        now = datetime.fromisoformat(chunk[-1]["ts"]).timestamp()  # the stream's time
+        pill = POISON[kind][0](len(pills), now)
         messages.append(pill)
         pills.append((kind, pill))
     return messages, pills
@@ -172,15 +178,18 @@ def test_poison_pills_are_dead_lettered_with_reasons_and_the_rest_learned_exactl
 def learn_rate(settings: Settings, learned: int, start_worker: Any, wait_for: Any, timeout: float) -> float:
     """Events learned per second by a fresh worker on a stream already in the topic, from its
     first snapshot to the one that holds the ``learned``-th event (startup left out)."""
-    start_worker(settings)
+    worker = start_worker(settings)
 
     def learned_now() -> int:
         return int(newest_metas(settings).get("default", {}).get("events_learned", 0))
 
-    wait_for(learned_now, timeout=60, what="the first snapshot", every=0.05)
-    t0, learned0 = time.monotonic(), learned_now()
-    wait_for(lambda: learned_now() >= learned, timeout=timeout, what=f"{learned} learned", every=0.05)
-    return (learned - learned0) / (time.monotonic() - t0)
+    try:
+        wait_for(learned_now, timeout=60, what="the first snapshot", every=0.05)
+        t0, learned0 = time.monotonic(), learned_now()
+        wait_for(lambda: learned_now() >= learned, timeout=timeout, what=f"{learned} learned", every=0.05)
+        return (learned - learned0) / (time.monotonic() - t0)
+    finally:
+        worker.stop()  # an idle worker polls too: none may run beside the next measurement
 
 
 @pytest.mark.chaos
@@ -203,3 +212,16 @@ def test_poison_at_10_percent_keeps_the_good_events_within_20_percent_of_a_clean
     clean_rate, poisoned_rate = (statistics.median(rates[k]) for k in ("clean", "poisoned"))
     print(f"events learned/s: clean {rates['clean']}, poisoned {rates['poisoned']}")
     assert poisoned_rate >= 0.8 * clean_rate, rates
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="an event's age is bounded only against its device's watermark: the first event of a "
+    "device may be from 1970 and is learned (issue 15's past-timestamp bound, being fixed apart)",
+)
+def test_an_event_from_decades_ago_is_dead_lettered_even_from_a_new_device() -> None:
+    """The far-past pill of the stream above is refused as late because its device has a
+    watermark; from a device never seen before, nothing bounds it today."""
+    stage = worker_config(Settings(_env_file=None, env="test")).ingest_stage()
+    outcomes = stage.handle(_json(0, 0.0), 0, 0, int(time.time() * 1000))
+    assert [type(o).__name__ for o in outcomes] == ["Rejection"], outcomes
