@@ -123,8 +123,11 @@ class Worker:
         await self.app.producer.send(self.config.topics.features, model.encode(), value, None, None, None)
 
     async def dead_letter(self, message: Incoming, rejection: Rejection) -> None:
-        await self.topics.dlq.send(
-            key=message.key, **dead_letter(message, rejection, self.config.dlq_max_bytes)
+        # The transport producer, as for features: a rejection must cost little more than an
+        # event, or a flood of bad data slows the good (Faust's topic.send costs more per message).
+        copy = dead_letter(message, rejection, self.config.dlq_max_bytes)
+        await self.app.producer.send(
+            self.config.topics.dlq, message.key, copy["value"], None, None, copy["headers"]
         )
         log.info("rejected %s:%s:%s: %s", message.topic, message.partition, message.offset, rejection.message)
 

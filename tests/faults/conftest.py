@@ -210,7 +210,7 @@ def proxied_broker(tmp_path: Path) -> Iterator[ProxiedBroker]:
         yield ProxiedBroker(broker, proxy)
     finally:
         proxy.stop()
-        broker.stop()
+        broker.stop(timeout=1)  # memory only, and ours alone: no need to wait on a clean exit
 
 
 # --- the in-process reference ------------------------------------------------------------------
