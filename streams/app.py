@@ -42,11 +42,16 @@ class _PromptFetchConsumer(faust_kafka.Consumer):
         """Faust waits here, before giving partitions away and before stopping, until every
         message handed to an agent is acknowledged. The learn agent holds its messages until a
         snapshot contains them, and at shutdown the timer that would publish it has already
-        stopped: a SIGTERM'd worker waited for them until it was killed. So the held work is
-        published first, and again while Faust waits, as the agent may still take a batch from
-        its buffer (``app.driftline_release_held``, set by the worker)."""
+        stopped: a SIGTERM'd worker waited for them until it was killed. So at shutdown the held
+        work is published first, and again while Faust waits, as the agent may still take a
+        batch from its buffer (``app.driftline_release_held``, set by the worker).
+
+        Not before a rebalance: the timer still runs then, and a worker that wakes from a pause
+        to find its partitions gone must not publish the model it held, older than the new
+        owner's (tests/faults/test_rebalance.py).
+        """
         release = getattr(self.app, "driftline_release_held", None)
-        if release is None:
+        if release is None or not self.app.should_stop:
             await super().wait_empty()
             return
 
