@@ -53,6 +53,7 @@ def _integration_conftest() -> ModuleType:
 
 _shared = _integration_conftest()
 start_worker = _shared.start_worker
+start_api = _shared.start_api
 wait_for = _shared.wait_for
 pytest_runtest_makereport = _shared.pytest_runtest_makereport  # failed tests show worker logs
 on_registry = _shared.on_registry
