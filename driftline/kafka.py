@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -87,8 +88,12 @@ class SensorProducer:
     """Publishes sensor events to ``sensor-events``, keyed by device so each device stays in order.
 
     acks=all and idempotence: a retry after a network error never writes an event twice.
+    While the broker is unreachable, sends are buffered and delivered when it is back.
 
-    Raises :class:`~driftline.core.errors.ServiceUnavailable` when the broker cannot be reached.
+    Raises :class:`~driftline.core.errors.ServiceUnavailable` when the broker cannot be reached,
+    and from :meth:`flush` (so on leaving a ``with`` block) when any event sent since the last
+    flush was given up undelivered (the broker unreachable past the delivery timeout): a
+    producer never loses an event silently.
     """
 
     def __init__(self, settings: Settings, **overrides: Any) -> None:
@@ -110,6 +115,10 @@ class SensorProducer:
             self._producer = KafkaProducer(**config)
         except KafkaError as exc:
             raise ServiceUnavailable("Kafka", settings.kafka_bootstrap, str(exc)) from exc
+        # Delivery fails in the producer's own thread; flush() reports it to the caller.
+        self._lock = threading.Lock()
+        self._undelivered = 0
+        self._last_error: BaseException | None = None
 
     def send(self, event: dict[str, Any]) -> None:
         """Queue one event (a JSON-able dict with ``device_id``)."""
@@ -131,8 +140,16 @@ class SensorProducer:
         """Queue raw bytes as they are: what a device that sends bad data would do.
 
         Returns kafka-python's future for the record (``.succeeded()``, ``.exception`` once done).
+        A record the producer gives up on is counted, and :meth:`flush` says so.
         """
-        return self._producer.send(topic or self.topic, key=key, value=value, headers=headers)
+        future = self._producer.send(topic or self.topic, key=key, value=value, headers=headers)
+        future.add_errback(self._given_up)
+        return future
+
+    def _given_up(self, exc: BaseException) -> None:
+        with self._lock:
+            self._undelivered += 1
+            self._last_error = exc
 
     def send_acknowledged(self, records: list[tuple[bytes | None, bytes]], timeout: float) -> None:
         """Send ``(key, value)`` records and return once the broker acknowledged every one of them
@@ -161,7 +178,15 @@ class SensorProducer:
         self.send_raw(event_id.encode(), json.dumps(body).encode(), self.settings.labels_topic)
 
     def flush(self, timeout: float | None = 30.0) -> None:
+        """Deliver everything sent; raise if anything sent since the last flush was not."""
         self._producer.flush(timeout)
+        with self._lock:
+            undelivered, error = self._undelivered, self._last_error
+            self._undelivered, self._last_error = 0, None
+        if undelivered:
+            raise ServiceUnavailable(
+                "Kafka", self.settings.kafka_bootstrap, f"{undelivered} message(s) not delivered: {error}"
+            )
 
     def close(self, timeout: float | None = None) -> None:
         """Send what is queued and close; ``timeout``: the longest to wait (``None``: until sent)."""
@@ -184,5 +209,7 @@ class SensorProducer:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.flush()
-        self.close()
+        try:
+            self.flush()
+        finally:
+            self.close()

@@ -26,6 +26,7 @@ copy is a duplicate the stream cannot tell (a device that wants none sends ``ts`
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -39,7 +40,7 @@ from urllib.parse import urlparse
 
 from pydantic_core import from_json
 
-from driftline.core.errors import BridgeFailed
+from driftline.core.errors import BridgeFailed, ServiceUnavailable
 from driftline.settings import Settings
 from driftline.streams.cleaning import (
     EMPTY,
@@ -273,7 +274,9 @@ class KafkaForwarder:
                 arrival.future = self.producer.send_raw(
                     arrival.key, arrival.value, arrival.topic, arrival.headers
                 )
-        self.producer.flush(self.timeout + 5)
+        with contextlib.suppress(ServiceUnavailable):
+            # flush says that some records were given up on; which ones, each future says.
+            self.producer.flush(self.timeout + 5)
         failure: KafkaError | None = None
         for arrival in pending:
             if arrival.future.succeeded():

@@ -193,8 +193,11 @@ class Worker:
         await self.app.producer.send(self.config.topics.features, model.encode(), value, None, None, None)
 
     async def dead_letter(self, message: Incoming, rejection: Rejection) -> None:
-        await self.topics.dlq.send(
-            key=message.key, **dead_letter(message, rejection, self.config.dlq_max_bytes)
+        # The transport producer, as for features: a rejection must cost little more than an
+        # event, or a flood of bad data slows the good (Faust's topic.send costs more per message).
+        copy = dead_letter(message, rejection, self.config.dlq_max_bytes)
+        await self.app.producer.send(
+            self.config.topics.dlq, message.key, copy["value"], None, None, copy["headers"]
         )
         unsaid = self.rejections_said.say(rejection.reason, time.monotonic())
         if unsaid is not None:
@@ -429,6 +432,13 @@ class Worker:
         delivered = await self.app.producer.send(topic, key, value, None, None, None)
         await delivered  # acknowledged by the broker before the relay moves on
 
+    async def release_held(self) -> None:
+        """Publish what the learn stage holds, so its messages are acknowledged: Faust waits for
+        that before a rebalance and before a (SIGTERM) shutdown, when the timer no longer runs."""
+        async with self.learn_lock:
+            if self.learn.unacked:
+                await self.learn.publish()
+
     async def publish_due_snapshots(self) -> None:
         """Publish on time even when the stream is quiet."""
         if self.learn.snapshot_due():
@@ -526,6 +536,7 @@ def build_worker(config: WorkerConfig, topic_ids: Mapping[str, str] | None = Non
     if "learn" in config.stages:
         app.agent(topics.features, name="learn")(stops_on_failure("learn", worker.learn_features))
         app.timer(interval=0.5)(stops_on_failure("snapshots", worker.publish_due_snapshots))
+        app.driftline_release_held = worker.release_held  # type: ignore[attr-defined]  # see app.py
         app.task(worker.relay_alerts)
     return worker
 

@@ -8,6 +8,8 @@ Nothing here runs at import: a test or a benchmark builds as many apps as it lik
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +37,36 @@ class _PromptFetchThread(faust_kafka.AIOKafkaConsumerThread):
 class _PromptFetchConsumer(faust_kafka.Consumer):
     def _new_consumer_thread(self) -> faust_kafka.AIOKafkaConsumerThread:
         return _PromptFetchThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def wait_empty(self) -> None:
+        """Faust waits here, before giving partitions away and before stopping, until every
+        message handed to an agent is acknowledged. The learn agent holds its messages until a
+        snapshot contains them, and at shutdown the timer that would publish it has already
+        stopped: a SIGTERM'd worker waited for them until it was killed. So at shutdown the held
+        work is published first, and again while Faust waits, as the agent may still take a
+        batch from its buffer (``app.driftline_release_held``, set by the worker).
+
+        Not before a rebalance: the timer still runs then, and a worker that wakes from a pause
+        to find its partitions gone must not publish the model it held, older than the new
+        owner's (tests/faults/test_rebalance.py).
+        """
+        release = getattr(self.app, "driftline_release_held", None)
+        if release is None or not self.app.should_stop:
+            await super().wait_empty()
+            return
+
+        async def keep_releasing() -> None:
+            while True:
+                await release()
+                await asyncio.sleep(0.2)
+
+        releasing = asyncio.ensure_future(keep_releasing())
+        try:
+            await super().wait_empty()
+        finally:
+            releasing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await releasing
 
 
 class _PromptFetchTransport(faust_kafka.Transport):

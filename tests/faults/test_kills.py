@@ -1,0 +1,97 @@
+"""Fault scenario 1: SIGKILL the worker at random moments while a stream flows.
+
+Every event is learned exactly once, and the model ends with the metrics of the in-process run
+on the same events (River's loop: one event after the other), whatever the moments were.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from driftline.kafka import SensorProducer, ensure_topics
+from driftline.simulator import SensorSimulator
+from tests.faults.conftest import (
+    QUICK_GROUP,
+    START,
+    assert_same_learning,
+    batched,
+    ingest_counters,
+    newest_metas,
+    reference_run,
+    wait_until_seen,
+)
+
+pytestmark = pytest.mark.integration
+
+DEVICE = "sensor-001"
+
+
+class Trickle(threading.Thread):
+    """Sends ``messages`` at ``per_second``, so the stream flows across the kills."""
+
+    def __init__(self, settings: Any, messages: list[bytes], per_second: float) -> None:
+        super().__init__(daemon=True)
+        self.settings, self.messages, self.pause = settings, messages, 1.0 / per_second
+        self.sent = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            with SensorProducer(self.settings) as producer:
+                for message in self.messages:
+                    producer.send_raw(DEVICE.encode(), message)
+                    self.sent += 1
+                    time.sleep(self.pause)
+        except BaseException as exc:  # reported by the test, not lost in a thread
+            self.error = exc
+
+
+@pytest.mark.parametrize(
+    ("n", "kills", "per_second"),
+    [
+        pytest.param(6000, 3, 30, id="3-kills-6k-events"),
+        pytest.param(
+            100_000, 10, 100, id="10-kills-100k-events", marks=[pytest.mark.chaos, pytest.mark.timeout(1800)]
+        ),
+    ],
+)
+def test_sigkill_at_random_moments_learns_every_event_exactly_once_with_the_in_process_metrics(
+    n: int, kills: int, per_second: float, make_settings: Any, start_worker: Any, wait_for: Any
+) -> None:
+    """``per_second`` messages of 10 events: the stream lasts longer than the kills take."""
+    settings = make_settings(snapshot_every_events=200, snapshot_every_seconds=0.5, **QUICK_GROUP)
+    ensure_topics(settings)
+    events = list(SensorSimulator(devices=1, seed=21, start=datetime.fromtimestamp(START, UTC)).events(n))
+    messages = batched(events, 10)
+    trickle = Trickle(settings, messages, per_second)
+    trickle.start()
+    rng = random.Random()  # a new draw each run: the moments are random, the outcome must not be
+    worker = start_worker(settings)
+    seen_at_kill = []
+    for _ in range(kills):
+        before = newest_metas(settings).get("default", {}).get("events_seen", 0)
+        wait_for(
+            lambda b=before: newest_metas(settings).get("default", {}).get("events_seen", 0) > b,
+            timeout=60,
+            what="the (restarted) worker to learn",
+        )
+        time.sleep(rng.uniform(0.0, 1.5))
+        worker.kill()
+        seen_at_kill.append(newest_metas(settings)["default"]["events_seen"])
+        worker = start_worker(settings)
+    assert all(0 < seen < n for seen in seen_at_kill), f"kills must land mid-stream: {seen_at_kill}"
+    assert trickle.sent < len(messages), "the stream must still flow after the last kill"
+    trickle.join(timeout=len(messages) / per_second + 60)
+    assert trickle.error is None and trickle.sent == len(messages), trickle.error
+
+    found = wait_until_seen(settings, n, timeout=180)
+    assert found["default"]["events_seen"] == found["default"]["events_learned"] == n, worker.log_tail()
+    assert_same_learning(found, reference_run(settings, messages))
+    counters = ingest_counters(settings)["totals"]
+    assert (counters["received"], counters["accepted"], counters["deduplicated"]) == (n, n, 0), counters
