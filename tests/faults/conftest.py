@@ -30,6 +30,7 @@ from redis.asyncio import Redis
 from driftline.api.stats import ingest_totals
 from driftline.core.records import FeatureRecord
 from driftline.embedded import EmbeddedBroker, free_port
+from driftline.kafka import SensorProducer
 from driftline.models.learner import OnlineLearner
 from driftline.settings import Settings
 from driftline.streams.cleaning import Rejection
@@ -338,3 +339,25 @@ def read_dlq(settings: Settings, expected: int, timeout: float = 30.0) -> list[A
 def batched(events: list[dict[str, Any]], size: int) -> list[bytes]:
     """Events as messages of ``size`` (JSON arrays), as a gateway sends them."""
     return [json.dumps(events[i : i + size]).encode() for i in range(0, len(events), size)]
+
+
+class Trickle(threading.Thread):
+    """Sends ``messages`` at ``per_second``, so the stream flows across the kills."""
+
+    def __init__(
+        self, settings: Any, messages: list[bytes], per_second: float, key: bytes = b"sensor-001"
+    ) -> None:
+        super().__init__(daemon=True)
+        self.settings, self.messages, self.pause, self.key = settings, messages, 1.0 / per_second, key
+        self.sent = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            with SensorProducer(self.settings) as producer:
+                for message in self.messages:
+                    producer.send_raw(self.key, message)
+                    self.sent += 1
+                    time.sleep(self.pause)
+        except BaseException as exc:  # reported by the test, not lost in a thread
+            self.error = exc

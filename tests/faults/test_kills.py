@@ -7,18 +7,18 @@ on the same events (River's loop: one event after the other), whatever the momen
 from __future__ import annotations
 
 import random
-import threading
 import time
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from driftline.kafka import SensorProducer, ensure_topics
+from driftline.kafka import ensure_topics
 from driftline.simulator import SensorSimulator
 from tests.faults.conftest import (
     QUICK_GROUP,
     START,
+    Trickle,
     assert_same_learning,
     batched,
     ingest_counters,
@@ -30,26 +30,6 @@ from tests.faults.conftest import (
 pytestmark = pytest.mark.integration
 
 DEVICE = "sensor-001"
-
-
-class Trickle(threading.Thread):
-    """Sends ``messages`` at ``per_second``, so the stream flows across the kills."""
-
-    def __init__(self, settings: Any, messages: list[bytes], per_second: float) -> None:
-        super().__init__(daemon=True)
-        self.settings, self.messages, self.pause = settings, messages, 1.0 / per_second
-        self.sent = 0
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            with SensorProducer(self.settings) as producer:
-                for message in self.messages:
-                    producer.send_raw(DEVICE.encode(), message)
-                    self.sent += 1
-                    time.sleep(self.pause)
-        except BaseException as exc:  # reported by the test, not lost in a thread
-            self.error = exc
 
 
 @pytest.mark.parametrize(

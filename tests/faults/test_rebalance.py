@@ -20,6 +20,7 @@ from driftline.simulator import SensorSimulator
 from tests.faults.conftest import (
     QUICK_GROUP,
     START,
+    Trickle,
     assert_same_learning,
     batched,
     ingest_counters,
@@ -28,7 +29,6 @@ from tests.faults.conftest import (
     reference_run,
     wait_until_seen,
 )
-from tests.faults.test_kills import Trickle
 
 pytestmark = pytest.mark.integration
 

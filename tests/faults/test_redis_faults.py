@@ -19,8 +19,13 @@ from typing import Any
 
 import httpx
 import pytest
+
+from driftline.embedded import EmbeddedRedis
+from driftline.kafka import SensorProducer, ensure_topics
+from driftline.simulator import SensorSimulator
 from tests.faults.conftest import (
     START,
+    Trickle,
     assert_same_learning,
     batched,
     ingest_counters,
@@ -28,11 +33,9 @@ from tests.faults.conftest import (
     wait_until_seen,
 )
 
-from driftline.embedded import EmbeddedRedis
-from driftline.kafka import SensorProducer, ensure_topics
-from driftline.simulator import SensorSimulator
-
 pytestmark = pytest.mark.integration
+
+READING = {"device_id": "sensor-001", "readings": {"temperature": 21.0, "humidity": 50.0}}
 
 
 class DurableRedis(EmbeddedRedis):
@@ -56,7 +59,7 @@ class Prober(threading.Thread):
         self.stopping = threading.Event()
 
     def run(self) -> None:
-        reading = {"device_id": "sensor-001", "readings": {"temperature": 21.0, "humidity": 50.0}}
+        reading = READING
         with httpx.Client(timeout=10) as client:
             while not self.stopping.is_set():
                 try:
@@ -67,7 +70,7 @@ class Prober(threading.Thread):
                     self.statuses.append(response.status_code)
                     if response.status_code == 200:
                         body = response.json()
-                        self.versions.append(int(body["model_version"]))
+                        self.versions.append(int(body["version"]))
                         self.degraded += bool(body.get("degraded"))
                 time.sleep(0.05)
 
@@ -94,10 +97,9 @@ def test_redis_restarted_and_stalled_loses_nothing_and_the_api_serves_throughout
         prober = Prober(api.url)
         prober.start()
 
-        # Redis killed (-9) and back on the same port and file, while the stream flows
-        with SensorProducer(settings) as producer:
-            for message in messages[half:]:
-                producer.send_raw(b"sensor-001", message)
+        # Redis killed (-9) and back on the same port and file, then stalled, while the stream flows
+        trickle = Trickle(settings, messages[half:], per_second=(len(messages) - half) / (8.0 + stall))
+        trickle.start()
         assert redis_server.process is not None
         redis_server.process.send_signal(signal.SIGKILL)
         redis_server.process.wait()
@@ -109,6 +111,8 @@ def test_redis_restarted_and_stalled_loses_nothing_and_the_api_serves_throughout
         time.sleep(stall)
         os.kill(redis_server.process.pid, signal.SIGCONT)
 
+        trickle.join(60 + stall)
+        assert trickle.error is None, trickle.error
         found = wait_until_seen(settings, events, timeout=180)
         prober.stopping.set()
         prober.join(15)
@@ -124,9 +128,17 @@ def test_redis_restarted_and_stalled_loses_nothing_and_the_api_serves_throughout
         failures = [s for s in prober.statuses if s >= 500 or s < 0]
         assert not failures, f"{len(failures)} of {len(prober.statuses)} predictions failed: {set(failures)}"
         assert prober.versions == sorted(prober.versions), "the served version went backwards"
+        # and, Redis back, the API follows the worker again: it serves the newest version
+        newest = max(meta["version"] for meta in found.values())
+        deadline = time.monotonic() + 20
+        while (served := httpx.post(f"{api.url}/predict", json=READING, timeout=10).json())[
+            "version"
+        ] < newest:
+            assert time.monotonic() < deadline, f"the API still serves v{served['version']}, newest v{newest}"
+            time.sleep(0.5)
         print(
             f"{len(prober.statuses)} predictions, {prober.degraded} degraded, "
-            f"versions {prober.versions[0]}..{prober.versions[-1]}"
+            f"versions {prober.versions[0]}..{prober.versions[-1]}, newest v{newest}"
         )
     finally:
         if redis_server.process is not None and redis_server.process.poll() is None:
