@@ -39,7 +39,7 @@ from driftline.core.meta import SnapshotMeta
 from driftline.models.evaluation import Prediction
 from driftline.models.registry import CHAMPION, LATEST, ModelRegistry
 from driftline.settings import Settings
-from driftline.streams.checkpoint import load_device_states
+from driftline.streams.checkpoint import load_device_states, read_device_state
 from driftline.streams.cleaning import Rejection
 from driftline.streams.features import DeviceState
 from driftline.streams.ingest import featurize_reading, label_readings
@@ -525,7 +525,10 @@ async def _device_state(device_id: str, settings: Settings, redis: Redis) -> Dev
     raw = await redis.get(settings.keys.device(device_id))
     if raw is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no events seen from device {device_id!r}")
-    return DeviceState.from_json(json.loads(raw))
+    state = read_device_state(device_id, raw)
+    if state is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"device {device_id!r} has no readable state")
+    return state
 
 
 @router.get("/alerts")

@@ -8,6 +8,7 @@ docs/design.md has the whole layout.
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from collections.abc import Iterable, Mapping
 
@@ -18,6 +19,8 @@ from driftline.core.errors import Fenced
 from driftline.core.fence import Fence, check
 from driftline.core.keys import Keys
 from driftline.streams.features import DeviceState
+
+log = logging.getLogger(__name__)
 
 
 async def save_checkpoint(
@@ -85,13 +88,28 @@ async def load_stats(
 
 
 async def load_device_states(redis: Redis, keys: Keys, device_ids: Iterable[str]) -> dict[str, DeviceState]:
-    """The checkpointed state of each device that has one."""
+    """The checkpointed state of each device that has a readable one."""
     ids = list(device_ids)
     if not ids:
         return {}
     values = await redis.mget([keys.device(d) for d in ids])
-    return {
-        device_id: DeviceState.from_json(json.loads(value))
-        for device_id, value in zip(ids, values, strict=True)
-        if value is not None
-    }
+    states = {}
+    for device_id, value in zip(ids, values, strict=True):
+        state = None if value is None else read_device_state(device_id, value)
+        if state is not None:
+            states[device_id] = state
+    return states
+
+
+def read_device_state(device_id: str, value: bytes | str) -> DeviceState | None:
+    """A stored device state; ``None`` (logged) when it cannot be read: that device starts afresh
+    rather than stop the worker (or fail a request) on one bad key.
+
+    >>> read_device_state("d", b'{"events": 3}').events, read_device_state("d", b"{not json")
+    (3, None)
+    """
+    try:
+        return DeviceState.from_json(json.loads(value))
+    except (ValueError, TypeError, AttributeError) as exc:
+        log.error("device %r: stored state unreadable (%s); starting it afresh", device_id, exc)
+        return None

@@ -15,7 +15,7 @@ from driftline.core.keys import Keys
 from driftline.models.learner import OnlineLearner
 from driftline.models.specs import ModelSpec
 from driftline.settings import Settings
-from driftline.streams.checkpoint import load_offsets, save_checkpoint
+from driftline.streams.checkpoint import load_device_states, load_offsets, save_checkpoint
 from driftline.streams.features import DeviceState
 
 from ..conftest import SettingsFactory
@@ -83,3 +83,21 @@ async def zombie_snapshot(settings: Settings) -> tuple[int, int]:
 def test_a_worker_that_lost_its_partitions_cannot_publish_a_snapshot(make_settings: SettingsFactory) -> None:
     newer, latest = asyncio.run(zombie_snapshot(make_settings()))
     assert latest == newer, "latest stays the owner's snapshot"
+
+
+async def unreadable_state(settings: Settings) -> dict[str, DeviceState]:
+    redis = Redis.from_url(settings.redis_url)
+    keys = Keys(settings.namespace)
+    try:
+        await save_checkpoint(redis, keys, TOPIC, TOPIC_ID, {}, {"good": DeviceState(events=4)})
+        await redis.set(keys.device("bad"), b"{not json")
+        await redis.set(keys.device("odd"), b'{"windows": {"t": 3}}')
+        return await load_device_states(redis, keys, ["good", "bad", "odd", "absent"])
+    finally:
+        await redis.aclose()
+
+
+def test_a_device_state_that_cannot_be_read_starts_that_device_afresh(make_settings: SettingsFactory) -> None:
+    # one bad key must not stop the worker (it would restart into the same key, for ever)
+    states = asyncio.run(unreadable_state(make_settings()))
+    assert list(states) == ["good"] and states["good"].events == 4

@@ -196,6 +196,9 @@ def test_pipeline_metrics_equal_rivers_on_a_dataset_shipped_with_river(
 # --- SIGKILL while learning ----------------------------------------------------------------------
 
 
+# The fault suite's scenario 1 (tests/faults/test_kills.py) kills a worker as this does, in
+# make test; this variant (its own River-equality check, 76 s) runs with make chaos.
+@pytest.mark.chaos
 def test_sigkill_at_three_random_moments_learns_every_event_exactly_once(
     make_settings: Any, start_worker: Any, wait_for: Any
 ) -> None:

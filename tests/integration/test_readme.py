@@ -28,7 +28,8 @@ from driftline.settings import Settings
 
 from .conftest import settings_env
 
-pytestmark = pytest.mark.integration
+# `driftline up` takes the usual ports when free: one such test at a time (pytest-xdist).
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("driftline-up")]
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 CASE = re.compile(r"<!-- readme-case: (?P<name>[\w-]+) -->\n```sh\n(?P<body>.*?)```", re.S)

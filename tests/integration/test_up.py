@@ -15,7 +15,8 @@ import pytest
 
 from driftline.embedded import free_port
 
-pytestmark = pytest.mark.integration
+# `driftline up` takes the usual ports when free: one such test at a time (pytest-xdist).
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("driftline-up")]
 
 
 def descendants(pid: int) -> set[int]:
