@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test unit integration chaos lint layout bench clean
+.PHONY: install run test unit integration chaos test-browser lint layout bench clean
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "driftline needs Python 3.11 or newer on PATH"; exit 1; }
@@ -31,10 +31,10 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 unit: $(STAMP)
-	$(BIN)/python -m pytest -m "not integration and not chaos"
+	$(BIN)/python -m pytest -m "not integration and not chaos and not browser"
 
 integration: $(STAMP)
-	$(BIN)/python -m pytest -m "integration and not chaos"
+	$(BIN)/python -m pytest -m "integration and not chaos and not browser"
 
 ## The long fault-suite variants (`chaos` marker: kills, outages, poison at full size); not in `test`.
 chaos: $(STAMP)
@@ -51,6 +51,14 @@ lint: layout
 	$(BIN)/ruff format --check .
 	cd build/layout && PYTHONPATH=. ../../$(BIN)/lint-imports --no-cache ../../pyproject.toml
 	cd build/layout && ../../$(BIN)/mypy --config-file ../../pyproject.toml -p driftline
+
+## The dashboard in a real browser (`browser` marker): Debian's chromium (CHROMIUM=/usr/bin/chromium),
+## driven by Playwright; not in `test`, as a machine may have no browser. Screenshot: build/artifacts/.
+CHROMIUM ?= /usr/bin/chromium
+test-browser: $(STAMP)
+	@test -x $(CHROMIUM) || { echo "make test-browser needs chromium at $(CHROMIUM) (Debian: apt-get install chromium)"; exit 1; }
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,browser]'
+	DRIFTLINE_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest -m browser tests/browser
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
