@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -716,10 +717,11 @@ def test_the_dashboard_draws_races_and_promotions_from_the_api_and_loads_nothing
 
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     text = page.text
-    assert 'fetch("models")' in text and "/history`" in text  # what the page reads
+    assert 'call("models")' in text and "/history`" in text  # what the page reads
     assert "model.race" in text and "racePanel" in text  # the race, from /models
     assert "history.promotions" in text and "promo-mark" in text  # the promotions, on the chart
-    assert "<script src" not in text and "<link" not in text and "@import" not in text  # no CDN
+    assert "<script src" not in text and "@import" not in text  # no CDN: nothing loaded from elsewhere
+    assert all(link.startswith('<link rel="icon" href="data:') for link in re.findall(r"<link[^>]*>", text))
 
 
 # --- /devices ---------------------------------------------------------------------------------

@@ -325,20 +325,37 @@ def batched(events: list[dict[str, Any]], size: int) -> list[bytes]:
 
 
 class Trickle(threading.Thread):
-    """Sends ``messages`` at ``per_second``, so the stream flows across the kills."""
+    """Sends ``messages`` at ``per_second``, so the stream flows across the kills.
+
+    With ``hold_last``, the last that many messages wait for :meth:`release`: whatever the
+    machine's speed, the stream is still flowing when the test's faults are done.
+    """
 
     def __init__(
-        self, settings: Any, messages: list[bytes], per_second: float, key: bytes = b"sensor-001"
+        self,
+        settings: Any,
+        messages: list[bytes],
+        per_second: float,
+        key: bytes = b"sensor-001",
+        hold_last: int = 0,
     ) -> None:
         super().__init__(daemon=True)
         self.settings, self.messages, self.pause, self.key = settings, messages, 1.0 / per_second, key
+        self.held_from = len(messages) - hold_last if hold_last else None
+        self.released = threading.Event()
         self.sent = 0
         self.error: BaseException | None = None
+
+    def release(self) -> None:
+        self.released.set()
 
     def run(self) -> None:
         try:
             with SensorProducer(self.settings) as producer:
-                for message in self.messages:
+                for index, message in enumerate(self.messages):
+                    if index == self.held_from:
+                        producer.flush()
+                        self.released.wait()
                     producer.send_raw(self.key, message)
                     self.sent += 1
                     time.sleep(self.pause)

@@ -49,7 +49,7 @@ def test_sigkill_at_random_moments_learns_every_event_exactly_once_with_the_in_p
     ensure_topics(settings)
     events = list(SensorSimulator(devices=1, seed=21, start=datetime.fromtimestamp(START, UTC)).events(n))
     messages = batched(events, 10)
-    trickle = Trickle(settings, messages, per_second)
+    trickle = Trickle(settings, messages, per_second, hold_last=len(messages) // 10)
     trickle.start()
     rng = random.Random()  # a new draw each run: the moments are random, the outcome must not be
     worker = start_worker(settings)
@@ -67,6 +67,7 @@ def test_sigkill_at_random_moments_learns_every_event_exactly_once_with_the_in_p
         worker = start_worker(settings)
     assert all(0 < seen < n for seen in seen_at_kill), f"kills must land mid-stream: {seen_at_kill}"
     assert trickle.sent < len(messages), "the stream must still flow after the last kill"
+    trickle.release()
     trickle.join(timeout=len(messages) / per_second + 60)
     assert trickle.error is None and trickle.sent == len(messages), trickle.error
 

@@ -131,7 +131,7 @@ def test_the_dashboard_draws_from_models_and_history(make_settings: Any) -> None
     with TestClient(create_app(settings)) as client:
         page = client.get("/dashboard")
         assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-        assert 'fetch("models")' in page.text and "/history" in page.text  # what the page reads
+        assert 'call("models")' in page.text and "/history" in page.text  # what the page reads
         assert client.get("/", follow_redirects=False).headers["location"] == "dashboard"
         body = client.get("/models/default/history").json()
         assert body["model"] == "default" and [p["version"] for p in body["points"]] == [1, 2]
