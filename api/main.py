@@ -7,22 +7,18 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI, Request, status
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from driftline.api.errors import status_and_body
 from driftline.api.model_store import LoaderThread, ModelStore
 from driftline.api.publisher import EventPublisher
 from driftline.api.routes import router
-from driftline.core.errors import (
-    DriftlineError,
-    FeatureSchemaMismatch,
-    ModelNotReady,
-    RegistryError,
-    ServiceUnavailable,
-    SnapshotError,
-)
+from driftline.core.errors import DriftlineError
 from driftline.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -77,31 +73,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(router)
-    app.add_exception_handler(DriftlineError, _driftline_error)
-    app.add_exception_handler(RedisError, _redis_error)
+    for handled in (StarletteHTTPException, RequestValidationError, DriftlineError, RedisError):
+        app.add_exception_handler(handled, _error)
     return app
 
 
-async def _driftline_error(request: Request, exc: Exception) -> JSONResponse:
-    code = status.HTTP_400_BAD_REQUEST
-    detail = str(exc)
-    if isinstance(exc, FeatureSchemaMismatch):
-        code = status.HTTP_409_CONFLICT
-    if isinstance(exc, RegistryError):
-        code = status.HTTP_404_NOT_FOUND
-    if isinstance(exc, ModelNotReady | SnapshotError | ServiceUnavailable):
-        code = status.HTTP_503_SERVICE_UNAVAILABLE
-    if isinstance(exc, ServiceUnavailable):
-        # The service's address and its client's error are for the operator's log, not for
-        # whoever called (the read endpoints take anonymous callers).
-        log.warning("%s %s: %s", request.method, request.url.path, exc)
-        detail = f"{exc.service} is unreachable; retry shortly"
-    return JSONResponse({"detail": detail}, status_code=code)
-
-
-async def _redis_error(request: Request, exc: Exception) -> JSONResponse:
-    # Redis's own message names its address: logged here, never sent.
-    log.warning("%s %s: Redis unavailable: %r", request.method, request.url.path, exc)
-    return JSONResponse(
-        {"detail": "Redis is unavailable; retry shortly"}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE
-    )
+async def _error(request: Request, exc: Exception) -> JSONResponse:
+    """Every error in one shape (:mod:`driftline.api.errors`): HTTPException, validation, Redis
+    down, driftline's own; an HTTPException's headers (``WWW-Authenticate``) kept."""
+    code, body = status_and_body(exc, f"{request.method} {request.url.path}")
+    headers = getattr(exc, "headers", None) if isinstance(exc, StarletteHTTPException) else None
+    return JSONResponse(body, status_code=code, headers=headers)

@@ -13,12 +13,13 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import UTC, datetime
 from functools import cache
 from importlib.resources import files
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import anyio
 from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
-from pydantic import BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sse_starlette import EventSourceResponse, ServerSentEvent
@@ -31,6 +32,7 @@ from driftline.api.deps import (
     SettingsDep,
     StoppingDep,
 )
+from driftline.api.errors import ErrorDetail, ErrorResponse, error_body, status_and_body
 from driftline.api.model_store import ModelStore
 from driftline.api.races import race_view
 from driftline.api.stats import ingest_totals, prometheus_text
@@ -43,13 +45,97 @@ from driftline.streams.checkpoint import load_device_states
 from driftline.streams.cleaning import Rejection
 from driftline.streams.features import DeviceState
 from driftline.streams.ingest import featurize_reading, label_readings
-from driftline.streams.schema import Reading, SensorEvent
+from driftline.streams.schema import (
+    MAX_READINGS,
+    FiniteFloat,
+    Identifier,
+    SensorEvent,
+    SensorName,
+)
 
 router = APIRouter()
 log = logging.getLogger(__name__)
 
 
+def refused(description: str) -> dict[str, Any]:
+    """An error response for the OpenAPI page: the one error shape, and when it is answered."""
+    return {"model": ErrorResponse, "description": description}
+
+
+#: Model names, as the registry spells them.
+ModelName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=128)]
+#: A feature's name in an explicit feature vector (the stream's names: ``temperature_mean_5``).
+FeatureName = Annotated[str, Field(min_length=1, max_length=200)]
+#: Most features one explicit vector may hold.
+MAX_FEATURES = 1024
+
+_PREDICT_EXAMPLE: dict[str, Any] = {"device_id": "sensor-001", "readings": {"temperature": 21.5, "vibration": 0.02}}
+
+
+class PredictRequest(BaseModel):
+    """One prediction asked for: a raw reading of a device (featurized with the device's state,
+    as the stream does) or an explicit feature vector; by model name and alias (the champion
+    unless asked) or an exact version."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                _PREDICT_EXAMPLE,
+                {
+                    "features": {"temperature": 21.5, "temperature_mean_5": 21.1},
+                    "model": "default",
+                    "version": 3,
+                },
+            ]
+        },
+    )
+
+    device_id: Identifier | None = Field(None, description="the device (required with readings)")
+    readings: dict[SensorName, FiniteFloat | None] | None = Field(
+        None, max_length=MAX_READINGS, description="a raw reading: featurized from the device's state"
+    )
+    features: dict[FeatureName, FiniteFloat] | None = Field(
+        None, max_length=MAX_FEATURES, description="an explicit feature vector, used as it is"
+    )
+    ts: AwareDatetime | None = Field(None, description="event time of the reading; default: now")
+    model: ModelName | None = Field(None, description="model name; default: the configured model")
+    alias: Literal["champion", "challenger", "latest"] | None = Field(
+        None, description="which of the model's versions answers; default: the champion"
+    )
+    version: int | None = Field(None, ge=1, description="a stored version, instead of an alias")
+
+    @model_validator(mode="after")
+    def _one_input_and_one_way_to_pick_a_version(self) -> PredictRequest:
+        if self.alias is not None and self.version is not None:
+            raise ValueError("give alias or version, not both")
+        if (self.readings is None) == (self.features is None):
+            raise ValueError("give readings (a raw reading) or features (a feature vector), one of them")
+        if self.readings is not None and self.device_id is None:
+            raise ValueError("readings need the device_id whose state featurizes them")
+        return self
+
+
 class PredictionResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "prediction": 23.4,
+                    "probabilities": None,
+                    "task": "regression",
+                    "model": "default",
+                    "version": 12,
+                    "device_id": "sensor-001",
+                    "features": {"temperature": 21.5, "temperature_mean_5": 21.1},
+                    "events_learned": 5400,
+                    "created_at": "2026-11-22T10:00:00+00:00",
+                    "age_seconds": 4.2,
+                }
+            ]
+        }
+    )
+
     #: regression/forecast: the value; classification: the class; anomaly: the score (high = odd).
     prediction: float | bool | str | None
     #: classification: each class's probability.
@@ -57,9 +143,13 @@ class PredictionResponse(BaseModel):
     task: str
     model: str
     version: int
-    device_id: str
+    #: the device whose reading was featurized (none for an explicit feature vector without one)
+    device_id: str | None = None
     features: dict[str, float]
     events_learned: int
+    #: when the snapshot answering was made (ISO 8601), and how old it is (seconds)
+    created_at: str | None = None
+    age_seconds: float | None = None
     #: the alias asked for, if any (the version says which one answered)
     alias: str | None = None
     #: why ``prediction`` is null although a model answered: it said NaN or infinity, which is
@@ -69,6 +159,60 @@ class PredictionResponse(BaseModel):
     #: come from this reading alone; ``degraded_reason`` says so
     degraded: bool = False
     degraded_reason: str | None = None
+
+
+class AnsweredItem(PredictionResponse):
+    index: int = Field(description="the item's place in the request")
+    status: Literal[200] = 200
+
+
+class RefusedItem(BaseModel):
+    index: int = Field(description="the item's place in the request")
+    status: int = Field(description="the status the item would have had alone (4xx, 503)")
+    error: ErrorDetail
+
+
+class BatchPredictionResponse(BaseModel):
+    """A batch's answers, in the request's order: each answered or refused on its own."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "answered": 1,
+                    "refused": 1,
+                    "results": [
+                        {
+                            "index": 0,
+                            "status": 200,
+                            "prediction": 23.4,
+                            "task": "regression",
+                            "model": "default",
+                            "version": 12,
+                            "device_id": "sensor-001",
+                            "features": {"temperature": 21.5},
+                            "events_learned": 5400,
+                            "created_at": "2026-11-22T10:00:00+00:00",
+                            "age_seconds": 4.2,
+                        },
+                        {
+                            "index": 1,
+                            "status": 422,
+                            "error": {
+                                "code": "invalid",
+                                "message": "invalid request: readings: Field required",
+                                "details": None,
+                            },
+                        },
+                    ],
+                }
+            ]
+        }
+    )
+
+    answered: int
+    refused: int
+    results: list[AnsweredItem | RefusedItem]
 
 
 #: Longest ``/predict`` waits for a device's state before answering without it: the state is one
@@ -83,47 +227,129 @@ NO_DEVICE_STATE = (
 
 @router.post(
     "/predict",
-    response_model=PredictionResponse,
+    response_model=PredictionResponse | BatchPredictionResponse,
     responses={
-        503: {"description": "no model yet"},
-        404: {"description": "the alias asked for is not set, or the version is not stored"},
-        401: {"description": "an alias or version asked for with an unknown X-API-Key"},
-        403: {"description": "an alias or version other than the champion asked for without X-API-Key"},
+        400: refused("Content-Length is not a number"),
+        401: {
+            "model": ErrorResponse,
+            "description": "an alias or version asked for with an unknown X-API-Key",
+        },
+        403: refused("an alias or version other than the champion asked for without X-API-Key"),
+        404: {
+            "model": ErrorResponse,
+            "description": "the alias asked for is not set, or the version is not stored",
+        },
+        409: refused("the model was trained on other features"),
+        413: {
+            "model": ErrorResponse,
+            "description": "over DRIFTLINE_PREDICT_MAX_BATCH items, or too many bytes",
+        },
+        422: refused("not JSON, an invalid request, or a reading refused"),
+        503: refused("no model yet"),
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "description": (
+                "one request (answered with one prediction), or a JSON array of them (answered "
+                "item by item, each answered or refused on its own)"
+            ),
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "oneOf": [
+                            {"$ref": "#/components/schemas/PredictRequest"},
+                            {
+                                "type": "array",
+                                "items": {"$ref": "#/components/schemas/PredictRequest"},
+                                "minItems": 1,
+                            },
+                        ]
+                    },
+                    "examples": {
+                        "one reading": {"value": _PREDICT_EXAMPLE},
+                        "a batch": {
+                            "value": [
+                                _PREDICT_EXAMPLE,
+                                {"features": {"temperature": 21.5, "temperature_mean_5": 21.1}},
+                            ]
+                        },
+                    },
+                }
+            },
+        }
     },
 )
 async def predict(
-    reading: Reading,
+    request: Request,
     settings: SettingsDep,
     redis: RedisDep,
     store: ModelStoreDep,
     x_api_key: Annotated[str | None, Header()] = None,
-) -> PredictionResponse:
-    """Predict from one raw reading, featurized with the device's live state (as the stream does).
+) -> PredictionResponse | BatchPredictionResponse:
+    """Predict from a raw reading (featurized with the device's live state, as the stream does)
+    or an explicit feature vector; or from each of a batch of them (a JSON array).
 
     Anyone may ask the champion; another alias or a stored version (each a snapshot to load and
     verify) needs an API key. With Redis down, the champion still answers, from the reading alone,
-    marked ``degraded``."""
-    if not asks_for_the_champion(reading):
-        _require_key_for_versions(settings, x_api_key)
-    name = reading.model or settings.default_model
-    served = await store.pick(name, reading.alias, reading.version)
-    check_feature_schema(served.meta, settings)
-    state, degraded_reason = await _device_state_for_serving(reading.device_id, settings, redis)
-    # A copy of the stream's state: serving reads it and never writes it back. Cleaning and
-    # featurizing are the stream's own functions, so serving sees what training saw.
-    featurized = featurize_reading(
-        reading.readings,
-        reading.ts or datetime.now(UTC),
-        state,
-        labels=label_readings(settings.model_specs(), settings.target),
-        catalog=settings.catalog(),
-        spec=settings.features,
-    )
-    if isinstance(featurized, Rejection):
+    marked ``degraded``. Each answer carries the version that answered, its snapshot time and age."""
+    body = parse_json_body(await read_body_within(request, settings.events_max_bytes))
+    if not isinstance(body, list):
+        try:
+            one = PredictRequest.model_validate(body)
+        except ValidationError as exc:
+            raise RequestValidationError(exc.errors(include_url=False, include_input=False)) from None
+        states, degraded_reason = await _device_states_for_serving([one], settings, redis)
+        return await _answer(one, settings, store, x_api_key, states, degraded_reason)
+    if len(body) > settings.predict_max_batch:
         raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT, f"{featurized.reason}: {featurized.message}"
+            status.HTTP_413_CONTENT_TOO_LARGE,
+            f"{len(body)} items in one request; the limit is {settings.predict_max_batch} "
+            "(DRIFTLINE_PREDICT_MAX_BATCH)",
         )
-    _, features = featurized
+    if not body:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "no items in the request")
+    items: list[PredictRequest | ValidationError] = []
+    for raw in body:
+        try:
+            items.append(PredictRequest.model_validate(raw))
+        except ValidationError as exc:
+            items.append(exc)
+    valid = [item for item in items if isinstance(item, PredictRequest)]
+    states, degraded_reason = await _device_states_for_serving(valid, settings, redis)
+    results: list[AnsweredItem | RefusedItem] = []
+    for index, item in enumerate(items):
+        try:
+            if isinstance(item, ValidationError):
+                raise item
+            answer = await _answer(item, settings, store, x_api_key, states, degraded_reason)
+            results.append(AnsweredItem(index=index, **answer.model_dump()))
+        except Exception as exc:  # each item refused on its own, in the one error shape
+            code, error = status_and_body(exc, f"/predict item {index}")
+            results.append(RefusedItem(index=index, status=code, error=ErrorDetail(**error["error"])))
+    answered = sum(isinstance(r, AnsweredItem) for r in results)
+    return BatchPredictionResponse(answered=answered, refused=len(results) - answered, results=results)
+
+
+async def _answer(
+    item: PredictRequest,
+    settings: Settings,
+    store: ModelStore,
+    api_key: str | None,
+    states: Mapping[str, DeviceState],
+    degraded_reason: str | None,
+) -> PredictionResponse:
+    """One prediction: the model picked, the features made (or taken as given), the answer."""
+    if not asks_for_the_champion(item):
+        _require_key_for_versions(settings, api_key)
+    name = item.model or settings.default_model
+    served = await store.pick(name, item.alias, item.version)
+    if item.features is not None:
+        # An explicit vector is the caller's: no device history, nothing degraded.
+        features, degraded_reason = dict(item.features), None
+    else:
+        check_feature_schema(served.meta, settings)
+        features = _featurize(item, settings, states)
     value, probabilities = as_json_prediction(served.learner.predict(features))
     warning = None
     if not _finite(value, probabilities):
@@ -133,33 +359,77 @@ async def predict(
             f"model {name!r} v{served.version} predicted a non-finite value "
             f"({value!r}, probabilities {probabilities!r}) for these features: no prediction"
         )
-        log.warning("/predict for device %s: %s", reading.device_id, warning)
+        log.warning("/predict for device %s: %s", item.device_id, warning)
         value, probabilities = None, None
+    created_at = served.meta.get("created_at")
     return PredictionResponse(
         prediction=value,
         probabilities=probabilities,
         task=served.learner.spec.task,
         model=name,
         version=served.version,
-        device_id=reading.device_id,
+        device_id=item.device_id,
         features=features,
         events_learned=int(served.meta.get("events_learned", 0)),
-        alias=reading.alias,
+        created_at=created_at or None,
+        age_seconds=snapshot_age(created_at, datetime.now(UTC)),
+        alias=item.alias,
         warning=warning,
         degraded=degraded_reason is not None,
         degraded_reason=degraded_reason,
     )
 
 
-def asks_for_the_champion(reading: Reading) -> bool:
+def _featurize(
+    item: PredictRequest, settings: Settings, states: Mapping[str, DeviceState]
+) -> dict[str, float]:
+    """The stream's features for a raw reading, on a copy of its device's state (serving reads
+    the state and never writes it back; a batch's items each start from the stored one)."""
+    readings, device_id = item.readings or {}, str(item.device_id)  # the validator ensures both
+    stored = states.get(device_id)
+    state = DeviceState.from_json(stored.to_json()) if stored is not None else DeviceState()
+    # Cleaning and featurizing are the stream's own functions, so serving sees what training saw.
+    featurized = featurize_reading(
+        readings,
+        item.ts or datetime.now(UTC),
+        state,
+        labels=label_readings(settings.model_specs(), settings.target),
+        catalog=settings.catalog(),
+        spec=settings.features,
+    )
+    if isinstance(featurized, Rejection):
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, f"{featurized.reason}: {featurized.message}"
+        )
+    return featurized[1]
+
+
+def snapshot_age(created_at: str | None, now: datetime) -> float | None:
+    """Seconds since a snapshot was made (``None`` when its time is unknown or unreadable).
+
+    >>> snapshot_age("2026-01-01T12:00:00+00:00", datetime(2026, 1, 1, 12, 0, 30, tzinfo=UTC))
+    30.0
+    >>> snapshot_age("", datetime.now(UTC)) is None
+    True
+    """
+    try:
+        made = datetime.fromisoformat(str(created_at))
+    except ValueError:
+        return None
+    if made.tzinfo is None:
+        made = made.replace(tzinfo=UTC)
+    return round((now - made).total_seconds(), 3)
+
+
+def asks_for_the_champion(item: PredictRequest) -> bool:
     """Whether a request leaves the version to the server (the champion being served).
 
-    >>> asks_for_the_champion(Reading(device_id="d", readings={}, alias="champion"))
+    >>> asks_for_the_champion(PredictRequest(features={}, alias="champion"))
     True
-    >>> asks_for_the_champion(Reading(device_id="d", readings={}, version=3))
+    >>> asks_for_the_champion(PredictRequest(features={}, version=3))
     False
     """
-    return reading.version is None and reading.alias in (None, CHAMPION)
+    return item.version is None and item.alias in (None, CHAMPION)
 
 
 def _require_key_for_versions(settings: Settings, key: str | None) -> None:
@@ -172,19 +442,23 @@ def _require_key_for_versions(settings: Settings, key: str | None) -> None:
     _check_api_key(settings, key)
 
 
-async def _device_state_for_serving(
-    device_id: str, settings: Settings, redis: Redis
-) -> tuple[DeviceState, str | None]:
-    """The device's checkpointed state (an empty one for a device never seen); with Redis down
-    or too slow, an empty one and the reason the answer is degraded."""
+async def _device_states_for_serving(
+    items: Iterable[PredictRequest], settings: Settings, redis: Redis
+) -> tuple[dict[str, DeviceState], str | None]:
+    """The checkpointed state of each device whose raw reading is to be featurized (one read for
+    a whole batch; a device never seen has none); with Redis down or too slow, none and the reason
+    the answers are degraded."""
+    device_ids = sorted({i.device_id for i in items if i.readings is not None and i.device_id is not None})
+    if not device_ids:
+        return {}, None
     try:
         states = await asyncio.wait_for(
-            load_device_states(redis, settings.keys, [device_id]), DEVICE_STATE_TIMEOUT_SECONDS
+            load_device_states(redis, settings.keys, device_ids), DEVICE_STATE_TIMEOUT_SECONDS
         )
     except (RedisError, OSError, TimeoutError) as exc:
-        log.warning("/predict for device %s without its state (Redis: %r)", device_id, exc)
-        return DeviceState(), NO_DEVICE_STATE
-    return states.get(device_id) or DeviceState(), None
+        log.warning("/predict for devices %s without their state (Redis: %r)", device_ids[:5], exc)
+        return {}, NO_DEVICE_STATE
+    return states, None
 
 
 def _finite(value: float | bool | str | None, probabilities: dict[str, float] | None) -> bool:
@@ -457,7 +731,10 @@ async def post_events(
     # A validation error's ctx may hold the exception itself: default=str makes it JSON.
     result = json.loads(json.dumps(await publisher.publish(items), default=str))
     if result["accepted"] == 0:
-        return JSONResponse(result, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+        return JSONResponse(
+            error_body(status.HTTP_422_UNPROCESSABLE_CONTENT, "no event in the request is valid", result),
+            status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+        )
     return result
 
 

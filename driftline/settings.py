@@ -163,6 +163,8 @@ class Settings(BaseSettings):
     api_port: int = Field(8000, ge=0, le=65535)
     #: Keys accepted in ``X-API-Key`` by the write endpoints (``POST /events``), comma-separated.
     api_keys: SecretStr = SecretStr(DEV_API_KEY)
+    #: Most items one ``POST /predict`` batch may carry.
+    predict_max_batch: int = Field(1000, ge=1)
     #: Most events one ``POST /events`` may carry.
     max_batch_events: int = Field(1000, ge=1)
     #: Largest ``POST /events`` body (bytes): a larger one is refused (413) before it is read.

@@ -358,8 +358,8 @@ def test_predict_refuses_a_model_trained_on_other_features_with_409() -> None:
     response = client.post("/predict", json={"device_id": "d", "readings": {"temperature": 20.0}})
 
     assert response.status_code == 409
-    assert "0123456789abcdef" in response.json()["detail"]
-    assert settings.features.schema_hash() in response.json()["detail"]
+    assert "0123456789abcdef" in response.json()["error"]["message"]
+    assert settings.features.schema_hash() in response.json()["error"]["message"]
 
 
 def test_predict_refuses_a_reading_out_of_the_catalog_range_and_clips_where_the_catalog_says() -> None:
@@ -371,7 +371,7 @@ def test_predict_refuses_a_reading_out_of_the_catalog_range_and_clips_where_the_
     clipped = client.post("/predict", json={"device_id": "d", "readings": {"temperature": 500.0}})
 
     assert refused.status_code == 422
-    assert refused.json()["detail"].startswith("out_of_range: vibration=99")
+    assert refused.json()["error"]["message"].startswith("out_of_range: vibration=99")
     assert clipped.status_code == 200 and clipped.json()["features"]["temperature"] == 125.0
 
 
@@ -379,7 +379,7 @@ def test_predict_is_503_while_no_model_is_served() -> None:
     response = serve().post("/predict", json={"device_id": "d", "readings": {"temperature": 20.0}})
 
     assert response.status_code == 503
-    assert "no snapshot yet" in response.json()["detail"]
+    assert "no snapshot yet" in response.json()["error"]["message"]
 
 
 @pytest.mark.parametrize("huge", [1e200, -1e308, 1e308])
@@ -513,7 +513,7 @@ def test_only_keyed_callers_may_ask_for_another_version_than_the_champion(asks: 
     keyed = client.post("/predict", json=reading, headers={"X-API-Key": KEY})
 
     assert anonymous.status_code == 403
-    assert "send X-API-Key" in anonymous.json()["detail"]
+    assert "send X-API-Key" in anonymous.json()["error"]["message"]
     assert wrong_key.status_code == 401
     assert keyed.status_code == 200, keyed.text
     # nothing was loaded for the refused callers: the one load is the keyed caller's
@@ -531,6 +531,131 @@ def test_anyone_may_ask_the_champion_by_name_or_by_default() -> None:
 
     assert (default.status_code, by_alias.status_code) == (200, 200)
     assert default.json()["version"] == by_alias.json()["version"] == 3
+
+
+def test_a_batch_is_answered_item_by_item_in_order_each_refused_on_its_own() -> None:
+    settings = make_settings(predict_max_batch=10)
+    learner = trained_learner(settings, events=10)
+    redis = FakeRedis()
+    stored_device(settings, redis, "dev-1", [18.0, 19.0, 23.0])
+    client = serving_client(settings, learner, snapshot_meta(learner, version=3), redis=redis)
+    reading = {
+        "device_id": "dev-1",
+        "readings": {"temperature": 20.0},
+        "ts": (T0 + timedelta(hours=1)).isoformat(),
+    }
+    single = client.post("/predict", json=reading).json()
+
+    response = client.post(
+        "/predict",
+        json=[
+            reading,
+            {"device_id": "dev-1"},  # neither readings nor features
+            {"device_id": "d", "readings": {"vibration": 99.0}},  # out of the catalog's range
+            {"version": 3, "features": {"temperature": 20.0}},  # another version, no key
+            reading,  # the same device again: from the stored state again, not the first item's
+        ],
+    )
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["answered"], body["refused"]) == (2, 3)
+    results = body["results"]
+    assert [r["index"] for r in results] == [0, 1, 2, 3, 4]
+    assert [r["status"] for r in results] == [200, 422, 422, 403, 200]
+    for answered in (results[0], results[4]):
+        assert answered["prediction"] == single["prediction"] and answered["version"] == 3
+        assert answered["features"] == single["features"]
+    assert results[1]["error"]["code"] == "invalid" and "readings" in results[1]["error"]["message"]
+    assert results[2]["error"]["message"].startswith("out_of_range: vibration=99")
+    assert results[3]["error"]["code"] == "forbidden"
+
+
+def test_a_batch_over_the_limit_is_413_and_an_empty_one_422() -> None:
+    settings = make_settings(predict_max_batch=2)
+    learner = trained_learner(settings, events=10)
+    client = serving_client(settings, learner, snapshot_meta(learner, version=3))
+    item = {"features": {"temperature": 20.0}}
+
+    over = client.post("/predict", json=[item] * 3)
+    empty = client.post("/predict", json=[])
+
+    assert over.status_code == 413 and "the limit is 2" in over.json()["error"]["message"]
+    assert empty.status_code == 422 and empty.json()["error"]["code"] == "invalid"
+
+
+def test_an_explicit_feature_vector_is_predicted_as_given_with_the_snapshots_time_and_age() -> None:
+    settings = make_settings()
+    learner = trained_learner(settings, events=30)
+    features = features_of(settings, {"temperature": 22.0, "vibration": 0.1}, T0, DeviceState())
+    # the model's schema is not this API's: it does not matter for a vector given as it is
+    meta = snapshot_meta(learner, version=4, feature_schema="0123456789abcdef")
+    client = serving_client(settings, learner, meta, redis=FakeRedis(reachable=False))
+
+    response = client.post("/predict", json={"features": features})
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["prediction"] == pytest.approx(learner.predict(features).value)
+    assert body["features"] == features and body["device_id"] is None
+    assert body["version"] == 4 and body["degraded"] is False  # no device state was needed
+    assert body["created_at"] == T0.isoformat()
+    age = (datetime.now(UTC) - T0).total_seconds()
+    assert age - 5 < body["age_seconds"] <= age + 1
+
+
+def test_a_classifier_answers_each_class_probability() -> None:
+    settings = make_settings()
+    learner = OnlineLearner.create(
+        ModelSpec(name=settings.default_model, task="classification", estimator="logistic_regression")
+    )
+    for i in range(20):
+        record = FeatureRecord(learner.name, "d", f"e{i}", float(i), {"x": float(i)}, i >= 10, 0, i)
+        learner.learn(record, input_partition=0, input_offset=i)
+    client = serving_client(settings, learner, snapshot_meta(learner, version=1))
+
+    response = client.post("/predict", json={"features": {"x": 15.0}})
+
+    assert response.status_code == 200, response.text
+    probabilities = response.json()["probabilities"]
+    assert set(probabilities) == {"True", "False"} and sum(probabilities.values()) == pytest.approx(1.0)
+    assert response.json()["prediction"] == (probabilities["True"] > probabilities["False"])
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"device_id": "d", "readings": {"temperature": 1.0}, "features": {"x": 1.0}},
+        {"readings": {"temperature": 1.0}},
+        {"device_id": "d", "readings": {"temperature": 1.0}, "alias": "latest", "version": 2},
+        "not an object",
+    ],
+)
+def test_an_invalid_single_request_is_422_in_the_one_error_shape(body: Any) -> None:
+    settings = make_settings()
+    learner = trained_learner(settings, events=10)
+    client = serving_client(settings, learner, snapshot_meta(learner, version=3))
+
+    response = client.post("/predict", json=body)
+
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["code"] == "invalid" and error["message"].startswith("invalid request")
+    assert error["details"] and all({"loc", "msg", "type"} <= set(d) for d in error["details"])
+
+
+def test_every_error_has_the_one_shape_framework_ones_included() -> None:
+    client = serve()
+
+    unknown_route = client.get("/no/such/thing")
+    wrong_method = client.delete("/predict")
+    bad_query = client.get("/models/m/history", params={"points": 0})
+
+    for response, code in ((unknown_route, 404), (wrong_method, 405), (bad_query, 422)):
+        assert response.status_code == code
+        assert set(response.json()) == {"error"}
+        assert set(response.json()["error"]) == {"code", "message", "details"}
+    assert bad_query.json()["error"]["details"][0]["loc"] == ["query", "points"]
 
 
 # --- /stats, /models --------------------------------------------------------------------------
@@ -605,7 +730,7 @@ def test_show_model_is_404_for_an_unknown_model_and_describes_a_known_one() -> N
     known = client.get(f"/models/{learner.name}")
 
     assert missing.status_code == 404
-    assert missing.json()["detail"] == "no model named 'nope'"
+    assert missing.json()["error"]["message"] == "no model named 'nope'"
     assert known.status_code == 200
     model = known.json()
     assert (model["served_version"], model["latest_version"]) == (1, 2)
@@ -744,7 +869,7 @@ def test_device_features_are_the_stored_ones_and_404_for_a_device_never_seen() -
     }
     assert known.json()["features"]["temperature"] == 23.0
     assert unknown.status_code == 404
-    assert "never-seen" in unknown.json()["detail"]
+    assert "never-seen" in unknown.json()["error"]["message"]
 
 
 def test_device_stats_are_the_stored_counters_and_watermark() -> None:
@@ -786,7 +911,7 @@ def test_a_batch_over_the_limit_is_413_and_never_published() -> None:
     at_limit = client.post("/events", json=[EVENT] * 3, headers={"X-API-Key": KEY})
 
     assert over.status_code == 413
-    assert "the limit is 3" in over.json()["detail"]
+    assert "the limit is 3" in over.json()["error"]["message"]
     assert at_limit.status_code == 202
     assert [len(batch) for batch in publisher.batches] == [3]
 
@@ -816,7 +941,9 @@ def test_a_batch_with_no_valid_event_is_422_with_its_reasons_as_json() -> None:
     response = client.post("/events", json=[{"nonsense": True}], headers={"X-API-Key": KEY})
 
     assert response.status_code == 422
-    assert response.json()["errors"] == [{"index": 0, "errors": [{"ctx": {"error": "ts is odd"}}]}]
+    assert response.json()["error"]["details"]["errors"] == [
+        {"index": 0, "errors": [{"ctx": {"error": "ts is odd"}}]}
+    ]
 
 
 @pytest.mark.parametrize("key", ["clé".encode(), "clé".encode("latin-1"), b"\xff\xfe", "k1é".encode()])
@@ -861,7 +988,7 @@ def test_a_body_over_the_byte_limit_is_413_by_its_length_or_while_it_streams() -
     within = client.post("/events", content=json.dumps([EVENT] * 5).encode(), headers=headers)
 
     assert declared.status_code == streamed.status_code == 413
-    assert "over 1024 bytes" in declared.json()["detail"]
+    assert "over 1024 bytes" in declared.json()["error"]["message"]
     assert "chunked" in streamed.request.headers.get("transfer-encoding", "")
     assert within.status_code == 202
     assert [len(batch) for batch in publisher.batches] == [5]
@@ -882,7 +1009,7 @@ def test_a_body_that_is_not_json_is_422_with_the_reason(body: bytes, reason: str
     response = client.post("/events", content=body, headers={"X-API-Key": KEY})
 
     assert response.status_code == 422
-    assert response.json()["detail"].startswith(reason)
+    assert response.json()["error"]["message"].startswith(reason)
 
 
 class DownPublisher:
@@ -900,7 +1027,7 @@ def test_events_the_broker_did_not_acknowledge_are_503_without_its_address() -> 
     response = client.post("/events", json=[EVENT], headers={"X-API-Key": KEY})
 
     assert response.status_code == 503
-    assert response.json() == {"detail": "Kafka is unreachable; retry shortly"}
+    assert response.json()["error"]["message"] == "Kafka is unreachable; retry shortly"
 
 
 # --- /health ----------------------------------------------------------------------------------
@@ -974,7 +1101,7 @@ def test_with_redis_down_no_answer_carries_redis_errors_or_addresses(method: str
     response = client.request(method, path, json=body, headers=headers)
 
     assert response.status_code == 503, response.text
-    assert response.json() == {"detail": "Redis is unavailable; retry shortly"}
+    assert response.json()["error"]["message"] == "Redis is unavailable; retry shortly"
 
 
 # --- /alerts: acknowledging, and the stream -----------------------------------------------------
@@ -1008,7 +1135,7 @@ def test_ack_of_an_unknown_alert_is_404() -> None:
     response = serve().post("/alerts/m:error:events/0:1:0/ack", headers={"X-API-Key": KEY})
 
     assert response.status_code == 404
-    assert response.json()["detail"] == "no alert 'm:error:events/0:1:0'"
+    assert response.json()["error"]["message"] == "no alert 'm:error:events/0:1:0'"
 
 
 def test_ack_records_the_name_given_or_the_keys_name_and_never_the_key() -> None:
@@ -1108,6 +1235,6 @@ def test_alert_stream_is_503_before_streaming_when_redis_is_down_and_422_for_a_b
     bad = serve().get("/alerts/stream", headers={"Last-Event-ID": "yesterday"})
 
     assert down.status_code == 503
-    assert down.json()["detail"] == "Redis is unavailable; retry shortly"
+    assert down.json()["error"]["message"] == "Redis is unavailable; retry shortly"
     assert bad.status_code == 422
-    assert "yesterday" in bad.json()["detail"]
+    assert "yesterday" in bad.json()["error"]["message"]
