@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 
 import anyio
 from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Request, Response, status
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -49,6 +50,7 @@ from driftline.streams.schema import (
     MAX_READINGS,
     FiniteFloat,
     Identifier,
+    LabelEvent,
     SensorEvent,
     SensorName,
 )
@@ -69,7 +71,10 @@ FeatureName = Annotated[str, Field(min_length=1, max_length=200)]
 #: Most features one explicit vector may hold.
 MAX_FEATURES = 1024
 
-_PREDICT_EXAMPLE: dict[str, Any] = {"device_id": "sensor-001", "readings": {"temperature": 21.5, "vibration": 0.02}}
+_PREDICT_EXAMPLE: dict[str, Any] = {
+    "device_id": "sensor-001",
+    "readings": {"temperature": 21.5, "vibration": 0.02},
+}
 
 
 class PredictRequest(BaseModel):
@@ -114,6 +119,10 @@ class PredictRequest(BaseModel):
         if self.readings is not None and self.device_id is None:
             raise ValueError("readings need the device_id whose state featurizes them")
         return self
+
+
+#: The request's schema, inline on the OpenAPI page (the route reads its body itself).
+_PREDICT_REQUEST_SCHEMA = PredictRequest.model_json_schema()
 
 
 class PredictionResponse(BaseModel):
@@ -258,10 +267,10 @@ NO_DEVICE_STATE = (
                 "application/json": {
                     "schema": {
                         "oneOf": [
-                            {"$ref": "#/components/schemas/PredictRequest"},
+                            _PREDICT_REQUEST_SCHEMA,
                             {
                                 "type": "array",
-                                "items": {"$ref": "#/components/schemas/PredictRequest"},
+                                "items": _PREDICT_REQUEST_SCHEMA,
                                 "minItems": 1,
                             },
                         ]
@@ -338,17 +347,20 @@ async def _answer(
     api_key: str | None,
     states: Mapping[str, DeviceState],
     degraded_reason: str | None,
+    stream_features: bool = False,
 ) -> PredictionResponse:
-    """One prediction: the model picked, the features made (or taken as given), the answer."""
+    """One prediction: the model picked, the features made (or taken as given: a client's, or
+    ``stream_features`` the stream's, which the model must have been trained on), the answer."""
     if not asks_for_the_champion(item):
         _require_key_for_versions(settings, api_key)
     name = item.model or settings.default_model
     served = await store.pick(name, item.alias, item.version)
+    if item.features is None or stream_features:
+        check_feature_schema(served.meta, settings)
     if item.features is not None:
-        # An explicit vector is the caller's: no device history, nothing degraded.
+        # An explicit vector is used as it is: no device history, nothing degraded.
         features, degraded_reason = dict(item.features), None
     else:
-        check_feature_schema(served.meta, settings)
         features = _featurize(item, settings, states)
     value, probabilities = as_json_prediction(served.learner.predict(features))
     warning = None
@@ -555,6 +567,257 @@ async def model_history(
     }
 
 
+# --- models over HTTP: versions, the audit log, promote and roll back (admin key) ---------------
+
+
+def admin_name(settings: Settings, key: str | None) -> str | None:
+    """The name of the admin key given (``DRIFTLINE_ADMIN_KEYS`` is ``name:key,...``), compared
+    in constant time; ``None`` for no key or another one."""
+    names = settings.admin_key_names()
+    if not api_key_valid(key, names):
+        return None
+    raw = _header_bytes(str(key))
+    return next(name for k, name in names.items() if secrets.compare_digest(raw, k.encode()))
+
+
+def admin_holder(settings: SettingsDep, x_api_key: Annotated[str | None, Header()] = None) -> str:
+    """The caller's admin key, checked (401 without a valid one), by its name."""
+    name = admin_name(settings, x_api_key)
+    if name is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "missing or unknown admin key (header X-API-Key, one of DRIFTLINE_ADMIN_KEYS)",
+            headers={"WWW-Authenticate": "ApiKey"},
+        )
+    return name
+
+
+AdminNameDep = Annotated[str, Depends(admin_holder)]
+
+
+async def _require_model(name: str, registry: ModelRegistry) -> None:
+    if name not in await registry.model_names():
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no model named {name!r}")
+
+
+class Page(BaseModel):
+    """One page of a list, newest first: ``next_offset`` asks for the next (``None``: no more)."""
+
+    total: int | None = Field(None, description="how many there are in all, when known")
+    offset: int
+    limit: int
+    next_offset: int | None
+
+
+class VersionsPage(Page):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "default",
+                    "total": 2,
+                    "offset": 0,
+                    "limit": 50,
+                    "next_offset": None,
+                    "versions": [
+                        {
+                            "version": 2,
+                            "created_at": "2026-11-22T10:05:00+00:00",
+                            "events_learned": 5400,
+                            "metric": {"name": "MAE", "value": 0.42, "rolling": 0.38},
+                            "lineage": {"parent": 1, "reason": "periodic"},
+                        },
+                        {"version": 1, "created_at": "2026-11-22T10:00:00+00:00", "events_learned": 2700},
+                    ],
+                }
+            ]
+        }
+    )
+
+    model: str
+    #: each version's metadata as the registry lists it: lineage, metrics, size, times
+    versions: list[dict[str, Any]]
+
+
+class AuditPage(Page):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "offset": 0,
+                    "limit": 100,
+                    "next_offset": None,
+                    "entries": [
+                        {
+                            "id": "1790000000000-0",
+                            "action": "promote",
+                            "model": "default",
+                            "version": "3",
+                            "alias": "champion",
+                            "by": "ops",
+                            "reason": "v4 regressed",
+                            "at": "2026-11-22T10:00:00+00:00",
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+
+    #: the audit log's entries (publish, promote, rollback, ack, ...), newest first
+    entries: list[dict[str, Any]]
+
+
+@router.get(
+    "/models/{name}/versions",
+    response_model=VersionsPage,
+    responses={404: refused("no model named so")},
+)
+async def model_versions(
+    name: str,
+    registry: RegistryDep,
+    offset: Annotated[int, Query(ge=0, le=100_000)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> VersionsPage:
+    """Every stored version's metadata (lineage, metrics, size, times), newest first, paged."""
+    await _require_model(name, registry)
+    newest_first = (await registry.versions(name))[::-1]
+    page = newest_first[offset : offset + limit]
+    more = offset + limit < len(newest_first)
+    return VersionsPage(
+        model=name,
+        total=len(newest_first),
+        offset=offset,
+        limit=limit,
+        next_offset=offset + limit if more else None,
+        versions=[dict(m) for m in page],
+    )
+
+
+@router.get("/audit", response_model=AuditPage)
+async def audit_log(
+    registry: RegistryDep,
+    model: Annotated[ModelName | None, Query(description="one model's entries only")] = None,
+    offset: Annotated[int, Query(ge=0, le=10_000)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> AuditPage:
+    """The registry's audit log (every publish, promotion, rollback, alert ack: who, when, why),
+    newest first, paged. It keeps its last 10,000 entries."""
+    entries = await registry.audit(model, count=offset + limit + 1)
+    page = entries[offset : offset + limit]
+    more = len(entries) > offset + limit
+    return AuditPage(offset=offset, limit=limit, next_offset=offset + limit if more else None, entries=page)
+
+
+class PromoteRequest(BaseModel):
+    """Which version to promote: an exact ``version``, or the one an ``alias`` points at (the
+    latest if neither); ``to`` the champion (what ``/predict`` serves) or the challenger."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"version": 3, "reason": "v4 regressed on site B"},
+                {"alias": "challenger", "reason": "the challenger won the week"},
+            ]
+        },
+    )
+
+    version: int | None = Field(None, ge=1, description="an exact stored version")
+    alias: Literal["challenger", "latest"] | None = Field(
+        None, description="promote the version this alias points at"
+    )
+    to: Literal["champion", "challenger"] = "champion"
+    reason: str = Field("", max_length=500, description="why: recorded in the audit log")
+
+    @model_validator(mode="after")
+    def _one_way_to_pick(self) -> PromoteRequest:
+        if self.alias is not None and self.version is not None:
+            raise ValueError("give alias or version, not both")
+        return self
+
+
+class RollbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"reason": "v5 misbehaves"}]})
+
+    reason: str = Field("", max_length=500, description="why: recorded in the audit log")
+
+
+class AliasChange(BaseModel):
+    """What an operator changed: the alias, the version it now points at, by whom and why."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"model": "default", "alias": "champion", "version": 3, "by": "ops", "reason": "v4 regressed"}
+            ]
+        }
+    )
+
+    model: str
+    alias: str
+    #: the version the alias points at now
+    version: int | None
+    #: after a rollback past the first promotion: the champion follows the latest version again
+    follows_latest: bool = False
+    by: str
+    reason: str
+
+
+@router.post(
+    "/models/{name}/promote",
+    response_model=AliasChange,
+    responses={
+        401: refused("no valid admin key in X-API-Key"),
+        404: refused("no such model, version or alias"),
+    },
+)
+async def promote_model(
+    name: str,
+    by: AdminNameDep,
+    registry: RegistryDep,
+    body: Annotated[PromoteRequest | None, Body()] = None,
+) -> AliasChange:
+    """Point the champion (or the challenger) at a version: the API swaps it in when announced.
+    Recorded in the audit log with the admin key's name as ``by``."""
+    request = body or PromoteRequest()
+    await _require_model(name, registry)
+    version = request.version
+    if request.alias is not None:
+        version = await registry.alias_version(name, request.alias)
+        if version is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"model {name!r} has no {request.alias}")
+    # The registry announces the change: the API's follower swaps the champion in.
+    target = await registry.promote(name, version, alias=request.to, by=by, reason=request.reason)
+    return AliasChange(model=name, alias=request.to, version=target, by=by, reason=request.reason)
+
+
+@router.post(
+    "/models/{name}/rollback",
+    response_model=AliasChange,
+    responses={
+        401: refused("no valid admin key in X-API-Key"),
+        404: refused("no such model, or no earlier version to roll back to"),
+    },
+)
+async def rollback_model(
+    name: str,
+    by: AdminNameDep,
+    registry: RegistryDep,
+    body: Annotated[RollbackRequest | None, Body()] = None,
+) -> AliasChange:
+    """Return the champion to the one before it (``follows_latest``: back to following the latest).
+    Recorded in the audit log with the admin key's name as ``by``."""
+    reason = body.reason if body is not None else ""
+    await _require_model(name, registry)
+    target = await registry.rollback(name, by=by, reason=reason)
+    follows_latest = target is None
+    version = target if target is not None else await registry.alias_version(name, LATEST)
+    return AliasChange(
+        model=name, alias=CHAMPION, version=version, follows_latest=follows_latest, by=by, reason=reason
+    )
+
+
 @cache
 def _dashboard_page() -> str:
     return files("driftline.api").joinpath("static", "dashboard.html").read_text(encoding="utf-8")
@@ -587,34 +850,67 @@ async def health(response: Response, redis: RedisDep, store: ModelStoreDep) -> d
 @router.get(
     "/ready",
     responses={
-        200: {"description": "`ready`, or `degraded`: predictions are answered, without device history"},
-        503: {"description": "`not_ready`: the default model is not loaded yet"},
+        200: {
+            "description": "`ready`; or `degraded`: predictions answered, a part down (`parts`)",
+            "content": {
+                "application/json": {
+                    "example": {
+                        "status": "degraded",
+                        "redis": True,
+                        "models": {"default": 12},
+                        "parts": {"redis": "ok", "model:default": "ok", "model:energy": "not loaded"},
+                        "reason": "model 'energy' is not loaded",
+                    }
+                }
+            },
+        },
+        503: {"description": "`not_ready`: the default model is not loaded yet (with `error` too)"},
     },
 )
 async def ready(
     response: Response, settings: SettingsDep, redis: RedisDep, store: ModelStoreDep
 ) -> dict[str, Any]:
-    """Whether to route ``/predict`` here (a load balancer's readiness check): ``ready``; or
-    ``degraded``, still 200, when Redis is down but the default model is in memory (predictions
-    come from the reading alone and no new snapshot loads until Redis is back); ``not_ready``, 503,
-    until the default model (the one ``/predict`` answers with when asked for none) is loaded."""
+    """Whether to route ``/predict`` here (an orchestrator's readiness check): ``ready`` when a
+    verified model is loaded for every configured model and Redis answers; ``degraded``, still
+    200, when the default model answers but a part is down (Redis: predictions come from the
+    reading alone and no new snapshot loads; another configured model: not loaded yet);
+    ``not_ready``, 503, until the default model (the one ``/predict`` answers with when asked for
+    none) is loaded. ``parts`` says which part is what."""
     redis_ok = await _redis_answers(redis)
     served = {name: model.version for name, model in store.served.items()}
-    body: dict[str, Any] = {"status": "ready", "redis": redis_ok, "models": served}
-    if settings.default_model not in served:
+    verdict, reasons, parts = readiness(
+        [spec.name for spec in settings.model_specs()], served, redis_ok, settings.default_model
+    )
+    body: dict[str, Any] = {"status": verdict, "redis": redis_ok, "models": served, "parts": parts}
+    if reasons:
+        body["reason"] = "; ".join(reasons)
+    if verdict == "not_ready":
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-        return {
-            **body,
-            "status": "not_ready",
-            "reason": f"model {settings.default_model!r} is not loaded yet",
-        }
-    if not redis_ok:
-        return {
-            **body,
-            "status": "degraded",
-            "reason": "Redis is unreachable: predictions use no device history, new snapshots wait",
-        }
+        body.update(error_body(status.HTTP_503_SERVICE_UNAVAILABLE, body["reason"], parts))
     return body
+
+
+def readiness(
+    configured: list[str], served: Mapping[str, int], redis_ok: bool, default_model: str
+) -> tuple[str, list[str], dict[str, str]]:
+    """``ready``, ``degraded`` or ``not_ready``; why; and each part's state.
+
+    >>> readiness(["a", "b"], {"a": 3}, True, "a")
+    ('degraded', ["model 'b' is not loaded"], {'redis': 'ok', 'model:a': 'ok', 'model:b': 'not loaded'})
+    >>> readiness(["a"], {}, False, "a")[0]
+    'not_ready'
+    """
+    parts = {"redis": "ok" if redis_ok else "unreachable"}
+    reasons = []
+    if not redis_ok:
+        reasons.append("Redis is unreachable: predictions use no device history, new snapshots wait")
+    for name in configured:
+        parts[f"model:{name}"] = "ok" if name in served else "not loaded"
+        if name not in served:
+            reasons.append(f"model {name!r} is not loaded" + (" yet" if name == default_model else ""))
+    if default_model not in served:
+        return "not_ready", reasons, parts
+    return ("degraded" if reasons else "ready"), reasons, parts
 
 
 async def _redis_answers(redis: Redis) -> bool:
@@ -685,6 +981,18 @@ def api_key_holder(settings: SettingsDep, x_api_key: Annotated[str | None, Heade
 
 
 ApiKeyNameDep = Annotated[str, Depends(api_key_holder)]
+
+
+def acker(settings: SettingsDep, x_api_key: Annotated[str | None, Header()] = None) -> str:
+    """Who acknowledges an alert: an admin key (the dashboard's ack button) by its name; a
+    producers' key (what acked alerts before admin keys existed) by its :func:`api_key_name`."""
+    name = admin_name(settings, x_api_key)
+    if name is not None:
+        return name
+    return api_key_holder(settings, x_api_key)
+
+
+AckerDep = Annotated[str, Depends(acker)]
 
 
 @router.post(
@@ -796,6 +1104,103 @@ def batch_items(body: Any, limit: int) -> list[Any]:
     if not items:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "no events in the request")
     return items
+
+
+_LABEL_EXAMPLE = {"event_id": "sensor-001-00000001", "label": 23.9}
+
+
+class LabelsAccepted(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"accepted": 1, "rejected": 0, "errors": []}]})
+
+    accepted: int
+    rejected: int
+    #: per refused item: its index and the validation errors
+    errors: list[dict[str, Any]]
+
+
+@router.post(
+    "/labels",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=LabelsAccepted,
+    responses={
+        401: refused("no valid X-API-Key (checked before the body is read)"),
+        413: refused("over DRIFTLINE_EVENTS_MAX_BYTES, or DRIFTLINE_MAX_BATCH_EVENTS labels"),
+        422: refused("not JSON, or no label was valid; reasons per item in details"),
+        503: refused("Kafka unreachable, or it did not acknowledge the labels in time"),
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "description": "one label (ground truth for an event sent earlier), or a JSON array of them",
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "oneOf": [
+                            LabelEvent.model_json_schema(),
+                            {"type": "array", "items": LabelEvent.model_json_schema()},
+                        ]
+                    },
+                    "examples": {
+                        "one label": {"value": _LABEL_EXAMPLE},
+                        "a batch": {
+                            "value": [_LABEL_EXAMPLE, {"event_id": "e2", "label": 1, "model": "default"}]
+                        },
+                    },
+                }
+            },
+        }
+    },
+)
+async def post_labels(
+    request: Request,
+    settings: SettingsDep,
+    publisher: PublisherDep,
+    x_api_key: Annotated[str | None, Header()] = None,
+) -> Any:
+    """Ground truth for earlier events, to the labels topic (the key, limits and answers of
+    ``POST /events``): ``202`` with counts only once the broker acknowledged every valid label."""
+    _check_api_key(settings, x_api_key)
+    body = parse_json_body(await read_body_within(request, settings.events_max_bytes))
+    items = batch_items(body, settings.max_batch_events)
+    result = json.loads(json.dumps(await publisher.publish_labels(items), default=str))
+    if result["accepted"] == 0:
+        return JSONResponse(
+            error_body(status.HTTP_422_UNPROCESSABLE_CONTENT, "no label in the request is valid", result),
+            status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+        )
+    return result
+
+
+@router.get(
+    "/devices/{device_id}/prediction",
+    response_model=PredictionResponse,
+    responses={
+        401: refused("an alias or version asked for with an unknown X-API-Key"),
+        403: refused("an alias or version other than the champion asked for without X-API-Key"),
+        404: refused("no events seen from the device, or the alias or version asked for is not stored"),
+        409: refused("the model was trained on other features"),
+        503: refused("no model yet, or Redis unavailable"),
+    },
+)
+async def device_prediction(
+    device_id: Annotated[str, PathParam(pattern=r"^[A-Za-z0-9_.:@-]+$", max_length=128)],
+    settings: SettingsDep,
+    redis: RedisDep,
+    store: ModelStoreDep,
+    model: Annotated[ModelName | None, Query(description="model name; default: the configured one")] = None,
+    alias: Annotated[Literal["champion", "challenger", "latest"] | None, Query()] = None,
+    version: Annotated[int | None, Query(ge=1, description="a stored version, instead of an alias")] = None,
+    x_api_key: Annotated[str | None, Header()] = None,
+) -> PredictionResponse:
+    """What the model says now about the device: from its latest feature vector as the stream
+    computed it (its state in Redis); 404 for a device never seen."""
+    if alias is not None and version is not None:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "give alias or version, not both")
+    state = await _device_state(device_id, settings, redis)
+    item = PredictRequest(
+        device_id=device_id, features=state.features, model=model, alias=alias, version=version
+    )
+    return await _answer(item, settings, store, x_api_key, {}, None, stream_features=True)
 
 
 async def _device_state(device_id: str, settings: Settings, redis: Redis) -> DeviceState:
@@ -943,16 +1348,20 @@ class AckRequest(BaseModel):
 
 @router.post(
     "/alerts/{alert_id:path}/ack",
-    responses={401: {"description": "no valid X-API-Key"}, 404: {"description": "no such alert"}},
+    responses={
+        401: refused("no valid X-API-Key (an admin key or a producers' key)"),
+        404: refused("no such alert"),
+    },
 )
 async def ack_alert(
     alert_id: str,
-    key_name: ApiKeyNameDep,
+    key_name: AckerDep,
     registry: RegistryDep,
     body: Annotated[AckRequest | None, Body()] = None,
 ) -> dict[str, Any]:
-    """Acknowledge an alert (header ``X-API-Key``, as for ``POST /events``): its record gains
-    ``acked_by`` (the body's ``by``, else the key's name ``key-<6 hex of its SHA-256>``),
+    """Acknowledge an alert (header ``X-API-Key``: an admin key, or a producers' key as for
+    ``POST /events``): its record gains ``acked_by`` (the body's ``by``, else the key's name: an
+    admin key's own, a producers' key ``key-<6 hex of its SHA-256>``),
     ``acked_at`` and ``acked_key`` (the key's name), and the audit log an ``ack`` entry. An alert
     already acknowledged keeps its first ack: the answer is its record either way."""
     by = body.by.strip() if body is not None and body.by and body.by.strip() else key_name

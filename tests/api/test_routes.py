@@ -36,6 +36,7 @@ from driftline.streams.features import DeviceState
 from driftline.streams.ingest import featurize_reading, label_readings
 
 KEY = "k1"
+ADMIN, ADMIN_KEY = "ops", "admin-k1"
 T0 = datetime(2026, 1, 1, 12, tzinfo=UTC)
 #: What a Redis client says when its server is down: it names the server, which no client of the
 #: API may read.
@@ -44,7 +45,12 @@ INTERNALS = ("10.0.0.7", "6379", "Error 111", "Traceback")
 
 
 def make_settings(**overrides: Any) -> Settings:
-    values: dict[str, Any] = {"env": "test", "secret_key": "test-secret-key-0123456789", "api_keys": KEY}
+    values: dict[str, Any] = {
+        "env": "test",
+        "secret_key": "test-secret-key-0123456789",
+        "api_keys": KEY,
+        "admin_keys": f"{ADMIN}:{ADMIN_KEY}",
+    }
     return Settings(_env_file=None, **{**values, **overrides})
 
 
@@ -204,9 +210,14 @@ class RecordingPublisher:
     def __init__(self, answer: dict[str, Any] | None = None) -> None:
         self.answer = answer
         self.batches: list[list[Any]] = []
+        self.label_batches: list[list[Any]] = []
 
     async def publish(self, items: list[Any]) -> dict[str, Any]:
         self.batches.append(items)
+        return self.answer or {"accepted": len(items), "rejected": 0, "errors": []}
+
+    async def publish_labels(self, items: list[Any]) -> dict[str, Any]:
+        self.label_batches.append(items)
         return self.answer or {"accepted": len(items), "rejected": 0, "errors": []}
 
 
@@ -1057,12 +1068,32 @@ def test_ready_is_200_ready_200_degraded_without_redis_and_503_until_the_model_i
     no_model = serve(settings).get("/ready")
 
     assert up.status_code == 200
-    assert up.json() == {"status": "ready", "redis": True, "models": {learner.name: 4}}
+    assert up.json() == {
+        "status": "ready",
+        "redis": True,
+        "models": {learner.name: 4},
+        "parts": {"redis": "ok", f"model:{learner.name}": "ok"},
+    }
     assert redis_down.status_code == 200
     assert (redis_down.json()["status"], redis_down.json()["redis"]) == ("degraded", False)
     assert "Redis is unreachable" in redis_down.json()["reason"]
     assert no_model.status_code == 503
     assert no_model.json()["status"] == "not_ready"
+    assert no_model.json()["error"]["code"] == "unavailable"  # the one error shape, beside the status
+
+
+def test_ready_is_degraded_naming_each_configured_model_not_loaded() -> None:
+    settings = make_settings(models=[{"name": "default"}, {"name": "energy", "target": "power"}])
+    learner = trained_learner(settings, events=5)
+    store = serving(learner, snapshot_meta(learner, version=4))
+
+    response = serve(settings, store=store, redis=FakeRedis(reachable=False)).get("/ready")
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "degraded"
+    assert body["parts"] == {"redis": "unreachable", "model:default": "ok", "model:energy": "not loaded"}
+    assert "model 'energy' is not loaded" in body["reason"] and "Redis is unreachable" in body["reason"]
 
 
 # --- what an anonymous caller may read of a failure ----------------------------------------------
@@ -1158,6 +1189,111 @@ def test_ack_records_the_name_given_or_the_keys_name_and_never_the_key() -> None
     assert KEY not in json.dumps([named.json(), anonymous.json()])
     too_long = client.post("/alerts/other/ack", json={"by": "x" * 101}, headers={"X-API-Key": KEY})
     assert too_long.status_code == 422
+
+
+def test_ack_takes_an_admin_key_and_records_its_name() -> None:
+    registry = FakeRegistry()
+    registry.alert_records[ALERT_ID] = alert_record()
+
+    response = serve(registry=registry).post(f"/alerts/{ALERT_ID}/ack", headers={"X-API-Key": ADMIN_KEY})
+
+    assert response.status_code == 200, response.text
+    assert registry.acks == [(ALERT_ID, ADMIN, ADMIN)]
+    assert ADMIN_KEY not in response.text
+
+
+@pytest.mark.parametrize("headers", [{}, {"X-API-Key": KEY}, {"X-API-Key": "wrong"}, {"X-API-Key": ADMIN}])
+@pytest.mark.parametrize("path", ["/models/m/promote", "/models/m/rollback"])
+def test_promote_and_rollback_need_an_admin_key_a_producers_key_is_not_one(
+    headers: dict[str, str], path: str
+) -> None:
+    registry = FakeRegistry()  # has no promote or rollback: reaching it would be a 500
+
+    response = serve(registry=registry).post(path, json={}, headers=headers)
+
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "unauthorized"
+    assert response.headers["WWW-Authenticate"] == "ApiKey"
+
+
+def test_an_admin_key_may_not_also_be_a_producers_key() -> None:
+    with pytest.raises(ValueError, match="share a key"):
+        make_settings(admin_keys=f"ops:{KEY}")
+
+
+def test_model_versions_are_newest_first_paged_and_404_for_an_unknown_model() -> None:
+    registry = FakeRegistry()
+    for version in (1, 2, 3):
+        registry.add({"model": "m", "version": version, "lineage": {"parent": version - 1 or None}})
+    client = serve(registry=registry)
+
+    first = client.get("/models/m/versions", params={"limit": 2}).json()
+    second = client.get("/models/m/versions", params={"limit": 2, "offset": 2}).json()
+    unknown = client.get("/models/nope/versions")
+
+    assert [v["version"] for v in first["versions"]] == [3, 2] and first["next_offset"] == 2
+    assert [v["version"] for v in second["versions"]] == [1] and second["next_offset"] is None
+    assert first["total"] == 3 and first["versions"][0]["lineage"] == {"parent": 2}
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "not_found"
+
+
+def test_the_audit_log_is_paged_newest_first_and_filtered_by_model() -> None:
+    registry = FakeRegistry()
+    registry.audit_log = [
+        {"id": f"{9 - i}-0", "model": "a" if i % 2 else "b", "action": "publish"} for i in range(5)
+    ]
+    client = serve(registry=registry)
+
+    page = client.get("/audit", params={"limit": 2}).json()
+    rest = client.get("/audit", params={"limit": 2, "offset": 4}).json()
+    only_a = client.get("/audit", params={"model": "a"}).json()
+
+    assert [e["id"] for e in page["entries"]] == ["9-0", "8-0"] and page["next_offset"] == 2
+    assert [e["id"] for e in rest["entries"]] == ["5-0"] and rest["next_offset"] is None
+    assert [e["id"] for e in only_a["entries"]] == ["8-0", "6-0"]
+
+
+def test_device_prediction_is_from_its_latest_stored_features_and_404_for_a_device_never_seen() -> None:
+    settings = make_settings()
+    learner = trained_learner(settings, events=30)
+    redis = FakeRedis()
+    state = stored_device(settings, redis, "dev-1", [18.0, 19.0, 23.0])
+    client = serving_client(settings, learner, snapshot_meta(learner, version=5), redis=redis)
+
+    known = client.get("/devices/dev-1/prediction")
+    unknown = client.get("/devices/never-seen/prediction")
+    other_version = client.get("/devices/dev-1/prediction", params={"version": 2})
+
+    assert known.status_code == 200, known.text
+    assert known.json()["features"] == state.features and known.json()["version"] == 5
+    assert known.json()["prediction"] == pytest.approx(learner.predict(state.features).value)
+    assert unknown.status_code == 404 and "never-seen" in unknown.json()["error"]["message"]
+    assert other_version.status_code == 403  # only keyed callers pick a version, as for /predict
+
+
+@pytest.mark.parametrize("headers", [{}, {"X-API-Key": "wrong"}])
+def test_labels_without_a_valid_api_key_are_401_and_never_published(headers: dict[str, str]) -> None:
+    publisher = RecordingPublisher()
+
+    response = serve(publisher=publisher).post(
+        "/labels", json={"event_id": "e1", "label": 1.0}, headers=headers
+    )
+
+    assert response.status_code == 401
+    assert publisher.batches == []
+
+
+def test_labels_one_or_a_batch_are_published_and_answered_with_202_counts() -> None:
+    publisher = RecordingPublisher()
+    client = serve(publisher=publisher)
+    label = {"event_id": "e1", "label": True, "model": "m"}
+
+    one = client.post("/labels", json=label, headers={"X-API-Key": KEY})
+    many = client.post("/labels", json=[label, label], headers={"X-API-Key": KEY})
+
+    assert (one.status_code, many.status_code) == (202, 202)
+    assert publisher.label_batches == [[label], [label, label]]
+    assert many.json() == {"accepted": 2, "rejected": 0, "errors": []}
 
 
 def sse_messages(text: str) -> list[dict[str, str]]:

@@ -186,7 +186,9 @@ def test_with_the_broker_gone_events_are_503_within_the_ack_timeout_not_202(
         broker.stop()
     assert first.status_code == 202
     assert gone.status_code == 503, gone.text
-    assert gone.json() ["error"]["message"] == "Kafka is unreachable; retry shortly"
+    assert gone.json()["error"]["message"] == "Kafka is unreachable; retry shortly"
     assert broker.address not in gone.text
     assert took < 2 + 2 + 2  # the ack timeout, plus the producer's wait for metadata, plus slack
-    assert predict.status_code == 503 and "no snapshot yet" in predict.json()["error"]["message"]  # reads still answer
+    assert (
+        predict.status_code == 503 and "no snapshot yet" in predict.json()["error"]["message"]
+    )  # reads still answer
