@@ -64,6 +64,39 @@ def refused(description: str) -> dict[str, Any]:
     return {"model": ErrorResponse, "description": description}
 
 
+def answer(example: Any, code: int = 200, description: str = "") -> dict[int | str, dict[str, Any]]:
+    """A success answer's example, for the OpenAPI page."""
+    return {code: {"description": description or "OK", "content": {"application/json": {"example": example}}}}
+
+
+_MODEL_EXAMPLE: dict[str, Any] = {
+    "name": "default",
+    "served_version": 12,
+    "latest_version": 12,
+    "aliases": {"latest": 12, "champion": 12},
+    "champion_pinned": False,
+    "meta": {
+        "model": "default",
+        "version": 12,
+        "events_learned": 5400,
+        "created_at": "2026-11-22T10:00:00+00:00",
+    },
+    "refused_snapshots": 0,
+    "last_refusal": None,
+    "race": None,
+    "promotions": 0,
+}
+_ALERT_EXAMPLE: dict[str, Any] = {
+    "id": "default:error:events/2:5087:0",
+    "model": "default",
+    "signal": "error",
+    "severity": "drift",
+    "status": "firing",
+    "detector": "ADWIN",
+    "raised_at": 1790000000.0,
+}
+
+
 #: Model names, as the registry spells them.
 ModelName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=128)]
 #: A feature's name in an explicit feature vector (the stream's names: ``temperature_mean_5``).
@@ -533,13 +566,16 @@ async def _describe(name: str, store: ModelStore, registry: ModelRegistry) -> di
     }
 
 
-@router.get("/models")
+@router.get("/models", responses=answer([_MODEL_EXAMPLE]))
 async def list_models(store: ModelStoreDep, registry: RegistryDep) -> list[dict[str, Any]]:
     """Every model in the registry: what is served, its aliases, and any refused snapshots."""
     return [await _describe(name, store, registry) for name in await registry.model_names()]
 
 
-@router.get("/models/{name}")
+@router.get(
+    "/models/{name}",
+    responses={**answer({**_MODEL_EXAMPLE, "versions": [], "audit": []}), 404: refused("no model named so")},
+)
 async def show_model(name: str, store: ModelStoreDep, registry: RegistryDep) -> dict[str, Any]:
     """One model with the metadata of every stored version and its audit log (newest first)."""
     if name not in await registry.model_names():
@@ -551,7 +587,28 @@ async def show_model(name: str, store: ModelStoreDep, registry: RegistryDep) -> 
     }
 
 
-@router.get("/models/{name}/history")
+@router.get(
+    "/models/{name}/history",
+    responses={
+        **answer(
+            {
+                "model": "default",
+                "points": [
+                    {
+                        "version": 12,
+                        "at": "2026-11-22T10:00:00+00:00",
+                        "events_learned": 5400,
+                        "metric": "MAE",
+                        "value": 0.42,
+                        "rolling": 0.38,
+                    }
+                ],
+                "promotions": [],
+            }
+        ),
+        404: refused("no model named so"),
+    },
+)
 async def model_history(
     name: str, registry: RegistryDep, points: Annotated[int, Query(ge=1, le=5000)] = 500
 ) -> dict[str, Any]:
@@ -834,17 +891,25 @@ async def home() -> RedirectResponse:
     return RedirectResponse("dashboard")
 
 
-@router.get("/health")
+@router.get(
+    "/health",
+    responses={
+        **answer({"status": "ok", "redis": True, "models": {"default": 12}}),
+        503: {"description": "`degraded`: Redis does not answer (with `error` too)"},
+    },
+)
 async def health(response: Response, redis: RedisDep, store: ModelStoreDep) -> dict[str, Any]:
     """``ok`` when Redis answers; lists the model versions being served."""
     redis_ok = await _redis_answers(redis)
-    if not redis_ok:
-        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-    return {
+    body: dict[str, Any] = {
         "status": "ok" if redis_ok else "degraded",
         "redis": redis_ok,
         "models": {name: served.version for name, served in store.served.items()},
     }
+    if not redis_ok:
+        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+        body.update(error_body(status.HTTP_503_SERVICE_UNAVAILABLE, "Redis does not answer"))
+    return body
 
 
 @router.get(
@@ -921,7 +986,12 @@ async def _redis_answers(redis: Redis) -> bool:
         return False
 
 
-@router.get("/schema/event")
+@router.get(
+    "/schema/event",
+    responses=answer(
+        {"title": "SensorEvent", "type": "object", "properties": {"event_id": {"type": "string"}}}
+    ),
+)
 async def event_schema() -> dict[str, Any]:
     """The JSON Schema every message on the events topic must satisfy."""
     return SensorEvent.model_json_schema()
@@ -999,6 +1069,7 @@ AckerDep = Annotated[str, Depends(acker)]
     "/events",
     status_code=status.HTTP_202_ACCEPTED,
     responses={
+        **answer({"accepted": 1, "rejected": 0, "errors": []}, code=202),
         401: {"description": "no valid X-API-Key (checked before the body is read)"},
         413: {"description": "over DRIFTLINE_EVENTS_MAX_BYTES, or DRIFTLINE_MAX_BATCH_EVENTS events"},
         422: {"description": "not JSON, or no event was valid; reasons per item"},
@@ -1210,7 +1281,7 @@ async def _device_state(device_id: str, settings: Settings, redis: Redis) -> Dev
     return DeviceState.from_json(json.loads(raw))
 
 
-@router.get("/alerts")
+@router.get("/alerts", responses=answer([_ALERT_EXAMPLE]))
 async def list_alerts(
     registry: RegistryDep,
     response: Response,
@@ -1228,12 +1299,29 @@ async def list_alerts(
 ) -> list[dict[str, Any]]:
     """Drift alerts, newest first, each once in its current state; paged: when there are more,
     the ``X-Next-Page`` header holds the ``before`` of the next page."""
+    if before is not None and not stream_cursor_in_range(before):
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"before {before!r} is not a stream position (64-bit numbers)",
+        )
+    if before == "(0-0":  # nothing comes before the first position (and Redis refuses to look)
+        return []
     alerts, cursor = await registry.alerts_page(
         model, limit, before or "+", since, until, signal=signal, severity=severity, status=alert_status
     )
     if cursor is not None:
         response.headers["X-Next-Page"] = cursor
     return alerts
+
+
+def stream_cursor_in_range(cursor: str) -> bool:
+    """Whether a page cursor (``(<ms>-<seq>``, as the pattern checks) has numbers Redis takes.
+
+    >>> stream_cursor_in_range("(1790000000000-0"), stream_cursor_in_range("(99999999999999999999-0")
+    (True, False)
+    """
+    ms, _, seq = cursor.lstrip("(").partition("-")
+    return all(int(part) < 2**64 for part in (ms, seq or "0"))
 
 
 #: How long one XREAD of the alert stream blocks: the longest a stream takes to notice the app
@@ -1335,13 +1423,15 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-@router.get("/alerts/{alert_id:path}", responses={404: {"description": "no such alert"}})
+@router.get("/alerts/{alert_id:path}", responses={**answer(_ALERT_EXAMPLE), 404: refused("no such alert")})
 async def show_alert(alert_id: str, registry: RegistryDep) -> dict[str, Any]:
     """One drift alert (404 if there is none with that id). Ids hold a ``/`` (``events/3``)."""
     return await registry.alert(alert_id)
 
 
 class AckRequest(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"by": "on-call: ana"}]})
+
     #: Who acknowledges (a person, a team); without it, the API key's name.
     by: str | None = Field(default=None, min_length=1, max_length=100)
 
@@ -1349,6 +1439,9 @@ class AckRequest(BaseModel):
 @router.post(
     "/alerts/{alert_id:path}/ack",
     responses={
+        **answer(
+            {**_ALERT_EXAMPLE, "acked_by": "ops", "acked_at": "2026-11-22T10:00:00+00:00", "acked_key": "ops"}
+        ),
         401: refused("no valid X-API-Key (an admin key or a producers' key)"),
         404: refused("no such alert"),
     },
@@ -1369,7 +1462,29 @@ async def ack_alert(
     return alert
 
 
-@router.get("/stats")
+@router.get(
+    "/stats",
+    responses=answer(
+        {
+            "received": 1000,
+            "accepted": 990,
+            "deduplicated": 2,
+            "rejected": 6,
+            "late": 2,
+            "models": {
+                "default": {
+                    "version": 12,
+                    "events_seen": 990,
+                    "events_learned": 985,
+                    "warnings": [],
+                    "race": None,
+                    "promotions": 0,
+                }
+            },
+            "warnings": [],
+        }
+    ),
+)
 async def stats(settings: SettingsDep, redis: RedisDep, registry: RegistryDep) -> dict[str, Any]:
     """What became of every event: received = accepted + deduplicated + rejected + late; and per
     model, events seen and learned, with warnings (a model that sees events but learns none), the
@@ -1403,7 +1518,20 @@ def model_figures(latest: Mapping[str, tuple[int, SnapshotMeta]]) -> dict[str, A
     return {"models": models, "warnings": [w for model in models.values() for w in model["warnings"]]}
 
 
-@router.get("/devices/{device_id}/stats")
+@router.get(
+    "/devices/{device_id}/stats",
+    responses={
+        **answer(
+            {
+                "device_id": "sensor-001",
+                "counts": {"temperature": 120},
+                "watermark": 1790000000.0,
+                "events": 120,
+            }
+        ),
+        404: refused("no events seen from the device"),
+    },
+)
 async def device_stats(device_id: str, settings: SettingsDep, redis: RedisDep) -> dict[str, Any]:
     """One device's counters and its newest event time."""
     state = await _device_state(device_id, settings, redis)
@@ -1415,7 +1543,21 @@ async def device_stats(device_id: str, settings: SettingsDep, redis: RedisDep) -
     }
 
 
-@router.get("/devices/{device_id}/features")
+@router.get(
+    "/devices/{device_id}/features",
+    responses={
+        **answer(
+            {
+                "device_id": "sensor-001",
+                "features": {"temperature": 21.5, "temperature_mean_5": 21.1},
+                "events": 120,
+                "last_event_time": 1790000000.0,
+                "feature_schema": "0123456789abcdef",
+            }
+        ),
+        404: refused("no events seen from the device"),
+    },
+)
 async def device_features(device_id: str, settings: SettingsDep, redis: RedisDep) -> dict[str, Any]:
     """The device's current feature vector (its last event's), as the stream computed it."""
     state = await _device_state(device_id, settings, redis)
