@@ -1296,6 +1296,18 @@ def test_labels_one_or_a_batch_are_published_and_answered_with_202_counts() -> N
     assert many.json() == {"accepted": 2, "rejected": 0, "errors": []}
 
 
+def test_an_alert_page_cursor_redis_would_refuse_is_answered_never_a_503() -> None:
+    # Found by the schema fuzz: Redis refuses these as stream ids (a ResponseError, once a 503).
+    client = serve(registry=DownRegistry())  # type: ignore[arg-type]
+
+    before_the_first = client.get("/alerts", params={"before": "(0-0"})
+    too_large = client.get("/alerts", params={"before": f"({2**64}-0"})
+
+    assert (before_the_first.status_code, before_the_first.json()) == (200, [])
+    assert too_large.status_code == 422
+    assert "not a stream position" in too_large.json()["error"]["message"]
+
+
 def sse_messages(text: str) -> list[dict[str, str]]:
     """Server-sent events as dicts of their fields (comments under ``:``), in order."""
     messages = []
