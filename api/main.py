@@ -6,23 +6,21 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
-from fastapi import FastAPI, Request, status
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from driftline.api.errors import ErrorResponse, status_and_body
 from driftline.api.model_store import LoaderThread, ModelStore
 from driftline.api.publisher import EventPublisher
 from driftline.api.routes import router
-from driftline.core.errors import (
-    DriftlineError,
-    FeatureSchemaMismatch,
-    ModelNotReady,
-    RegistryError,
-    ServiceUnavailable,
-    SnapshotError,
-)
+from driftline.core.errors import DriftlineError
 from driftline.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -77,31 +75,65 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(router)
-    app.add_exception_handler(DriftlineError, _driftline_error)
-    app.add_exception_handler(RedisError, _redis_error)
+    app.openapi = lambda: _openapi_with_one_error_shape(app)  # type: ignore[method-assign]
+    for handled in (StarletteHTTPException, RequestValidationError, DriftlineError, RedisError):
+        app.add_exception_handler(handled, _error)
     return app
 
 
-async def _driftline_error(request: Request, exc: Exception) -> JSONResponse:
-    code = status.HTTP_400_BAD_REQUEST
-    detail = str(exc)
-    if isinstance(exc, FeatureSchemaMismatch):
-        code = status.HTTP_409_CONFLICT
-    if isinstance(exc, RegistryError):
-        code = status.HTTP_404_NOT_FOUND
-    if isinstance(exc, ModelNotReady | SnapshotError | ServiceUnavailable):
-        code = status.HTTP_503_SERVICE_UNAVAILABLE
-    if isinstance(exc, ServiceUnavailable):
-        # The service's address and its client's error are for the operator's log, not for
-        # whoever called (the read endpoints take anonymous callers).
-        log.warning("%s %s: %s", request.method, request.url.path, exc)
-        detail = f"{exc.service} is unreachable; retry shortly"
-    return JSONResponse({"detail": detail}, status_code=code)
+#: What any route may answer besides what it documents: Redis down is a 503 wherever Redis is read.
+ANY_ROUTE_ERRORS = {"503": "Redis (or the broker) unavailable; retry shortly"}
 
 
-async def _redis_error(request: Request, exc: Exception) -> JSONResponse:
-    # Redis's own message names its address: logged here, never sent.
-    log.warning("%s %s: Redis unavailable: %r", request.method, request.url.path, exc)
-    return JSONResponse(
-        {"detail": "Redis is unavailable; retry shortly"}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE
+def _openapi_with_one_error_shape(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema, with every 4xx/5xx answer in the one error shape (its own 422 included,
+    which the handlers answer in that shape too), a 404 for every path with a parameter, and the
+    503 any route may answer with Redis down."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(
+        title=app.title,
+        version=app.version,
+        summary=app.summary,
+        description=app.description,
+        routes=app.routes,
     )
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+    for path, operations in schema["paths"].items():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            for code, description in ANY_ROUTE_ERRORS.items():
+                responses.setdefault(code, {"description": description})
+            if "{" in path:
+                responses.setdefault("404", {"description": "not found"})
+            for code, response in responses.items():
+                if code[0] in "45" and "example" not in response.get("content", {}).get(
+                    "application/json", {}
+                ):
+                    response["content"] = error
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components.update(
+        {
+            name: body
+            for name, body in ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
+            .pop("$defs", {})
+            .items()
+        }
+    )
+    components["ErrorResponse"] = {
+        k: v
+        for k, v in ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}").items()
+        if k != "$defs"
+    }
+    for unused in ("HTTPValidationError", "ValidationError"):
+        components.pop(unused, None)
+    app.openapi_schema = schema
+    return schema
+
+
+async def _error(request: Request, exc: Exception) -> JSONResponse:
+    """Every error in one shape (:mod:`driftline.api.errors`): HTTPException, validation, Redis
+    down, driftline's own; an HTTPException's headers (``WWW-Authenticate``) kept."""
+    code, body = status_and_body(exc, f"{request.method} {request.url.path}")
+    headers = getattr(exc, "headers", None) if isinstance(exc, StarletteHTTPException) else None
+    return JSONResponse(body, status_code=code, headers=headers)

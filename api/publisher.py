@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from driftline.kafka import SensorProducer
 from driftline.settings import Settings
-from driftline.streams.schema import SensorEvent
+from driftline.streams.schema import LabelEvent, SensorEvent
 
 
 class EventPublisher:
@@ -52,6 +52,29 @@ class EventPublisher:
         if valid:
             producer = await self.producer()
             await run_in_threadpool(producer.send_acknowledged, valid, self.settings.events_ack_timeout)
+        return {"accepted": len(valid), "rejected": len(errors), "errors": errors}
+
+    async def publish_labels(self, items: list[Any]) -> dict[str, Any]:
+        """As :meth:`publish`, for labels: each validated as the labels topic's consumer does
+        (:class:`LabelEvent`), the valid ones sent to the labels topic keyed by their event id."""
+        valid: list[tuple[bytes | None, bytes]] = []
+        errors: list[dict[str, Any]] = []
+        for index, item in enumerate(items):
+            try:
+                label = LabelEvent.model_validate(item)
+            except ValidationError as exc:
+                errors.append({"index": index, "errors": exc.errors(include_url=False, include_input=False)})
+                continue
+            body = label.model_dump(mode="json", exclude_none=True)
+            valid.append((label.event_id.encode(), json.dumps(body, separators=(",", ":")).encode()))
+        if valid:
+            producer = await self.producer()
+            await run_in_threadpool(
+                producer.send_acknowledged,
+                valid,
+                self.settings.events_ack_timeout,
+                self.settings.labels_topic,
+            )
         return {"accepted": len(valid), "rejected": len(errors), "errors": errors}
 
     async def close(self) -> None:

@@ -13,12 +13,14 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import UTC, datetime
 from functools import cache
 from importlib.resources import files
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import anyio
 from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Request, Response, status
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
-from pydantic import BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sse_starlette import EventSourceResponse, ServerSentEvent
@@ -31,6 +33,7 @@ from driftline.api.deps import (
     SettingsDep,
     StoppingDep,
 )
+from driftline.api.errors import ErrorDetail, ErrorResponse, error_body, status_and_body
 from driftline.api.model_store import ModelStore
 from driftline.api.races import race_view
 from driftline.api.stats import ingest_totals, prometheus_text
@@ -43,13 +46,138 @@ from driftline.streams.checkpoint import load_device_states, read_device_state
 from driftline.streams.cleaning import Rejection
 from driftline.streams.features import DeviceState
 from driftline.streams.ingest import featurize_reading, label_readings
-from driftline.streams.schema import Reading, SensorEvent
+from driftline.streams.schema import (
+    MAX_READINGS,
+    FiniteFloat,
+    Identifier,
+    LabelEvent,
+    SensorEvent,
+    SensorName,
+)
 
 router = APIRouter()
 log = logging.getLogger(__name__)
 
 
+def refused(description: str) -> dict[str, Any]:
+    """An error response for the OpenAPI page: the one error shape, and when it is answered."""
+    return {"model": ErrorResponse, "description": description}
+
+
+def answer(example: Any, code: int = 200, description: str = "") -> dict[int | str, dict[str, Any]]:
+    """A success answer's example, for the OpenAPI page."""
+    return {code: {"description": description or "OK", "content": {"application/json": {"example": example}}}}
+
+
+_MODEL_EXAMPLE: dict[str, Any] = {
+    "name": "default",
+    "served_version": 12,
+    "latest_version": 12,
+    "aliases": {"latest": 12, "champion": 12},
+    "champion_pinned": False,
+    "meta": {
+        "model": "default",
+        "version": 12,
+        "events_learned": 5400,
+        "created_at": "2026-11-22T10:00:00+00:00",
+    },
+    "refused_snapshots": 0,
+    "last_refusal": None,
+    "race": None,
+    "promotions": 0,
+}
+_ALERT_EXAMPLE: dict[str, Any] = {
+    "id": "default:error:events/2:5087:0",
+    "model": "default",
+    "signal": "error",
+    "severity": "drift",
+    "status": "firing",
+    "detector": "ADWIN",
+    "raised_at": 1790000000.0,
+}
+
+
+#: Model names, as the registry spells them.
+ModelName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=128)]
+#: A feature's name in an explicit feature vector (the stream's names: ``temperature_mean_5``).
+FeatureName = Annotated[str, Field(min_length=1, max_length=200)]
+#: Most features one explicit vector may hold.
+MAX_FEATURES = 1024
+
+_PREDICT_EXAMPLE: dict[str, Any] = {
+    "device_id": "sensor-001",
+    "readings": {"temperature": 21.5, "vibration": 0.02},
+}
+
+
+class PredictRequest(BaseModel):
+    """One prediction asked for: a raw reading of a device (featurized with the device's state,
+    as the stream does) or an explicit feature vector; by model name and alias (the champion
+    unless asked) or an exact version."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                _PREDICT_EXAMPLE,
+                {
+                    "features": {"temperature": 21.5, "temperature_mean_5": 21.1},
+                    "model": "default",
+                    "version": 3,
+                },
+            ]
+        },
+    )
+
+    device_id: Identifier | None = Field(None, description="the device (required with readings)")
+    readings: dict[SensorName, FiniteFloat | None] | None = Field(
+        None, max_length=MAX_READINGS, description="a raw reading: featurized from the device's state"
+    )
+    features: dict[FeatureName, FiniteFloat] | None = Field(
+        None, max_length=MAX_FEATURES, description="an explicit feature vector, used as it is"
+    )
+    ts: AwareDatetime | None = Field(None, description="event time of the reading; default: now")
+    model: ModelName | None = Field(None, description="model name; default: the configured model")
+    alias: Literal["champion", "challenger", "latest"] | None = Field(
+        None, description="which of the model's versions answers; default: the champion"
+    )
+    version: int | None = Field(None, ge=1, description="a stored version, instead of an alias")
+
+    @model_validator(mode="after")
+    def _one_input_and_one_way_to_pick_a_version(self) -> PredictRequest:
+        if self.alias is not None and self.version is not None:
+            raise ValueError("give alias or version, not both")
+        if (self.readings is None) == (self.features is None):
+            raise ValueError("give readings (a raw reading) or features (a feature vector), one of them")
+        if self.readings is not None and self.device_id is None:
+            raise ValueError("readings need the device_id whose state featurizes them")
+        return self
+
+
+#: The request's schema, inline on the OpenAPI page (the route reads its body itself).
+_PREDICT_REQUEST_SCHEMA = PredictRequest.model_json_schema()
+
+
 class PredictionResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "prediction": 23.4,
+                    "probabilities": None,
+                    "task": "regression",
+                    "model": "default",
+                    "version": 12,
+                    "device_id": "sensor-001",
+                    "features": {"temperature": 21.5, "temperature_mean_5": 21.1},
+                    "events_learned": 5400,
+                    "created_at": "2026-11-22T10:00:00+00:00",
+                    "age_seconds": 4.2,
+                }
+            ]
+        }
+    )
+
     #: regression/forecast: the value; classification: the class; anomaly: the score (high = odd).
     prediction: float | bool | str | None
     #: classification: each class's probability.
@@ -57,9 +185,13 @@ class PredictionResponse(BaseModel):
     task: str
     model: str
     version: int
-    device_id: str
+    #: the device whose reading was featurized (none for an explicit feature vector without one)
+    device_id: str | None = None
     features: dict[str, float]
     events_learned: int
+    #: when the snapshot answering was made (ISO 8601), and how old it is (seconds)
+    created_at: str | None = None
+    age_seconds: float | None = None
     #: the alias asked for, if any (the version says which one answered)
     alias: str | None = None
     #: why ``prediction`` is null although a model answered: it said NaN or infinity, which is
@@ -69,6 +201,60 @@ class PredictionResponse(BaseModel):
     #: come from this reading alone; ``degraded_reason`` says so
     degraded: bool = False
     degraded_reason: str | None = None
+
+
+class AnsweredItem(PredictionResponse):
+    index: int = Field(description="the item's place in the request")
+    status: Literal[200] = 200
+
+
+class RefusedItem(BaseModel):
+    index: int = Field(description="the item's place in the request")
+    status: int = Field(description="the status the item would have had alone (4xx, 503)")
+    error: ErrorDetail
+
+
+class BatchPredictionResponse(BaseModel):
+    """A batch's answers, in the request's order: each answered or refused on its own."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "answered": 1,
+                    "refused": 1,
+                    "results": [
+                        {
+                            "index": 0,
+                            "status": 200,
+                            "prediction": 23.4,
+                            "task": "regression",
+                            "model": "default",
+                            "version": 12,
+                            "device_id": "sensor-001",
+                            "features": {"temperature": 21.5},
+                            "events_learned": 5400,
+                            "created_at": "2026-11-22T10:00:00+00:00",
+                            "age_seconds": 4.2,
+                        },
+                        {
+                            "index": 1,
+                            "status": 422,
+                            "error": {
+                                "code": "invalid",
+                                "message": "invalid request: readings: Field required",
+                                "details": None,
+                            },
+                        },
+                    ],
+                }
+            ]
+        }
+    )
+
+    answered: int
+    refused: int
+    results: list[AnsweredItem | RefusedItem]
 
 
 #: Longest ``/predict`` waits for a device's state before answering without it: the state is one
@@ -83,47 +269,132 @@ NO_DEVICE_STATE = (
 
 @router.post(
     "/predict",
-    response_model=PredictionResponse,
+    response_model=PredictionResponse | BatchPredictionResponse,
     responses={
-        503: {"description": "no model yet"},
-        404: {"description": "the alias asked for is not set, or the version is not stored"},
-        401: {"description": "an alias or version asked for with an unknown X-API-Key"},
-        403: {"description": "an alias or version other than the champion asked for without X-API-Key"},
+        400: refused("Content-Length is not a number"),
+        401: {
+            "model": ErrorResponse,
+            "description": "an alias or version asked for with an unknown X-API-Key",
+        },
+        403: refused("an alias or version other than the champion asked for without X-API-Key"),
+        404: {
+            "model": ErrorResponse,
+            "description": "the alias asked for is not set, or the version is not stored",
+        },
+        409: refused("the model was trained on other features"),
+        413: {
+            "model": ErrorResponse,
+            "description": "over DRIFTLINE_PREDICT_MAX_BATCH items, or too many bytes",
+        },
+        422: refused("not JSON, an invalid request, or a reading refused"),
+        503: refused("no model yet"),
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "description": (
+                "one request (answered with one prediction), or a JSON array of them (answered "
+                "item by item, each answered or refused on its own)"
+            ),
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "oneOf": [
+                            _PREDICT_REQUEST_SCHEMA,
+                            {
+                                "type": "array",
+                                "items": _PREDICT_REQUEST_SCHEMA,
+                                "minItems": 1,
+                            },
+                        ]
+                    },
+                    "examples": {
+                        "one reading": {"value": _PREDICT_EXAMPLE},
+                        "a batch": {
+                            "value": [
+                                _PREDICT_EXAMPLE,
+                                {"features": {"temperature": 21.5, "temperature_mean_5": 21.1}},
+                            ]
+                        },
+                    },
+                }
+            },
+        }
     },
 )
 async def predict(
-    reading: Reading,
+    request: Request,
     settings: SettingsDep,
     redis: RedisDep,
     store: ModelStoreDep,
     x_api_key: Annotated[str | None, Header()] = None,
-) -> PredictionResponse:
-    """Predict from one raw reading, featurized with the device's live state (as the stream does).
+) -> PredictionResponse | BatchPredictionResponse:
+    """Predict from a raw reading (featurized with the device's live state, as the stream does)
+    or an explicit feature vector; or from each of a batch of them (a JSON array).
 
     Anyone may ask the champion; another alias or a stored version (each a snapshot to load and
     verify) needs an API key. With Redis down, the champion still answers, from the reading alone,
-    marked ``degraded``."""
-    if not asks_for_the_champion(reading):
-        _require_key_for_versions(settings, x_api_key)
-    name = reading.model or settings.default_model
-    served = await store.pick(name, reading.alias, reading.version)
-    check_feature_schema(served.meta, settings)
-    state, degraded_reason = await _device_state_for_serving(reading.device_id, settings, redis)
-    # A copy of the stream's state: serving reads it and never writes it back. Cleaning and
-    # featurizing are the stream's own functions, so serving sees what training saw.
-    featurized = featurize_reading(
-        reading.readings,
-        reading.ts or datetime.now(UTC),
-        state,
-        labels=label_readings(settings.model_specs(), settings.target),
-        catalog=settings.catalog(),
-        spec=settings.features,
-    )
-    if isinstance(featurized, Rejection):
+    marked ``degraded``. Each answer carries the version that answered, its snapshot time and age."""
+    body = parse_json_body(await read_body_within(request, settings.events_max_bytes))
+    if not isinstance(body, list):
+        try:
+            one = PredictRequest.model_validate(body)
+        except ValidationError as exc:
+            raise RequestValidationError(exc.errors(include_url=False, include_input=False)) from None
+        states, degraded_reason = await _device_states_for_serving([one], settings, redis)
+        return await _answer(one, settings, store, x_api_key, states, degraded_reason)
+    if len(body) > settings.predict_max_batch:
         raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT, f"{featurized.reason}: {featurized.message}"
+            status.HTTP_413_CONTENT_TOO_LARGE,
+            f"{len(body)} items in one request; the limit is {settings.predict_max_batch} "
+            "(DRIFTLINE_PREDICT_MAX_BATCH)",
         )
-    _, features = featurized
+    if not body:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "no items in the request")
+    items: list[PredictRequest | ValidationError] = []
+    for raw in body:
+        try:
+            items.append(PredictRequest.model_validate(raw))
+        except ValidationError as exc:
+            items.append(exc)
+    valid = [item for item in items if isinstance(item, PredictRequest)]
+    states, degraded_reason = await _device_states_for_serving(valid, settings, redis)
+    results: list[AnsweredItem | RefusedItem] = []
+    for index, item in enumerate(items):
+        try:
+            if isinstance(item, ValidationError):
+                raise item
+            answer = await _answer(item, settings, store, x_api_key, states, degraded_reason)
+            results.append(AnsweredItem(index=index, **answer.model_dump()))
+        except Exception as exc:  # each item refused on its own, in the one error shape
+            code, error = status_and_body(exc, f"/predict item {index}")
+            results.append(RefusedItem(index=index, status=code, error=ErrorDetail(**error["error"])))
+    answered = sum(isinstance(r, AnsweredItem) for r in results)
+    return BatchPredictionResponse(answered=answered, refused=len(results) - answered, results=results)
+
+
+async def _answer(
+    item: PredictRequest,
+    settings: Settings,
+    store: ModelStore,
+    api_key: str | None,
+    states: Mapping[str, DeviceState],
+    degraded_reason: str | None,
+    stream_features: bool = False,
+) -> PredictionResponse:
+    """One prediction: the model picked, the features made (or taken as given: a client's, or
+    ``stream_features`` the stream's, which the model must have been trained on), the answer."""
+    if not asks_for_the_champion(item):
+        _require_key_for_versions(settings, api_key)
+    name = item.model or settings.default_model
+    served = await store.pick(name, item.alias, item.version)
+    if item.features is None or stream_features:
+        check_feature_schema(served.meta, settings)
+    if item.features is not None:
+        # An explicit vector is used as it is: no device history, nothing degraded.
+        features, degraded_reason = dict(item.features), None
+    else:
+        features = _featurize(item, settings, states)
     value, probabilities = as_json_prediction(served.learner.predict(features))
     warning = None
     if not _finite(value, probabilities):
@@ -133,33 +404,77 @@ async def predict(
             f"model {name!r} v{served.version} predicted a non-finite value "
             f"({value!r}, probabilities {probabilities!r}) for these features: no prediction"
         )
-        log.warning("/predict for device %s: %s", reading.device_id, warning)
+        log.warning("/predict for device %s: %s", item.device_id, warning)
         value, probabilities = None, None
+    created_at = served.meta.get("created_at")
     return PredictionResponse(
         prediction=value,
         probabilities=probabilities,
         task=served.learner.spec.task,
         model=name,
         version=served.version,
-        device_id=reading.device_id,
+        device_id=item.device_id,
         features=features,
         events_learned=int(served.meta.get("events_learned", 0)),
-        alias=reading.alias,
+        created_at=created_at or None,
+        age_seconds=snapshot_age(created_at, datetime.now(UTC)),
+        alias=item.alias,
         warning=warning,
         degraded=degraded_reason is not None,
         degraded_reason=degraded_reason,
     )
 
 
-def asks_for_the_champion(reading: Reading) -> bool:
+def _featurize(
+    item: PredictRequest, settings: Settings, states: Mapping[str, DeviceState]
+) -> dict[str, float]:
+    """The stream's features for a raw reading, on a copy of its device's state (serving reads
+    the state and never writes it back; a batch's items each start from the stored one)."""
+    readings, device_id = item.readings or {}, str(item.device_id)  # the validator ensures both
+    stored = states.get(device_id)
+    state = DeviceState.from_json(stored.to_json()) if stored is not None else DeviceState()
+    # Cleaning and featurizing are the stream's own functions, so serving sees what training saw.
+    featurized = featurize_reading(
+        readings,
+        item.ts or datetime.now(UTC),
+        state,
+        labels=label_readings(settings.model_specs(), settings.target),
+        catalog=settings.catalog(),
+        spec=settings.features,
+    )
+    if isinstance(featurized, Rejection):
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, f"{featurized.reason}: {featurized.message}"
+        )
+    return featurized[1]
+
+
+def snapshot_age(created_at: str | None, now: datetime) -> float | None:
+    """Seconds since a snapshot was made (``None`` when its time is unknown or unreadable).
+
+    >>> snapshot_age("2026-01-01T12:00:00+00:00", datetime(2026, 1, 1, 12, 0, 30, tzinfo=UTC))
+    30.0
+    >>> snapshot_age("", datetime.now(UTC)) is None
+    True
+    """
+    try:
+        made = datetime.fromisoformat(str(created_at))
+    except ValueError:
+        return None
+    if made.tzinfo is None:
+        made = made.replace(tzinfo=UTC)
+    return round((now - made).total_seconds(), 3)
+
+
+def asks_for_the_champion(item: PredictRequest) -> bool:
     """Whether a request leaves the version to the server (the champion being served).
 
-    >>> asks_for_the_champion(Reading(device_id="d", readings={}, alias="champion"))
+    >>> asks_for_the_champion(PredictRequest(features={}, alias="champion"))
     True
-    >>> asks_for_the_champion(Reading(device_id="d", readings={}, version=3))
+    >>> asks_for_the_champion(PredictRequest(features={}, version=3))
     False
     """
-    return reading.version is None and reading.alias in (None, CHAMPION)
+    return item.version is None and item.alias in (None, CHAMPION)
 
 
 def _require_key_for_versions(settings: Settings, key: str | None) -> None:
@@ -172,19 +487,23 @@ def _require_key_for_versions(settings: Settings, key: str | None) -> None:
     _check_api_key(settings, key)
 
 
-async def _device_state_for_serving(
-    device_id: str, settings: Settings, redis: Redis
-) -> tuple[DeviceState, str | None]:
-    """The device's checkpointed state (an empty one for a device never seen); with Redis down
-    or too slow, an empty one and the reason the answer is degraded."""
+async def _device_states_for_serving(
+    items: Iterable[PredictRequest], settings: Settings, redis: Redis
+) -> tuple[dict[str, DeviceState], str | None]:
+    """The checkpointed state of each device whose raw reading is to be featurized (one read for
+    a whole batch; a device never seen has none); with Redis down or too slow, none and the reason
+    the answers are degraded."""
+    device_ids = sorted({i.device_id for i in items if i.readings is not None and i.device_id is not None})
+    if not device_ids:
+        return {}, None
     try:
         states = await asyncio.wait_for(
-            load_device_states(redis, settings.keys, [device_id]), DEVICE_STATE_TIMEOUT_SECONDS
+            load_device_states(redis, settings.keys, device_ids), DEVICE_STATE_TIMEOUT_SECONDS
         )
     except (RedisError, OSError, TimeoutError) as exc:
-        log.warning("/predict for device %s without its state (Redis: %r)", device_id, exc)
-        return DeviceState(), NO_DEVICE_STATE
-    return states.get(device_id) or DeviceState(), None
+        log.warning("/predict for devices %s without their state (Redis: %r)", device_ids[:5], exc)
+        return {}, NO_DEVICE_STATE
+    return states, None
 
 
 def _finite(value: float | bool | str | None, probabilities: dict[str, float] | None) -> bool:
@@ -247,13 +566,16 @@ async def _describe(name: str, store: ModelStore, registry: ModelRegistry) -> di
     }
 
 
-@router.get("/models")
+@router.get("/models", responses=answer([_MODEL_EXAMPLE]))
 async def list_models(store: ModelStoreDep, registry: RegistryDep) -> list[dict[str, Any]]:
     """Every model in the registry: what is served, its aliases, and any refused snapshots."""
     return [await _describe(name, store, registry) for name in await registry.model_names()]
 
 
-@router.get("/models/{name}")
+@router.get(
+    "/models/{name}",
+    responses={**answer({**_MODEL_EXAMPLE, "versions": [], "audit": []}), 404: refused("no model named so")},
+)
 async def show_model(name: str, store: ModelStoreDep, registry: RegistryDep) -> dict[str, Any]:
     """One model with the metadata of every stored version and its audit log (newest first)."""
     if name not in await registry.model_names():
@@ -265,7 +587,28 @@ async def show_model(name: str, store: ModelStoreDep, registry: RegistryDep) -> 
     }
 
 
-@router.get("/models/{name}/history")
+@router.get(
+    "/models/{name}/history",
+    responses={
+        **answer(
+            {
+                "model": "default",
+                "points": [
+                    {
+                        "version": 12,
+                        "at": "2026-11-22T10:00:00+00:00",
+                        "events_learned": 5400,
+                        "metric": "MAE",
+                        "value": 0.42,
+                        "rolling": 0.38,
+                    }
+                ],
+                "promotions": [],
+            }
+        ),
+        404: refused("no model named so"),
+    },
+)
 async def model_history(
     name: str, registry: RegistryDep, points: Annotated[int, Query(ge=1, le=5000)] = 500
 ) -> dict[str, Any]:
@@ -279,6 +622,257 @@ async def model_history(
         "points": await registry.history(name, points),
         "promotions": await registry.promotions(name, points),
     }
+
+
+# --- models over HTTP: versions, the audit log, promote and roll back (admin key) ---------------
+
+
+def admin_name(settings: Settings, key: str | None) -> str | None:
+    """The name of the admin key given (``DRIFTLINE_ADMIN_KEYS`` is ``name:key,...``), compared
+    in constant time; ``None`` for no key or another one."""
+    names = settings.admin_key_names()
+    if not api_key_valid(key, names):
+        return None
+    raw = _header_bytes(str(key))
+    return next(name for k, name in names.items() if secrets.compare_digest(raw, k.encode()))
+
+
+def admin_holder(settings: SettingsDep, x_api_key: Annotated[str | None, Header()] = None) -> str:
+    """The caller's admin key, checked (401 without a valid one), by its name."""
+    name = admin_name(settings, x_api_key)
+    if name is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "missing or unknown admin key (header X-API-Key, one of DRIFTLINE_ADMIN_KEYS)",
+            headers={"WWW-Authenticate": "ApiKey"},
+        )
+    return name
+
+
+AdminNameDep = Annotated[str, Depends(admin_holder)]
+
+
+async def _require_model(name: str, registry: ModelRegistry) -> None:
+    if name not in await registry.model_names():
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no model named {name!r}")
+
+
+class Page(BaseModel):
+    """One page of a list, newest first: ``next_offset`` asks for the next (``None``: no more)."""
+
+    total: int | None = Field(None, description="how many there are in all, when known")
+    offset: int
+    limit: int
+    next_offset: int | None
+
+
+class VersionsPage(Page):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "default",
+                    "total": 2,
+                    "offset": 0,
+                    "limit": 50,
+                    "next_offset": None,
+                    "versions": [
+                        {
+                            "version": 2,
+                            "created_at": "2026-11-22T10:05:00+00:00",
+                            "events_learned": 5400,
+                            "metric": {"name": "MAE", "value": 0.42, "rolling": 0.38},
+                            "lineage": {"parent": 1, "reason": "periodic"},
+                        },
+                        {"version": 1, "created_at": "2026-11-22T10:00:00+00:00", "events_learned": 2700},
+                    ],
+                }
+            ]
+        }
+    )
+
+    model: str
+    #: each version's metadata as the registry lists it: lineage, metrics, size, times
+    versions: list[dict[str, Any]]
+
+
+class AuditPage(Page):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "offset": 0,
+                    "limit": 100,
+                    "next_offset": None,
+                    "entries": [
+                        {
+                            "id": "1790000000000-0",
+                            "action": "promote",
+                            "model": "default",
+                            "version": "3",
+                            "alias": "champion",
+                            "by": "ops",
+                            "reason": "v4 regressed",
+                            "at": "2026-11-22T10:00:00+00:00",
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+
+    #: the audit log's entries (publish, promote, rollback, ack, ...), newest first
+    entries: list[dict[str, Any]]
+
+
+@router.get(
+    "/models/{name}/versions",
+    response_model=VersionsPage,
+    responses={404: refused("no model named so")},
+)
+async def model_versions(
+    name: str,
+    registry: RegistryDep,
+    offset: Annotated[int, Query(ge=0, le=100_000)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> VersionsPage:
+    """Every stored version's metadata (lineage, metrics, size, times), newest first, paged."""
+    await _require_model(name, registry)
+    newest_first = (await registry.versions(name))[::-1]
+    page = newest_first[offset : offset + limit]
+    more = offset + limit < len(newest_first)
+    return VersionsPage(
+        model=name,
+        total=len(newest_first),
+        offset=offset,
+        limit=limit,
+        next_offset=offset + limit if more else None,
+        versions=[dict(m) for m in page],
+    )
+
+
+@router.get("/audit", response_model=AuditPage)
+async def audit_log(
+    registry: RegistryDep,
+    model: Annotated[ModelName | None, Query(description="one model's entries only")] = None,
+    offset: Annotated[int, Query(ge=0, le=10_000)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> AuditPage:
+    """The registry's audit log (every publish, promotion, rollback, alert ack: who, when, why),
+    newest first, paged. It keeps its last 10,000 entries."""
+    entries = await registry.audit(model, count=offset + limit + 1)
+    page = entries[offset : offset + limit]
+    more = len(entries) > offset + limit
+    return AuditPage(offset=offset, limit=limit, next_offset=offset + limit if more else None, entries=page)
+
+
+class PromoteRequest(BaseModel):
+    """Which version to promote: an exact ``version``, or the one an ``alias`` points at (the
+    latest if neither); ``to`` the champion (what ``/predict`` serves) or the challenger."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"version": 3, "reason": "v4 regressed on site B"},
+                {"alias": "challenger", "reason": "the challenger won the week"},
+            ]
+        },
+    )
+
+    version: int | None = Field(None, ge=1, description="an exact stored version")
+    alias: Literal["challenger", "latest"] | None = Field(
+        None, description="promote the version this alias points at"
+    )
+    to: Literal["champion", "challenger"] = "champion"
+    reason: str = Field("", max_length=500, description="why: recorded in the audit log")
+
+    @model_validator(mode="after")
+    def _one_way_to_pick(self) -> PromoteRequest:
+        if self.alias is not None and self.version is not None:
+            raise ValueError("give alias or version, not both")
+        return self
+
+
+class RollbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"reason": "v5 misbehaves"}]})
+
+    reason: str = Field("", max_length=500, description="why: recorded in the audit log")
+
+
+class AliasChange(BaseModel):
+    """What an operator changed: the alias, the version it now points at, by whom and why."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"model": "default", "alias": "champion", "version": 3, "by": "ops", "reason": "v4 regressed"}
+            ]
+        }
+    )
+
+    model: str
+    alias: str
+    #: the version the alias points at now
+    version: int | None
+    #: after a rollback past the first promotion: the champion follows the latest version again
+    follows_latest: bool = False
+    by: str
+    reason: str
+
+
+@router.post(
+    "/models/{name}/promote",
+    response_model=AliasChange,
+    responses={
+        401: refused("no valid admin key in X-API-Key"),
+        404: refused("no such model, version or alias"),
+    },
+)
+async def promote_model(
+    name: str,
+    by: AdminNameDep,
+    registry: RegistryDep,
+    body: Annotated[PromoteRequest | None, Body()] = None,
+) -> AliasChange:
+    """Point the champion (or the challenger) at a version: the API swaps it in when announced.
+    Recorded in the audit log with the admin key's name as ``by``."""
+    request = body or PromoteRequest()
+    await _require_model(name, registry)
+    version = request.version
+    if request.alias is not None:
+        version = await registry.alias_version(name, request.alias)
+        if version is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"model {name!r} has no {request.alias}")
+    # The registry announces the change: the API's follower swaps the champion in.
+    target = await registry.promote(name, version, alias=request.to, by=by, reason=request.reason)
+    return AliasChange(model=name, alias=request.to, version=target, by=by, reason=request.reason)
+
+
+@router.post(
+    "/models/{name}/rollback",
+    response_model=AliasChange,
+    responses={
+        401: refused("no valid admin key in X-API-Key"),
+        404: refused("no such model, or no earlier version to roll back to"),
+    },
+)
+async def rollback_model(
+    name: str,
+    by: AdminNameDep,
+    registry: RegistryDep,
+    body: Annotated[RollbackRequest | None, Body()] = None,
+) -> AliasChange:
+    """Return the champion to the one before it (``follows_latest``: back to following the latest).
+    Recorded in the audit log with the admin key's name as ``by``."""
+    reason = body.reason if body is not None else ""
+    await _require_model(name, registry)
+    target = await registry.rollback(name, by=by, reason=reason)
+    follows_latest = target is None
+    version = target if target is not None else await registry.alias_version(name, LATEST)
+    return AliasChange(
+        model=name, alias=CHAMPION, version=version, follows_latest=follows_latest, by=by, reason=reason
+    )
 
 
 @cache
@@ -297,50 +891,91 @@ async def home() -> RedirectResponse:
     return RedirectResponse("dashboard")
 
 
-@router.get("/health")
+@router.get(
+    "/health",
+    responses={
+        **answer({"status": "ok", "redis": True, "models": {"default": 12}}),
+        503: {"description": "`degraded`: Redis does not answer (with `error` too)"},
+    },
+)
 async def health(response: Response, redis: RedisDep, store: ModelStoreDep) -> dict[str, Any]:
     """``ok`` when Redis answers; lists the model versions being served."""
     redis_ok = await _redis_answers(redis)
-    if not redis_ok:
-        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-    return {
+    body: dict[str, Any] = {
         "status": "ok" if redis_ok else "degraded",
         "redis": redis_ok,
         "models": {name: served.version for name, served in store.served.items()},
     }
+    if not redis_ok:
+        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+        body.update(error_body(status.HTTP_503_SERVICE_UNAVAILABLE, "Redis does not answer"))
+    return body
 
 
 @router.get(
     "/ready",
     responses={
-        200: {"description": "`ready`, or `degraded`: predictions are answered, without device history"},
-        503: {"description": "`not_ready`: the default model is not loaded yet"},
+        200: {
+            "description": "`ready`; or `degraded`: predictions answered, a part down (`parts`)",
+            "content": {
+                "application/json": {
+                    "example": {
+                        "status": "degraded",
+                        "redis": True,
+                        "models": {"default": 12},
+                        "parts": {"redis": "ok", "model:default": "ok", "model:energy": "not loaded"},
+                        "reason": "model 'energy' is not loaded",
+                    }
+                }
+            },
+        },
+        503: {"description": "`not_ready`: the default model is not loaded yet (with `error` too)"},
     },
 )
 async def ready(
     response: Response, settings: SettingsDep, redis: RedisDep, store: ModelStoreDep
 ) -> dict[str, Any]:
-    """Whether to route ``/predict`` here (a load balancer's readiness check): ``ready``; or
-    ``degraded``, still 200, when Redis is down but the default model is in memory (predictions
-    come from the reading alone and no new snapshot loads until Redis is back); ``not_ready``, 503,
-    until the default model (the one ``/predict`` answers with when asked for none) is loaded."""
+    """Whether to route ``/predict`` here (an orchestrator's readiness check): ``ready`` when a
+    verified model is loaded for every configured model and Redis answers; ``degraded``, still
+    200, when the default model answers but a part is down (Redis: predictions come from the
+    reading alone and no new snapshot loads; another configured model: not loaded yet);
+    ``not_ready``, 503, until the default model (the one ``/predict`` answers with when asked for
+    none) is loaded. ``parts`` says which part is what."""
     redis_ok = await _redis_answers(redis)
     served = {name: model.version for name, model in store.served.items()}
-    body: dict[str, Any] = {"status": "ready", "redis": redis_ok, "models": served}
-    if settings.default_model not in served:
+    verdict, reasons, parts = readiness(
+        [spec.name for spec in settings.model_specs()], served, redis_ok, settings.default_model
+    )
+    body: dict[str, Any] = {"status": verdict, "redis": redis_ok, "models": served, "parts": parts}
+    if reasons:
+        body["reason"] = "; ".join(reasons)
+    if verdict == "not_ready":
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-        return {
-            **body,
-            "status": "not_ready",
-            "reason": f"model {settings.default_model!r} is not loaded yet",
-        }
-    if not redis_ok:
-        return {
-            **body,
-            "status": "degraded",
-            "reason": "Redis is unreachable: predictions use no device history, new snapshots wait",
-        }
+        body.update(error_body(status.HTTP_503_SERVICE_UNAVAILABLE, body["reason"], parts))
     return body
+
+
+def readiness(
+    configured: list[str], served: Mapping[str, int], redis_ok: bool, default_model: str
+) -> tuple[str, list[str], dict[str, str]]:
+    """``ready``, ``degraded`` or ``not_ready``; why; and each part's state.
+
+    >>> readiness(["a", "b"], {"a": 3}, True, "a")
+    ('degraded', ["model 'b' is not loaded"], {'redis': 'ok', 'model:a': 'ok', 'model:b': 'not loaded'})
+    >>> readiness(["a"], {}, False, "a")[0]
+    'not_ready'
+    """
+    parts = {"redis": "ok" if redis_ok else "unreachable"}
+    reasons = []
+    if not redis_ok:
+        reasons.append("Redis is unreachable: predictions use no device history, new snapshots wait")
+    for name in configured:
+        parts[f"model:{name}"] = "ok" if name in served else "not loaded"
+        if name not in served:
+            reasons.append(f"model {name!r} is not loaded" + (" yet" if name == default_model else ""))
+    if default_model not in served:
+        return "not_ready", reasons, parts
+    return ("degraded" if reasons else "ready"), reasons, parts
 
 
 async def _redis_answers(redis: Redis) -> bool:
@@ -351,7 +986,12 @@ async def _redis_answers(redis: Redis) -> bool:
         return False
 
 
-@router.get("/schema/event")
+@router.get(
+    "/schema/event",
+    responses=answer(
+        {"title": "SensorEvent", "type": "object", "properties": {"event_id": {"type": "string"}}}
+    ),
+)
 async def event_schema() -> dict[str, Any]:
     """The JSON Schema every message on the events topic must satisfy."""
     return SensorEvent.model_json_schema()
@@ -413,10 +1053,23 @@ def api_key_holder(settings: SettingsDep, x_api_key: Annotated[str | None, Heade
 ApiKeyNameDep = Annotated[str, Depends(api_key_holder)]
 
 
+def acker(settings: SettingsDep, x_api_key: Annotated[str | None, Header()] = None) -> str:
+    """Who acknowledges an alert: an admin key (the dashboard's ack button) by its name; a
+    producers' key (what acked alerts before admin keys existed) by its :func:`api_key_name`."""
+    name = admin_name(settings, x_api_key)
+    if name is not None:
+        return name
+    return api_key_holder(settings, x_api_key)
+
+
+AckerDep = Annotated[str, Depends(acker)]
+
+
 @router.post(
     "/events",
     status_code=status.HTTP_202_ACCEPTED,
     responses={
+        **answer({"accepted": 1, "rejected": 0, "errors": []}, code=202),
         401: {"description": "no valid X-API-Key (checked before the body is read)"},
         413: {"description": "over DRIFTLINE_EVENTS_MAX_BYTES, or DRIFTLINE_MAX_BATCH_EVENTS events"},
         422: {"description": "not JSON, or no event was valid; reasons per item"},
@@ -457,7 +1110,10 @@ async def post_events(
     # A validation error's ctx may hold the exception itself: default=str makes it JSON.
     result = json.loads(json.dumps(await publisher.publish(items), default=str))
     if result["accepted"] == 0:
-        return JSONResponse(result, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+        return JSONResponse(
+            error_body(status.HTTP_422_UNPROCESSABLE_CONTENT, "no event in the request is valid", result),
+            status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+        )
     return result
 
 
@@ -521,6 +1177,103 @@ def batch_items(body: Any, limit: int) -> list[Any]:
     return items
 
 
+_LABEL_EXAMPLE = {"event_id": "sensor-001-00000001", "label": 23.9}
+
+
+class LabelsAccepted(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"accepted": 1, "rejected": 0, "errors": []}]})
+
+    accepted: int
+    rejected: int
+    #: per refused item: its index and the validation errors
+    errors: list[dict[str, Any]]
+
+
+@router.post(
+    "/labels",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=LabelsAccepted,
+    responses={
+        401: refused("no valid X-API-Key (checked before the body is read)"),
+        413: refused("over DRIFTLINE_EVENTS_MAX_BYTES, or DRIFTLINE_MAX_BATCH_EVENTS labels"),
+        422: refused("not JSON, or no label was valid; reasons per item in details"),
+        503: refused("Kafka unreachable, or it did not acknowledge the labels in time"),
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "description": "one label (ground truth for an event sent earlier), or a JSON array of them",
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "oneOf": [
+                            LabelEvent.model_json_schema(),
+                            {"type": "array", "items": LabelEvent.model_json_schema()},
+                        ]
+                    },
+                    "examples": {
+                        "one label": {"value": _LABEL_EXAMPLE},
+                        "a batch": {
+                            "value": [_LABEL_EXAMPLE, {"event_id": "e2", "label": 1, "model": "default"}]
+                        },
+                    },
+                }
+            },
+        }
+    },
+)
+async def post_labels(
+    request: Request,
+    settings: SettingsDep,
+    publisher: PublisherDep,
+    x_api_key: Annotated[str | None, Header()] = None,
+) -> Any:
+    """Ground truth for earlier events, to the labels topic (the key, limits and answers of
+    ``POST /events``): ``202`` with counts only once the broker acknowledged every valid label."""
+    _check_api_key(settings, x_api_key)
+    body = parse_json_body(await read_body_within(request, settings.events_max_bytes))
+    items = batch_items(body, settings.max_batch_events)
+    result = json.loads(json.dumps(await publisher.publish_labels(items), default=str))
+    if result["accepted"] == 0:
+        return JSONResponse(
+            error_body(status.HTTP_422_UNPROCESSABLE_CONTENT, "no label in the request is valid", result),
+            status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+        )
+    return result
+
+
+@router.get(
+    "/devices/{device_id}/prediction",
+    response_model=PredictionResponse,
+    responses={
+        401: refused("an alias or version asked for with an unknown X-API-Key"),
+        403: refused("an alias or version other than the champion asked for without X-API-Key"),
+        404: refused("no events seen from the device, or the alias or version asked for is not stored"),
+        409: refused("the model was trained on other features"),
+        503: refused("no model yet, or Redis unavailable"),
+    },
+)
+async def device_prediction(
+    device_id: Annotated[str, PathParam(pattern=r"^[A-Za-z0-9_.:@-]+$", max_length=128)],
+    settings: SettingsDep,
+    redis: RedisDep,
+    store: ModelStoreDep,
+    model: Annotated[ModelName | None, Query(description="model name; default: the configured one")] = None,
+    alias: Annotated[Literal["champion", "challenger", "latest"] | None, Query()] = None,
+    version: Annotated[int | None, Query(ge=1, description="a stored version, instead of an alias")] = None,
+    x_api_key: Annotated[str | None, Header()] = None,
+) -> PredictionResponse:
+    """What the model says now about the device: from its latest feature vector as the stream
+    computed it (its state in Redis); 404 for a device never seen."""
+    if alias is not None and version is not None:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "give alias or version, not both")
+    state = await _device_state(device_id, settings, redis)
+    item = PredictRequest(
+        device_id=device_id, features=state.features, model=model, alias=alias, version=version
+    )
+    return await _answer(item, settings, store, x_api_key, {}, None, stream_features=True)
+
+
 async def _device_state(device_id: str, settings: Settings, redis: Redis) -> DeviceState:
     raw = await redis.get(settings.keys.device(device_id))
     if raw is None:
@@ -531,7 +1284,7 @@ async def _device_state(device_id: str, settings: Settings, redis: Redis) -> Dev
     return state
 
 
-@router.get("/alerts")
+@router.get("/alerts", responses=answer([_ALERT_EXAMPLE]))
 async def list_alerts(
     registry: RegistryDep,
     response: Response,
@@ -549,12 +1302,29 @@ async def list_alerts(
 ) -> list[dict[str, Any]]:
     """Drift alerts, newest first, each once in its current state; paged: when there are more,
     the ``X-Next-Page`` header holds the ``before`` of the next page."""
+    if before is not None and not stream_cursor_in_range(before):
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"before {before!r} is not a stream position (64-bit numbers)",
+        )
+    if before == "(0-0":  # nothing comes before the first position (and Redis refuses to look)
+        return []
     alerts, cursor = await registry.alerts_page(
         model, limit, before or "+", since, until, signal=signal, severity=severity, status=alert_status
     )
     if cursor is not None:
         response.headers["X-Next-Page"] = cursor
     return alerts
+
+
+def stream_cursor_in_range(cursor: str) -> bool:
+    """Whether a page cursor (``(<ms>-<seq>``, as the pattern checks) has numbers Redis takes.
+
+    >>> stream_cursor_in_range("(1790000000000-0"), stream_cursor_in_range("(99999999999999999999-0")
+    (True, False)
+    """
+    ms, _, seq = cursor.lstrip("(").partition("-")
+    return all(int(part) < 2**64 for part in (ms, seq or "0"))
 
 
 #: How long one XREAD of the alert stream blocks: the longest a stream takes to notice the app
@@ -656,29 +1426,38 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-@router.get("/alerts/{alert_id:path}", responses={404: {"description": "no such alert"}})
+@router.get("/alerts/{alert_id:path}", responses={**answer(_ALERT_EXAMPLE), 404: refused("no such alert")})
 async def show_alert(alert_id: str, registry: RegistryDep) -> dict[str, Any]:
     """One drift alert (404 if there is none with that id). Ids hold a ``/`` (``events/3``)."""
     return await registry.alert(alert_id)
 
 
 class AckRequest(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"by": "on-call: ana"}]})
+
     #: Who acknowledges (a person, a team); without it, the API key's name.
     by: str | None = Field(default=None, min_length=1, max_length=100)
 
 
 @router.post(
     "/alerts/{alert_id:path}/ack",
-    responses={401: {"description": "no valid X-API-Key"}, 404: {"description": "no such alert"}},
+    responses={
+        **answer(
+            {**_ALERT_EXAMPLE, "acked_by": "ops", "acked_at": "2026-11-22T10:00:00+00:00", "acked_key": "ops"}
+        ),
+        401: refused("no valid X-API-Key (an admin key or a producers' key)"),
+        404: refused("no such alert"),
+    },
 )
 async def ack_alert(
     alert_id: str,
-    key_name: ApiKeyNameDep,
+    key_name: AckerDep,
     registry: RegistryDep,
     body: Annotated[AckRequest | None, Body()] = None,
 ) -> dict[str, Any]:
-    """Acknowledge an alert (header ``X-API-Key``, as for ``POST /events``): its record gains
-    ``acked_by`` (the body's ``by``, else the key's name ``key-<6 hex of its SHA-256>``),
+    """Acknowledge an alert (header ``X-API-Key``: an admin key, or a producers' key as for
+    ``POST /events``): its record gains ``acked_by`` (the body's ``by``, else the key's name: an
+    admin key's own, a producers' key ``key-<6 hex of its SHA-256>``),
     ``acked_at`` and ``acked_key`` (the key's name), and the audit log an ``ack`` entry. An alert
     already acknowledged keeps its first ack: the answer is its record either way."""
     by = body.by.strip() if body is not None and body.by and body.by.strip() else key_name
@@ -686,7 +1465,29 @@ async def ack_alert(
     return alert
 
 
-@router.get("/stats")
+@router.get(
+    "/stats",
+    responses=answer(
+        {
+            "received": 1000,
+            "accepted": 990,
+            "deduplicated": 2,
+            "rejected": 6,
+            "late": 2,
+            "models": {
+                "default": {
+                    "version": 12,
+                    "events_seen": 990,
+                    "events_learned": 985,
+                    "warnings": [],
+                    "race": None,
+                    "promotions": 0,
+                }
+            },
+            "warnings": [],
+        }
+    ),
+)
 async def stats(settings: SettingsDep, redis: RedisDep, registry: RegistryDep) -> dict[str, Any]:
     """What became of every event: received = accepted + deduplicated + rejected + late; and per
     model, events seen and learned, with warnings (a model that sees events but learns none), the
@@ -720,7 +1521,20 @@ def model_figures(latest: Mapping[str, tuple[int, SnapshotMeta]]) -> dict[str, A
     return {"models": models, "warnings": [w for model in models.values() for w in model["warnings"]]}
 
 
-@router.get("/devices/{device_id}/stats")
+@router.get(
+    "/devices/{device_id}/stats",
+    responses={
+        **answer(
+            {
+                "device_id": "sensor-001",
+                "counts": {"temperature": 120},
+                "watermark": 1790000000.0,
+                "events": 120,
+            }
+        ),
+        404: refused("no events seen from the device"),
+    },
+)
 async def device_stats(device_id: str, settings: SettingsDep, redis: RedisDep) -> dict[str, Any]:
     """One device's counters and its newest event time."""
     state = await _device_state(device_id, settings, redis)
@@ -732,7 +1546,21 @@ async def device_stats(device_id: str, settings: SettingsDep, redis: RedisDep) -
     }
 
 
-@router.get("/devices/{device_id}/features")
+@router.get(
+    "/devices/{device_id}/features",
+    responses={
+        **answer(
+            {
+                "device_id": "sensor-001",
+                "features": {"temperature": 21.5, "temperature_mean_5": 21.1},
+                "events": 120,
+                "last_event_time": 1790000000.0,
+                "feature_schema": "0123456789abcdef",
+            }
+        ),
+        404: refused("no events seen from the device"),
+    },
+)
 async def device_features(device_id: str, settings: SettingsDep, redis: RedisDep) -> dict[str, Any]:
     """The device's current feature vector (its last event's), as the stream computed it."""
     state = await _device_state(device_id, settings, redis)

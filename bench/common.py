@@ -60,6 +60,7 @@ def bench_settings(kafka_url: str, redis_url: str, **overrides: Any) -> Settings
         "env": "test",
         "secret_key": "bench-secret-key-0123456789",
         "api_keys": "bench-api-key-0123456789",
+        "admin_keys": "bench:bench-admin-key-0123456789",
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)

@@ -151,9 +151,12 @@ class SensorProducer:
             self._undelivered += 1
             self._last_error = exc
 
-    def send_acknowledged(self, records: list[tuple[bytes | None, bytes]], timeout: float) -> None:
-        """Send ``(key, value)`` records and return once the broker acknowledged every one of them
-        (acks=all), blocking the calling thread up to about ``timeout`` seconds in all.
+    def send_acknowledged(
+        self, records: list[tuple[bytes | None, bytes]], timeout: float, topic: str | None = None
+    ) -> None:
+        """Send ``(key, value)`` records (to the events topic, or ``topic``) and return once the
+        broker acknowledged every one of them (acks=all), blocking the calling thread up to about
+        ``timeout`` seconds in all.
 
         Raises :class:`~driftline.core.errors.ServiceUnavailable` when a record is refused or not
         acknowledged in time. Records may still have been written then (the producer retries in
@@ -162,7 +165,9 @@ class SensorProducer:
         """
         deadline = time.monotonic() + timeout
         try:
-            futures = [self._producer.send(self.topic, key=key, value=value) for key, value in records]
+            futures = [
+                self._producer.send(topic or self.topic, key=key, value=value) for key, value in records
+            ]
             for future in futures:
                 future.get(timeout=max(deadline - time.monotonic(), 0.001))
         except KafkaError as exc:

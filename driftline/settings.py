@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import re
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -32,11 +33,17 @@ from driftline.streams.features import FeatureSpec
 #: (the default), warned about wherever they are used, and never served on a public address.
 DEV_SECRET = "driftline-dev-secret-change-me"  # noqa: S105 - refused when env=prod
 DEV_API_KEY = "driftline-dev-key"
+#: The development admin key, named ``admin`` (``name:key``, as DRIFTLINE_ADMIN_KEYS takes them).
+DEV_ADMIN_KEY = "driftline-dev-admin-key"
+DEV_ADMIN_KEYS = f"admin:{DEV_ADMIN_KEY}"
 
 #: The modes in which the development secrets may stand in for unset ones (set explicitly).
 DEV_MODES = frozenset({"dev", "test"})
 
 log = logging.getLogger("driftline.settings")
+
+#: An admin key's name: recorded in the audit log as who did it.
+ADMIN_NAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 
 
 class Settings(BaseSettings):
@@ -163,6 +170,12 @@ class Settings(BaseSettings):
     api_port: int = Field(8000, ge=0, le=65535)
     #: Keys accepted in ``X-API-Key`` by the write endpoints (``POST /events``), comma-separated.
     api_keys: SecretStr = SecretStr(DEV_API_KEY)
+    #: Operators' keys for the admin endpoints (promote, rollback, alert acks), ``name:key``
+    #: comma-separated: the name is what the audit log records as ``by``. Separate from
+    #: ``api_keys`` (the producers'): a key may not be both.
+    admin_keys: SecretStr = SecretStr(DEV_ADMIN_KEYS)
+    #: Most items one ``POST /predict`` batch may carry.
+    predict_max_batch: int = Field(1000, ge=1)
     #: Most events one ``POST /events`` may carry.
     max_batch_events: int = Field(1000, ge=1)
     #: Largest ``POST /events`` body (bytes): a larger one is refused (413) before it is read.
@@ -207,18 +220,32 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_dev_secret_in_prod(self) -> Settings:
-        missing = self.dev_secrets() + ([] if self.api_key_set() else ["DRIFTLINE_API_KEYS"])
+        admins = self.admin_key_names()  # raises on a malformed entry
+        missing = (
+            self.dev_secrets()
+            + ([] if self.api_key_set() else ["DRIFTLINE_API_KEYS"])
+            + ([] if admins else ["DRIFTLINE_ADMIN_KEYS"])
+        )
+        missing = sorted(set(missing), key=missing.index)
         if self.env not in DEV_MODES and missing:
             wanted = {
                 "DRIFTLINE_SECRET_KEY": "DRIFTLINE_SECRET_KEY must be set to a real secret",
                 "DRIFTLINE_API_KEYS": (
                     "DRIFTLINE_API_KEYS must be set and must not contain the development key"
                 ),
+                "DRIFTLINE_ADMIN_KEYS": (
+                    "DRIFTLINE_ADMIN_KEYS must be set (name:key, comma-separated) and must not "
+                    "contain the development key"
+                ),
             }
             raise ValueError(
                 f"{'; '.join(wanted[name] for name in missing)} when DRIFTLINE_ENV=prod (the default; "
                 "the development secrets are published). On a development machine set "
                 "DRIFTLINE_ENV=dev instead"
+            )
+        if set(admins) & self.api_key_set():
+            raise ValueError(
+                "DRIFTLINE_ADMIN_KEYS and DRIFTLINE_API_KEYS share a key: an admin key is its own"
             )
         keys = self._secret_key_texts()
         if not keys:
@@ -268,6 +295,32 @@ class Settings(BaseSettings):
         """The accepted API keys."""
         return frozenset(k.strip() for k in self.api_keys.get_secret_value().split(",") if k.strip())
 
+    def admin_key_names(self) -> dict[str, str]:
+        """The admin keys, each to its name (what the audit log records).
+
+        >>> Settings(env="dev", admin_keys="ana:k-ana, ops:k-ops", _env_file=None).admin_key_names()
+        {'k-ana': 'ana', 'k-ops': 'ops'}
+        >>> Settings(env="dev", admin_keys="no-name", _env_file=None)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        pydantic_core._pydantic_core.ValidationError: 1 validation error for Settings
+          Value error, DRIFTLINE_ADMIN_KEYS: each entry is name:key, ...
+        """
+        names: dict[str, str] = {}
+        for entry in self.admin_keys.get_secret_value().split(","):
+            if not entry.strip():
+                continue
+            name, colon, key = (part.strip() for part in entry.partition(":"))
+            if not (colon and key and ADMIN_NAME.fullmatch(name)):
+                raise ValueError(
+                    "DRIFTLINE_ADMIN_KEYS: each entry is name:key, the name letters, digits and "
+                    "._@- (an entry is not; its text is not repeated here, being a secret)"
+                )
+            if key in names:
+                raise ValueError("DRIFTLINE_ADMIN_KEYS names a key twice")
+            names[key] = name
+        return names
+
     def _secret_key_texts(self) -> list[str]:
         return [k.strip() for k in self.secret_key.get_secret_value().split(",") if k.strip()]
 
@@ -284,13 +337,15 @@ class Settings(BaseSettings):
         """The variables whose value is a published development secret (empty: none is).
 
         >>> Settings(env="dev", _env_file=None).dev_secrets()
-        ['DRIFTLINE_SECRET_KEY', 'DRIFTLINE_API_KEYS']
+        ['DRIFTLINE_SECRET_KEY', 'DRIFTLINE_API_KEYS', 'DRIFTLINE_ADMIN_KEYS']
         """
         found = []
         if DEV_SECRET in self._secret_key_texts():  # signing or verifying: either can forge
             found.append("DRIFTLINE_SECRET_KEY")
         if DEV_API_KEY in self.api_key_set():
             found.append("DRIFTLINE_API_KEYS")
+        if DEV_ADMIN_KEY in self.admin_key_names():
+            found.append("DRIFTLINE_ADMIN_KEYS")
         return found
 
     def warn_about_dev_secrets(self) -> bool:
@@ -301,6 +356,7 @@ class Settings(BaseSettings):
                 "DRIFTLINE_SECRET_KEY": "anyone who can write to Redis can forge a signed snapshot "
                 "(a pickle, run when loaded)",
                 "DRIFTLINE_API_KEYS": "anyone can write with the published API key",
+                "DRIFTLINE_ADMIN_KEYS": "anyone can promote or roll back models with the published admin key",
             }
             log.warning(
                 "!!! DEVELOPMENT SECRETS IN USE (env=%s): %s %s the published development %s: %s. "
@@ -378,7 +434,7 @@ class Settings(BaseSettings):
         for name, value in self.model_dump(mode="json").items():
             if value is None:
                 continue
-            if name in {"secret_key", "api_keys"}:
+            if name in {"secret_key", "api_keys", "admin_keys"}:
                 value = getattr(self, name).get_secret_value()
             env[f"DRIFTLINE_{name.upper()}"] = (
                 json.dumps(value) if isinstance(value, dict | list) else str(value)

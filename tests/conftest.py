@@ -46,6 +46,10 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
 
 SettingsFactory = Callable[..., Settings]
 
+#: The admin key ``make_settings`` configures, and its name (what the audit log records).
+TEST_ADMIN = "test-admin"
+TEST_ADMIN_KEY = "test-admin-key-0123456789"
+
 
 @pytest.fixture
 def make_settings(services: Services, tmp_path_factory: pytest.TempPathFactory) -> SettingsFactory:
@@ -71,6 +75,7 @@ def make_settings(services: Services, tmp_path_factory: pytest.TempPathFactory) 
             # Secrets of its own, as a deployment has: no warning about published ones in the
             # processes a test starts (their output is read).
             "api_keys": "test-api-key-0123456789",
+            "admin_keys": f"{TEST_ADMIN}:{TEST_ADMIN_KEY}",
             "snapshot_every_events": 100,
             "snapshot_every_seconds": 1.0,
             "batch_within": 0.2,

@@ -37,6 +37,7 @@ from driftline.streams.features import DeviceState
 from driftline.streams.ingest import featurize_reading, label_readings
 
 KEY = "k1"
+ADMIN, ADMIN_KEY = "ops", "admin-k1"
 T0 = datetime(2026, 1, 1, 12, tzinfo=UTC)
 #: What a Redis client says when its server is down: it names the server, which no client of the
 #: API may read.
@@ -45,7 +46,12 @@ INTERNALS = ("10.0.0.7", "6379", "Error 111", "Traceback")
 
 
 def make_settings(**overrides: Any) -> Settings:
-    values: dict[str, Any] = {"env": "test", "secret_key": "test-secret-key-0123456789", "api_keys": KEY}
+    values: dict[str, Any] = {
+        "env": "test",
+        "secret_key": "test-secret-key-0123456789",
+        "api_keys": KEY,
+        "admin_keys": f"{ADMIN}:{ADMIN_KEY}",
+    }
     return Settings(_env_file=None, **{**values, **overrides})
 
 
@@ -205,9 +211,14 @@ class RecordingPublisher:
     def __init__(self, answer: dict[str, Any] | None = None) -> None:
         self.answer = answer
         self.batches: list[list[Any]] = []
+        self.label_batches: list[list[Any]] = []
 
     async def publish(self, items: list[Any]) -> dict[str, Any]:
         self.batches.append(items)
+        return self.answer or {"accepted": len(items), "rejected": 0, "errors": []}
+
+    async def publish_labels(self, items: list[Any]) -> dict[str, Any]:
+        self.label_batches.append(items)
         return self.answer or {"accepted": len(items), "rejected": 0, "errors": []}
 
 
@@ -359,8 +370,8 @@ def test_predict_refuses_a_model_trained_on_other_features_with_409() -> None:
     response = client.post("/predict", json={"device_id": "d", "readings": {"temperature": 20.0}})
 
     assert response.status_code == 409
-    assert "0123456789abcdef" in response.json()["detail"]
-    assert settings.features.schema_hash() in response.json()["detail"]
+    assert "0123456789abcdef" in response.json()["error"]["message"]
+    assert settings.features.schema_hash() in response.json()["error"]["message"]
 
 
 def test_predict_refuses_a_reading_out_of_the_catalog_range_and_clips_where_the_catalog_says() -> None:
@@ -372,7 +383,7 @@ def test_predict_refuses_a_reading_out_of_the_catalog_range_and_clips_where_the_
     clipped = client.post("/predict", json={"device_id": "d", "readings": {"temperature": 500.0}})
 
     assert refused.status_code == 422
-    assert refused.json()["detail"].startswith("out_of_range: vibration=99")
+    assert refused.json()["error"]["message"].startswith("out_of_range: vibration=99")
     assert clipped.status_code == 200 and clipped.json()["features"]["temperature"] == 125.0
 
 
@@ -380,7 +391,7 @@ def test_predict_is_503_while_no_model_is_served() -> None:
     response = serve().post("/predict", json={"device_id": "d", "readings": {"temperature": 20.0}})
 
     assert response.status_code == 503
-    assert "no snapshot yet" in response.json()["detail"]
+    assert "no snapshot yet" in response.json()["error"]["message"]
 
 
 @pytest.mark.parametrize("huge", [1e200, -1e308, 1e308])
@@ -514,7 +525,7 @@ def test_only_keyed_callers_may_ask_for_another_version_than_the_champion(asks: 
     keyed = client.post("/predict", json=reading, headers={"X-API-Key": KEY})
 
     assert anonymous.status_code == 403
-    assert "send X-API-Key" in anonymous.json()["detail"]
+    assert "send X-API-Key" in anonymous.json()["error"]["message"]
     assert wrong_key.status_code == 401
     assert keyed.status_code == 200, keyed.text
     # nothing was loaded for the refused callers: the one load is the keyed caller's
@@ -532,6 +543,131 @@ def test_anyone_may_ask_the_champion_by_name_or_by_default() -> None:
 
     assert (default.status_code, by_alias.status_code) == (200, 200)
     assert default.json()["version"] == by_alias.json()["version"] == 3
+
+
+def test_a_batch_is_answered_item_by_item_in_order_each_refused_on_its_own() -> None:
+    settings = make_settings(predict_max_batch=10)
+    learner = trained_learner(settings, events=10)
+    redis = FakeRedis()
+    stored_device(settings, redis, "dev-1", [18.0, 19.0, 23.0])
+    client = serving_client(settings, learner, snapshot_meta(learner, version=3), redis=redis)
+    reading = {
+        "device_id": "dev-1",
+        "readings": {"temperature": 20.0},
+        "ts": (T0 + timedelta(hours=1)).isoformat(),
+    }
+    single = client.post("/predict", json=reading).json()
+
+    response = client.post(
+        "/predict",
+        json=[
+            reading,
+            {"device_id": "dev-1"},  # neither readings nor features
+            {"device_id": "d", "readings": {"vibration": 99.0}},  # out of the catalog's range
+            {"version": 3, "features": {"temperature": 20.0}},  # another version, no key
+            reading,  # the same device again: from the stored state again, not the first item's
+        ],
+    )
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["answered"], body["refused"]) == (2, 3)
+    results = body["results"]
+    assert [r["index"] for r in results] == [0, 1, 2, 3, 4]
+    assert [r["status"] for r in results] == [200, 422, 422, 403, 200]
+    for answered in (results[0], results[4]):
+        assert answered["prediction"] == single["prediction"] and answered["version"] == 3
+        assert answered["features"] == single["features"]
+    assert results[1]["error"]["code"] == "invalid" and "readings" in results[1]["error"]["message"]
+    assert results[2]["error"]["message"].startswith("out_of_range: vibration=99")
+    assert results[3]["error"]["code"] == "forbidden"
+
+
+def test_a_batch_over_the_limit_is_413_and_an_empty_one_422() -> None:
+    settings = make_settings(predict_max_batch=2)
+    learner = trained_learner(settings, events=10)
+    client = serving_client(settings, learner, snapshot_meta(learner, version=3))
+    item = {"features": {"temperature": 20.0}}
+
+    over = client.post("/predict", json=[item] * 3)
+    empty = client.post("/predict", json=[])
+
+    assert over.status_code == 413 and "the limit is 2" in over.json()["error"]["message"]
+    assert empty.status_code == 422 and empty.json()["error"]["code"] == "invalid"
+
+
+def test_an_explicit_feature_vector_is_predicted_as_given_with_the_snapshots_time_and_age() -> None:
+    settings = make_settings()
+    learner = trained_learner(settings, events=30)
+    features = features_of(settings, {"temperature": 22.0, "vibration": 0.1}, T0, DeviceState())
+    # the model's schema is not this API's: it does not matter for a vector given as it is
+    meta = snapshot_meta(learner, version=4, feature_schema="0123456789abcdef")
+    client = serving_client(settings, learner, meta, redis=FakeRedis(reachable=False))
+
+    response = client.post("/predict", json={"features": features})
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["prediction"] == pytest.approx(learner.predict(features).value)
+    assert body["features"] == features and body["device_id"] is None
+    assert body["version"] == 4 and body["degraded"] is False  # no device state was needed
+    assert body["created_at"] == T0.isoformat()
+    age = (datetime.now(UTC) - T0).total_seconds()
+    assert age - 5 < body["age_seconds"] <= age + 1
+
+
+def test_a_classifier_answers_each_class_probability() -> None:
+    settings = make_settings()
+    learner = OnlineLearner.create(
+        ModelSpec(name=settings.default_model, task="classification", estimator="logistic_regression")
+    )
+    for i in range(20):
+        record = FeatureRecord(learner.name, "d", f"e{i}", float(i), {"x": float(i)}, i >= 10, 0, i)
+        learner.learn(record, input_partition=0, input_offset=i)
+    client = serving_client(settings, learner, snapshot_meta(learner, version=1))
+
+    response = client.post("/predict", json={"features": {"x": 15.0}})
+
+    assert response.status_code == 200, response.text
+    probabilities = response.json()["probabilities"]
+    assert set(probabilities) == {"True", "False"} and sum(probabilities.values()) == pytest.approx(1.0)
+    assert response.json()["prediction"] == (probabilities["True"] > probabilities["False"])
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"device_id": "d", "readings": {"temperature": 1.0}, "features": {"x": 1.0}},
+        {"readings": {"temperature": 1.0}},
+        {"device_id": "d", "readings": {"temperature": 1.0}, "alias": "latest", "version": 2},
+        "not an object",
+    ],
+)
+def test_an_invalid_single_request_is_422_in_the_one_error_shape(body: Any) -> None:
+    settings = make_settings()
+    learner = trained_learner(settings, events=10)
+    client = serving_client(settings, learner, snapshot_meta(learner, version=3))
+
+    response = client.post("/predict", json=body)
+
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["code"] == "invalid" and error["message"].startswith("invalid request")
+    assert error["details"] and all({"loc", "msg", "type"} <= set(d) for d in error["details"])
+
+
+def test_every_error_has_the_one_shape_framework_ones_included() -> None:
+    client = serve()
+
+    unknown_route = client.get("/no/such/thing")
+    wrong_method = client.delete("/predict")
+    bad_query = client.get("/models/m/history", params={"points": 0})
+
+    for response, code in ((unknown_route, 404), (wrong_method, 405), (bad_query, 422)):
+        assert response.status_code == code
+        assert set(response.json()) == {"error"}
+        assert set(response.json()["error"]) == {"code", "message", "details"}
+    assert bad_query.json()["error"]["details"][0]["loc"] == ["query", "points"]
 
 
 # --- /stats, /models --------------------------------------------------------------------------
@@ -606,7 +742,7 @@ def test_show_model_is_404_for_an_unknown_model_and_describes_a_known_one() -> N
     known = client.get(f"/models/{learner.name}")
 
     assert missing.status_code == 404
-    assert missing.json()["detail"] == "no model named 'nope'"
+    assert missing.json()["error"]["message"] == "no model named 'nope'"
     assert known.status_code == 200
     model = known.json()
     assert (model["served_version"], model["latest_version"]) == (1, 2)
@@ -746,7 +882,7 @@ def test_device_features_are_the_stored_ones_and_404_for_a_device_never_seen() -
     }
     assert known.json()["features"]["temperature"] == 23.0
     assert unknown.status_code == 404
-    assert "never-seen" in unknown.json()["detail"]
+    assert "never-seen" in unknown.json()["error"]["message"]
 
 
 def test_device_stats_are_the_stored_counters_and_watermark() -> None:
@@ -788,7 +924,7 @@ def test_a_batch_over_the_limit_is_413_and_never_published() -> None:
     at_limit = client.post("/events", json=[EVENT] * 3, headers={"X-API-Key": KEY})
 
     assert over.status_code == 413
-    assert "the limit is 3" in over.json()["detail"]
+    assert "the limit is 3" in over.json()["error"]["message"]
     assert at_limit.status_code == 202
     assert [len(batch) for batch in publisher.batches] == [3]
 
@@ -818,7 +954,9 @@ def test_a_batch_with_no_valid_event_is_422_with_its_reasons_as_json() -> None:
     response = client.post("/events", json=[{"nonsense": True}], headers={"X-API-Key": KEY})
 
     assert response.status_code == 422
-    assert response.json()["errors"] == [{"index": 0, "errors": [{"ctx": {"error": "ts is odd"}}]}]
+    assert response.json()["error"]["details"]["errors"] == [
+        {"index": 0, "errors": [{"ctx": {"error": "ts is odd"}}]}
+    ]
 
 
 @pytest.mark.parametrize("key", ["clé".encode(), "clé".encode("latin-1"), b"\xff\xfe", "k1é".encode()])
@@ -863,7 +1001,7 @@ def test_a_body_over_the_byte_limit_is_413_by_its_length_or_while_it_streams() -
     within = client.post("/events", content=json.dumps([EVENT] * 5).encode(), headers=headers)
 
     assert declared.status_code == streamed.status_code == 413
-    assert "over 1024 bytes" in declared.json()["detail"]
+    assert "over 1024 bytes" in declared.json()["error"]["message"]
     assert "chunked" in streamed.request.headers.get("transfer-encoding", "")
     assert within.status_code == 202
     assert [len(batch) for batch in publisher.batches] == [5]
@@ -884,7 +1022,7 @@ def test_a_body_that_is_not_json_is_422_with_the_reason(body: bytes, reason: str
     response = client.post("/events", content=body, headers={"X-API-Key": KEY})
 
     assert response.status_code == 422
-    assert response.json()["detail"].startswith(reason)
+    assert response.json()["error"]["message"].startswith(reason)
 
 
 class DownPublisher:
@@ -902,7 +1040,7 @@ def test_events_the_broker_did_not_acknowledge_are_503_without_its_address() -> 
     response = client.post("/events", json=[EVENT], headers={"X-API-Key": KEY})
 
     assert response.status_code == 503
-    assert response.json() == {"detail": "Kafka is unreachable; retry shortly"}
+    assert response.json()["error"]["message"] == "Kafka is unreachable; retry shortly"
 
 
 # --- /health ----------------------------------------------------------------------------------
@@ -932,12 +1070,32 @@ def test_ready_is_200_ready_200_degraded_without_redis_and_503_until_the_model_i
     no_model = serve(settings).get("/ready")
 
     assert up.status_code == 200
-    assert up.json() == {"status": "ready", "redis": True, "models": {learner.name: 4}}
+    assert up.json() == {
+        "status": "ready",
+        "redis": True,
+        "models": {learner.name: 4},
+        "parts": {"redis": "ok", f"model:{learner.name}": "ok"},
+    }
     assert redis_down.status_code == 200
     assert (redis_down.json()["status"], redis_down.json()["redis"]) == ("degraded", False)
     assert "Redis is unreachable" in redis_down.json()["reason"]
     assert no_model.status_code == 503
     assert no_model.json()["status"] == "not_ready"
+    assert no_model.json()["error"]["code"] == "unavailable"  # the one error shape, beside the status
+
+
+def test_ready_is_degraded_naming_each_configured_model_not_loaded() -> None:
+    settings = make_settings(models=[{"name": "default"}, {"name": "energy", "target": "power"}])
+    learner = trained_learner(settings, events=5)
+    store = serving(learner, snapshot_meta(learner, version=4))
+
+    response = serve(settings, store=store, redis=FakeRedis(reachable=False)).get("/ready")
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "degraded"
+    assert body["parts"] == {"redis": "unreachable", "model:default": "ok", "model:energy": "not loaded"}
+    assert "model 'energy' is not loaded" in body["reason"] and "Redis is unreachable" in body["reason"]
 
 
 # --- what an anonymous caller may read of a failure ----------------------------------------------
@@ -976,7 +1134,7 @@ def test_with_redis_down_no_answer_carries_redis_errors_or_addresses(method: str
     response = client.request(method, path, json=body, headers=headers)
 
     assert response.status_code == 503, response.text
-    assert response.json() == {"detail": "Redis is unavailable; retry shortly"}
+    assert response.json()["error"]["message"] == "Redis is unavailable; retry shortly"
 
 
 # --- /alerts: acknowledging, and the stream -----------------------------------------------------
@@ -1010,7 +1168,7 @@ def test_ack_of_an_unknown_alert_is_404() -> None:
     response = serve().post("/alerts/m:error:events/0:1:0/ack", headers={"X-API-Key": KEY})
 
     assert response.status_code == 404
-    assert response.json()["detail"] == "no alert 'm:error:events/0:1:0'"
+    assert response.json()["error"]["message"] == "no alert 'm:error:events/0:1:0'"
 
 
 def test_ack_records_the_name_given_or_the_keys_name_and_never_the_key() -> None:
@@ -1033,6 +1191,123 @@ def test_ack_records_the_name_given_or_the_keys_name_and_never_the_key() -> None
     assert KEY not in json.dumps([named.json(), anonymous.json()])
     too_long = client.post("/alerts/other/ack", json={"by": "x" * 101}, headers={"X-API-Key": KEY})
     assert too_long.status_code == 422
+
+
+def test_ack_takes_an_admin_key_and_records_its_name() -> None:
+    registry = FakeRegistry()
+    registry.alert_records[ALERT_ID] = alert_record()
+
+    response = serve(registry=registry).post(f"/alerts/{ALERT_ID}/ack", headers={"X-API-Key": ADMIN_KEY})
+
+    assert response.status_code == 200, response.text
+    assert registry.acks == [(ALERT_ID, ADMIN, ADMIN)]
+    assert ADMIN_KEY not in response.text
+
+
+@pytest.mark.parametrize("headers", [{}, {"X-API-Key": KEY}, {"X-API-Key": "wrong"}, {"X-API-Key": ADMIN}])
+@pytest.mark.parametrize("path", ["/models/m/promote", "/models/m/rollback"])
+def test_promote_and_rollback_need_an_admin_key_a_producers_key_is_not_one(
+    headers: dict[str, str], path: str
+) -> None:
+    registry = FakeRegistry()  # has no promote or rollback: reaching it would be a 500
+
+    response = serve(registry=registry).post(path, json={}, headers=headers)
+
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "unauthorized"
+    assert response.headers["WWW-Authenticate"] == "ApiKey"
+
+
+def test_an_admin_key_may_not_also_be_a_producers_key() -> None:
+    with pytest.raises(ValueError, match="share a key"):
+        make_settings(admin_keys=f"ops:{KEY}")
+
+
+def test_model_versions_are_newest_first_paged_and_404_for_an_unknown_model() -> None:
+    registry = FakeRegistry()
+    for version in (1, 2, 3):
+        registry.add({"model": "m", "version": version, "lineage": {"parent": version - 1 or None}})
+    client = serve(registry=registry)
+
+    first = client.get("/models/m/versions", params={"limit": 2}).json()
+    second = client.get("/models/m/versions", params={"limit": 2, "offset": 2}).json()
+    unknown = client.get("/models/nope/versions")
+
+    assert [v["version"] for v in first["versions"]] == [3, 2] and first["next_offset"] == 2
+    assert [v["version"] for v in second["versions"]] == [1] and second["next_offset"] is None
+    assert first["total"] == 3 and first["versions"][0]["lineage"] == {"parent": 2}
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "not_found"
+
+
+def test_the_audit_log_is_paged_newest_first_and_filtered_by_model() -> None:
+    registry = FakeRegistry()
+    registry.audit_log = [
+        {"id": f"{9 - i}-0", "model": "a" if i % 2 else "b", "action": "publish"} for i in range(5)
+    ]
+    client = serve(registry=registry)
+
+    page = client.get("/audit", params={"limit": 2}).json()
+    rest = client.get("/audit", params={"limit": 2, "offset": 4}).json()
+    only_a = client.get("/audit", params={"model": "a"}).json()
+
+    assert [e["id"] for e in page["entries"]] == ["9-0", "8-0"] and page["next_offset"] == 2
+    assert [e["id"] for e in rest["entries"]] == ["5-0"] and rest["next_offset"] is None
+    assert [e["id"] for e in only_a["entries"]] == ["8-0", "6-0"]
+
+
+def test_device_prediction_is_from_its_latest_stored_features_and_404_for_a_device_never_seen() -> None:
+    settings = make_settings()
+    learner = trained_learner(settings, events=30)
+    redis = FakeRedis()
+    state = stored_device(settings, redis, "dev-1", [18.0, 19.0, 23.0])
+    client = serving_client(settings, learner, snapshot_meta(learner, version=5), redis=redis)
+
+    known = client.get("/devices/dev-1/prediction")
+    unknown = client.get("/devices/never-seen/prediction")
+    other_version = client.get("/devices/dev-1/prediction", params={"version": 2})
+
+    assert known.status_code == 200, known.text
+    assert known.json()["features"] == state.features and known.json()["version"] == 5
+    assert known.json()["prediction"] == pytest.approx(learner.predict(state.features).value)
+    assert unknown.status_code == 404 and "never-seen" in unknown.json()["error"]["message"]
+    assert other_version.status_code == 403  # only keyed callers pick a version, as for /predict
+
+
+@pytest.mark.parametrize("headers", [{}, {"X-API-Key": "wrong"}])
+def test_labels_without_a_valid_api_key_are_401_and_never_published(headers: dict[str, str]) -> None:
+    publisher = RecordingPublisher()
+
+    response = serve(publisher=publisher).post(
+        "/labels", json={"event_id": "e1", "label": 1.0}, headers=headers
+    )
+
+    assert response.status_code == 401
+    assert publisher.batches == []
+
+
+def test_labels_one_or_a_batch_are_published_and_answered_with_202_counts() -> None:
+    publisher = RecordingPublisher()
+    client = serve(publisher=publisher)
+    label = {"event_id": "e1", "label": True, "model": "m"}
+
+    one = client.post("/labels", json=label, headers={"X-API-Key": KEY})
+    many = client.post("/labels", json=[label, label], headers={"X-API-Key": KEY})
+
+    assert (one.status_code, many.status_code) == (202, 202)
+    assert publisher.label_batches == [[label], [label, label]]
+    assert many.json() == {"accepted": 2, "rejected": 0, "errors": []}
+
+
+def test_an_alert_page_cursor_redis_would_refuse_is_answered_never_a_503() -> None:
+    # Found by the schema fuzz: Redis refuses these as stream ids (a ResponseError, once a 503).
+    client = serve(registry=DownRegistry())  # type: ignore[arg-type]
+
+    before_the_first = client.get("/alerts", params={"before": "(0-0"})
+    too_large = client.get("/alerts", params={"before": f"({2**64}-0"})
+
+    assert (before_the_first.status_code, before_the_first.json()) == (200, [])
+    assert too_large.status_code == 422
+    assert "not a stream position" in too_large.json()["error"]["message"]
 
 
 def sse_messages(text: str) -> list[dict[str, str]]:
@@ -1110,6 +1385,6 @@ def test_alert_stream_is_503_before_streaming_when_redis_is_down_and_422_for_a_b
     bad = serve().get("/alerts/stream", headers={"Last-Event-ID": "yesterday"})
 
     assert down.status_code == 503
-    assert down.json()["detail"] == "Redis is unavailable; retry shortly"
+    assert down.json()["error"]["message"] == "Redis is unavailable; retry shortly"
     assert bad.status_code == 422
-    assert "yesterday" in bad.json()["detail"]
+    assert "yesterday" in bad.json()["error"]["message"]

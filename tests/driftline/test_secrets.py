@@ -20,6 +20,7 @@ from driftline.settings import DEV_API_KEY, DEV_SECRET, Settings, get_settings, 
 
 COMPOSE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
 SECRET = "a-real-secret-of-32-characters!!"
+ADMIN = "ops:a-real-admin-key"
 
 
 @pytest.fixture(autouse=True)
@@ -68,7 +69,10 @@ def test_the_cli_says_which_variable_is_missing_and_exits_2(capsys: pytest.Captu
 
 
 def test_prod_with_real_secrets_uses_no_development_secret(monkeypatch: pytest.MonkeyPatch) -> None:
-    set_env(monkeypatch, {"DRIFTLINE_SECRET_KEY": SECRET, "DRIFTLINE_API_KEYS": "k1,k2"})
+    set_env(
+        monkeypatch,
+        {"DRIFTLINE_SECRET_KEY": SECRET, "DRIFTLINE_API_KEYS": "k1,k2", "DRIFTLINE_ADMIN_KEYS": ADMIN},
+    )
     settings = Settings(_env_file=None)
     assert settings.env == "prod" and settings.dev_secrets() == []
 
@@ -81,7 +85,7 @@ def test_explicit_dev_or_test_mode_may_use_the_development_secrets(
     settings = Settings(_env_file=None)
     assert settings.secret_key.get_secret_value() == DEV_SECRET
     assert settings.api_key_set() == {DEV_API_KEY}
-    assert settings.dev_secrets() == ["DRIFTLINE_SECRET_KEY", "DRIFTLINE_API_KEYS"]
+    assert settings.dev_secrets() == ["DRIFTLINE_SECRET_KEY", "DRIFTLINE_API_KEYS", "DRIFTLINE_ADMIN_KEYS"]
 
 
 # --- loud when used ------------------------------------------------------------------------------
@@ -104,7 +108,15 @@ def test_a_process_using_the_development_secrets_warns_once(
 def test_real_secrets_give_no_warning(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    set_env(monkeypatch, {"DRIFTLINE_ENV": "dev", "DRIFTLINE_SECRET_KEY": SECRET, "DRIFTLINE_API_KEYS": "k"})
+    set_env(
+        monkeypatch,
+        {
+            "DRIFTLINE_ENV": "dev",
+            "DRIFTLINE_SECRET_KEY": SECRET,
+            "DRIFTLINE_API_KEYS": "k",
+            "DRIFTLINE_ADMIN_KEYS": ADMIN,
+        },
+    )
     with caplog.at_level(logging.WARNING, logger="driftline.settings"):
         get_settings()
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
@@ -175,7 +187,10 @@ def test_the_api_serves_loopback_with_development_secrets(
 def test_the_api_serves_any_address_with_real_secrets(
     monkeypatch: pytest.MonkeyPatch, served: list[dict[str, Any]]
 ) -> None:
-    set_env(monkeypatch, {"DRIFTLINE_SECRET_KEY": SECRET, "DRIFTLINE_API_KEYS": "prod-key"})
+    set_env(
+        monkeypatch,
+        {"DRIFTLINE_SECRET_KEY": SECRET, "DRIFTLINE_API_KEYS": "prod-key", "DRIFTLINE_ADMIN_KEYS": ADMIN},
+    )
     assert main(["api", "--host", "0.0.0.0"]) == 0
     assert served[0]["host"] == "0.0.0.0"
 
@@ -194,7 +209,11 @@ def test_the_bind_check_can_be_called_without_the_cli() -> None:
 INTERPOLATION = re.compile(r"\$\{(?P<name>\w+)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
 
 #: What an operator passes (from the shell or compose's .env file): example values.
-OPERATOR_ENV = {"DRIFTLINE_SECRET_KEY": "0123456789abcdef" * 4, "DRIFTLINE_API_KEYS": "ops-key-1,ops-key-2"}
+OPERATOR_ENV = {
+    "DRIFTLINE_SECRET_KEY": "0123456789abcdef" * 4,
+    "DRIFTLINE_API_KEYS": "ops-key-1,ops-key-2",
+    "DRIFTLINE_ADMIN_KEYS": "ops:ops-admin-key-1",
+}
 
 
 class MissingVariable(Exception):
@@ -308,7 +327,11 @@ OLD_SECRET = "the-old-secret-of-32-characters!"
 def test_several_snapshot_keys_first_signs_all_verify(monkeypatch: pytest.MonkeyPatch) -> None:
     set_env(
         monkeypatch,
-        {"DRIFTLINE_SECRET_KEY": f"{SECRET}, {OLD_SECRET}", "DRIFTLINE_API_KEYS": "prod-key-0123456789"},
+        {
+            "DRIFTLINE_SECRET_KEY": f"{SECRET}, {OLD_SECRET}",
+            "DRIFTLINE_API_KEYS": "prod-key-0123456789",
+            "DRIFTLINE_ADMIN_KEYS": ADMIN,
+        },
     )
     settings = Settings(_env_file=None)
     assert settings.secret_keys() == (SECRET.encode(), OLD_SECRET.encode())
@@ -322,7 +345,12 @@ def test_several_snapshot_keys_first_signs_all_verify(monkeypatch: pytest.Monkey
 def test_every_snapshot_key_must_be_long_enough(monkeypatch: pytest.MonkeyPatch, env: str) -> None:
     set_env(
         monkeypatch,
-        {"DRIFTLINE_ENV": env, "DRIFTLINE_SECRET_KEY": f"{SECRET},short", "DRIFTLINE_API_KEYS": "prod-key"},
+        {
+            "DRIFTLINE_ENV": env,
+            "DRIFTLINE_SECRET_KEY": f"{SECRET},short",
+            "DRIFTLINE_API_KEYS": "prod-key",
+            "DRIFTLINE_ADMIN_KEYS": ADMIN,
+        },
     )
     with pytest.raises(
         ValidationError, match="at least 16 characters \\(each of its comma-separated keys\\)"
@@ -331,7 +359,14 @@ def test_every_snapshot_key_must_be_long_enough(monkeypatch: pytest.MonkeyPatch,
 
 
 def test_a_snapshot_key_named_twice_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    set_env(monkeypatch, {"DRIFTLINE_SECRET_KEY": f"{SECRET},{SECRET}", "DRIFTLINE_API_KEYS": "prod-key"})
+    set_env(
+        monkeypatch,
+        {
+            "DRIFTLINE_SECRET_KEY": f"{SECRET},{SECRET}",
+            "DRIFTLINE_API_KEYS": "prod-key",
+            "DRIFTLINE_ADMIN_KEYS": ADMIN,
+        },
+    )
     with pytest.raises(ValidationError, match="names a key twice"):
         Settings(_env_file=None)
 
@@ -340,7 +375,14 @@ def test_the_development_secret_is_refused_in_prod_even_as_a_verification_key(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A verifying key forges as well as the signing one: the published secret is refused there too."""
-    set_env(monkeypatch, {"DRIFTLINE_SECRET_KEY": f"{SECRET},{DEV_SECRET}", "DRIFTLINE_API_KEYS": "prod-key"})
+    set_env(
+        monkeypatch,
+        {
+            "DRIFTLINE_SECRET_KEY": f"{SECRET},{DEV_SECRET}",
+            "DRIFTLINE_API_KEYS": "prod-key",
+            "DRIFTLINE_ADMIN_KEYS": ADMIN,
+        },
+    )
     with pytest.raises(ValidationError, match="DRIFTLINE_SECRET_KEY must be set to a real secret"):
         Settings(_env_file=None)
     set_env(monkeypatch, {"DRIFTLINE_ENV": "dev"})

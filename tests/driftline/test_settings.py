@@ -160,7 +160,10 @@ def test_prod_refuses_the_development_api_key(settings_from_env: SettingsFromEnv
 
 def test_prod_accepts_real_secrets(settings_from_env: SettingsFromEnv) -> None:
     s = settings_from_env(
-        DRIFTLINE_ENV="prod", DRIFTLINE_SECRET_KEY=GOOD_SECRET, DRIFTLINE_API_KEYS="prod-key"
+        DRIFTLINE_ENV="prod",
+        DRIFTLINE_SECRET_KEY=GOOD_SECRET,
+        DRIFTLINE_API_KEYS="prod-key",
+        DRIFTLINE_ADMIN_KEYS="ops:prod-admin-key",
     )
     assert s.env == "prod"
     assert s.secret_key.get_secret_value() == GOOD_SECRET
@@ -174,7 +177,12 @@ def test_the_default_secret_is_fine_outside_prod(settings_from_env: SettingsFrom
 @pytest.mark.parametrize("env", ["dev", "prod"])
 def test_a_secret_shorter_than_16_characters_is_refused(settings_from_env: SettingsFromEnv, env: str) -> None:
     with pytest.raises(ValidationError, match="DRIFTLINE_SECRET_KEY must be at least 16 characters"):
-        settings_from_env(DRIFTLINE_ENV=env, DRIFTLINE_SECRET_KEY="x" * 15, DRIFTLINE_API_KEYS="k")
+        settings_from_env(
+            DRIFTLINE_ENV=env,
+            DRIFTLINE_SECRET_KEY="x" * 15,
+            DRIFTLINE_API_KEYS="k",
+            DRIFTLINE_ADMIN_KEYS="a:k2",
+        )
 
 
 def test_a_secret_of_exactly_16_characters_is_accepted(settings_from_env: SettingsFromEnv) -> None:
@@ -182,7 +190,11 @@ def test_a_secret_of_exactly_16_characters_is_accepted(settings_from_env: Settin
 
 
 def test_secrets_are_not_shown(settings_from_env: SettingsFromEnv) -> None:
-    s = settings_from_env(DRIFTLINE_SECRET_KEY=GOOD_SECRET, DRIFTLINE_API_KEYS="visible-key")
+    s = settings_from_env(
+        DRIFTLINE_SECRET_KEY=GOOD_SECRET,
+        DRIFTLINE_API_KEYS="visible-key",
+        DRIFTLINE_ADMIN_KEYS="ops:visible-admin",
+    )
     assert GOOD_SECRET not in repr(s) and "visible-key" not in repr(s)
 
 

@@ -80,7 +80,7 @@ def test_predict_answers_503_with_a_message_before_any_model(make_settings: Any)
     with TestClient(create_app(make_settings())) as client:
         response = client.post("/predict", json=READING)
     assert response.status_code == 503
-    assert "no snapshot yet" in response.json()["detail"]
+    assert "no snapshot yet" in response.json()["error"]["message"]
 
 
 def test_predict_serves_the_newest_snapshot_and_swaps_when_one_is_announced(make_settings: Any) -> None:
@@ -184,7 +184,7 @@ def test_bad_requests_get_a_422_with_a_reason(make_settings: Any, payload: dict[
     with TestClient(create_app(make_settings())) as client:
         response = client.post("/predict", json=payload)
     assert response.status_code == 422
-    assert response.json()["detail"]
+    assert response.json()["error"]["message"]
 
 
 def test_health_and_event_schema(make_settings: Any) -> None:
@@ -218,8 +218,8 @@ def test_a_model_trained_on_other_features_is_refused_with_409(make_settings: An
     with TestClient(create_app(settings)) as client:
         response = client.post("/predict", json=READING)
     assert response.status_code == 409
-    assert "0123456789abcdef" in response.json()["detail"]
-    assert settings.features.schema_hash() in response.json()["detail"]
+    assert "0123456789abcdef" in response.json()["error"]["message"]
+    assert settings.features.schema_hash() in response.json()["error"]["message"]
 
 
 def test_a_reading_out_of_range_is_refused_like_the_stream_does(make_settings: Any) -> None:
@@ -230,7 +230,7 @@ def test_a_reading_out_of_range_is_refused_like_the_stream_does(make_settings: A
         clipped = client.post("/predict", json={"device_id": "d", "readings": {"temperature": 500.0}})
         unknown = client.get("/devices/never-seen/features")
     assert response.status_code == 422
-    assert response.json()["detail"].startswith("out_of_range: vibration=99")
+    assert response.json()["error"]["message"].startswith("out_of_range: vibration=99")
     assert clipped.status_code == 200 and clipped.json()["features"]["temperature"] == 125.0
     assert unknown.status_code == 404
 
@@ -255,7 +255,7 @@ def test_predict_answers_from_the_challenger_or_a_stored_version_when_asked(make
         missing = client.post("/predict", json={**READING, "version": 99})
         both = client.post("/predict", json={**READING, "alias": "latest", "version": 2})
     assert no_challenger.status_code == 404
-    assert "has no challenger" in no_challenger.json()["detail"]
+    assert "has no challenger" in no_challenger.json()["error"]["message"]
     assert (champion["version"], champion["events_learned"], champion["alias"]) == (3, 90, None)
     assert (challenger["version"], challenger["events_learned"], challenger["alias"]) == (1, 30, "challenger")
     assert (second["version"], second["events_learned"]) == (2, 60)
@@ -263,7 +263,7 @@ def test_predict_answers_from_the_challenger_or_a_stored_version_when_asked(make
     # each answer is that version's own model on the same features
     for body, n in ((challenger, 30), (second, 60), (champion, 90)):
         assert body["prediction"] == trained_learner("default", n).predict(body["features"]).value
-    assert missing.status_code == 404 and "no version 99" in missing.json()["detail"]
+    assert missing.status_code == 404 and "no version 99" in missing.json()["error"]["message"]
     assert both.status_code == 422
 
 
