@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 import httpx
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from driftline.core.keys import Keys
@@ -154,28 +155,36 @@ class AlertRelay:
         self.holder = self.holder or uuid.uuid4().hex
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Relay while holding the lease, until ``stop`` is set."""
+        """Relay while holding the lease, until ``stop`` is set; a Redis outage is waited out
+        (the relay is a task of the worker: an error escaping it would stop the whole worker)."""
+        backoff = 0.5
         while not stop.is_set():
-            if await self._take_lease():
-                routes = [(self.keys.alerts(), b"alert", channel) for channel in self.channels]
-                routes += [
-                    (self.keys.model_events(), b"event", channel) for channel in self.model_event_channels
-                ]
-                tasks = [
-                    asyncio.create_task(
-                        self._relay(stream, name, channel, stop), name=f"relay {channel.name}"
-                    )
-                    for stream, name, channel in routes
-                ]
-                try:
-                    while not stop.is_set() and await self._take_lease():
-                        await _wait(stop, RENEW_SECONDS)
-                finally:
-                    for task in tasks:
-                        task.cancel()
-                    await asyncio.gather(*tasks, return_exceptions=True)
-            else:
+            try:
+                await self._lead(stop)
+                backoff = 0.5
+            except (RedisError, OSError) as exc:
+                log.warning("alert relay: Redis unavailable (%s); trying again in %.1f s", exc, backoff)
+                await _wait(stop, backoff)
+                backoff = min(backoff * 2, self.max_backoff)
+
+    async def _lead(self, stop: asyncio.Event) -> None:
+        """Take the lease and relay while it holds; wait a renewal period when another has it."""
+        if not await self._take_lease():
+            await _wait(stop, RENEW_SECONDS)
+            return
+        routes = [(self.keys.alerts(), b"alert", channel) for channel in self.channels]
+        routes += [(self.keys.model_events(), b"event", channel) for channel in self.model_event_channels]
+        tasks = [
+            asyncio.create_task(self._relay(stream, name, channel, stop), name=f"relay {channel.name}")
+            for stream, name, channel in routes
+        ]
+        try:
+            while not stop.is_set() and await self._take_lease():
                 await _wait(stop, RENEW_SECONDS)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _take_lease(self) -> bool:
         key = self.keys.alert_relay()
@@ -188,7 +197,18 @@ class AlertRelay:
         return False
 
     async def _relay(self, stream: str, entry_field: bytes, channel: Channel, stop: asyncio.Event) -> None:
-        """Deliver each entry of ``stream`` (its JSON under ``entry_field``) to ``channel``."""
+        """Deliver each entry of ``stream`` (its JSON under ``entry_field``) to ``channel``, from
+        the position last recorded, again after a Redis outage."""
+        while not stop.is_set():
+            try:
+                await self._relay_from_position(stream, entry_field, channel, stop)
+            except (RedisError, OSError) as exc:
+                log.warning("relay to %s: Redis unavailable (%s); trying again", channel.name, exc)
+                await _wait(stop, 1.0)
+
+    async def _relay_from_position(
+        self, stream: str, entry_field: bytes, channel: Channel, stop: asyncio.Event
+    ) -> None:
         position = await self.redis.hget(self.keys.alert_delivery(), channel.name)
         last = (position.decode() if isinstance(position, bytes) else position) or "0-0"
         while not stop.is_set():
