@@ -30,7 +30,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from driftline.core.errors import DriftlineError
-from driftline.running import STACK_FILE, running_stack
+from driftline.running import STACK_FILE, last_stack_mode, running_stack
 from driftline.settings import Settings, get_settings
 
 
@@ -47,13 +47,16 @@ def _settings(beside_stack: bool = True, **overrides: Any) -> Settings:
 
 
 def _dev_beside_a_dev_stack() -> None:
-    """A command run beside a ``driftline up`` in dev mode (``make run``) is in dev mode too,
-    unless ``DRIFTLINE_ENV`` says otherwise: its snapshots are signed with the dev secret, and
-    ``driftline models`` or ``replay`` beside it must not ask for secrets it does not have."""
+    """A command run beside a ``driftline up`` in dev mode (``make run``), running or stopped,
+    is in dev mode too, unless ``DRIFTLINE_ENV`` says otherwise: its snapshots are signed with the
+    dev secret, and ``driftline models``, ``replay`` or ``reset`` (which the README says to run
+    with the stack stopped) must not ask for secrets it does not have."""
     if "DRIFTLINE_ENV" in os.environ:
         return
-    stack = running_stack(Path(os.environ.get("DRIFTLINE_DATA_DIR") or ".driftline"))
-    if stack is not None and stack.get("env") == "dev":
+    data_dir = Path(os.environ.get("DRIFTLINE_DATA_DIR") or ".driftline")
+    stack = running_stack(data_dir)
+    mode = stack.get("env") if stack is not None else last_stack_mode(data_dir)
+    if mode == "dev":
         os.environ["DRIFTLINE_ENV"] = "dev"
         get_settings.cache_clear()
 

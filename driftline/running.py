@@ -14,14 +14,37 @@ from pathlib import Path
 from typing import Any
 
 STACK_FILE = "up.json"
+#: The mode of the last ``driftline up`` run from a data directory; it outlives the stack, so
+#: ``driftline reset`` (run with the stack stopped) works in a ``make run`` checkout too.
+MODE_FILE = "mode"
 
 
 def write_stack_file(data_dir: Path, **addresses: str) -> Path:
-    """Record this process (the ``up`` supervisor) and the addresses it serves."""
+    """Record this process (the ``up`` supervisor) and the addresses it serves (and its mode,
+    which stays once the stack stops: :func:`last_stack_mode`)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     path = data_dir / STACK_FILE
     path.write_text(json.dumps({"pid": os.getpid(), **addresses}, indent=2))
+    if "env" in addresses:
+        (data_dir / MODE_FILE).write_text(addresses["env"] + "\n")
     return path
+
+
+def last_stack_mode(data_dir: Path) -> str | None:
+    """The mode (``dev``, ``prod``...) of the last ``driftline up`` run from ``data_dir``, if any.
+
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> last_stack_mode(folder) is None
+    True
+    >>> _ = write_stack_file(folder, env="dev"); remove_stack_file(folder)
+    >>> last_stack_mode(folder)
+    'dev'
+    """
+    try:
+        return (data_dir / MODE_FILE).read_text().strip() or None
+    except OSError:
+        return None
 
 
 def remove_stack_file(data_dir: Path) -> None:

@@ -312,6 +312,14 @@ def test_a_command_beside_a_running_dev_stack_takes_its_mode(
         tmp_path / ".driftline", kafka_url="kafka://127.0.0.1:9", redis_url="redis://x", env="dev"
     )
     assert _settings().env == "dev"
+    # Stopped (Ctrl-C): `driftline reset`, which the README says to run now, is still in its mode.
+    from driftline.running import remove_stack_file
+
+    remove_stack_file(tmp_path / ".driftline")
+    monkeypatch.setenv("DRIFTLINE_ENV", "registered")
+    monkeypatch.delenv("DRIFTLINE_ENV")
+    get_settings.cache_clear()
+    assert _settings().env == "dev"
     # Saying otherwise wins.
     monkeypatch.setenv("DRIFTLINE_ENV", "prod")
     get_settings.cache_clear()
