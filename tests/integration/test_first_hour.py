@@ -53,6 +53,13 @@ def show(settings: Settings, model: str) -> dict[str, Any]:
     return dict(json.loads(done.stdout))
 
 
+def wait_until_known(settings: Settings, model: str, wait_for: Callable[..., object]) -> None:
+    """The worker announces its models once started (slow on a busy machine); until then
+    ``models show`` rightly says no model is known."""
+    known = lambda: driftline(settings, "models", "show", model, "--json").returncode == 0  # noqa: E731
+    wait_for(known, 120, f"the worker to announce model {model}")
+
+
 def newest(settings: Settings, model: str) -> dict[str, Any]:
     versions = show(settings, model)["versions"]
     return dict(versions[-1]) if versions else {}
@@ -103,6 +110,7 @@ def test_a_model_that_sees_events_but_learns_none_is_a_warning_everywhere(
     replayed = driftline(settings, "replay", str(rows))
     assert replayed.returncode == 0, replayed.stderr
 
+    wait_until_known(settings, "kw", wait_for)
     wait_for(lambda: newest(settings, "kw").get("events_seen") == 150, 90, "model kw to see every row")
     meta = newest(settings, "kw")
     assert meta["events_learned"] == 0 and meta["metric"]["value"] is None  # never a perfect 0
@@ -208,6 +216,7 @@ def test_twenty_identical_events_of_a_new_device_do_not_wreck_the_default_model(
             producer.send(event)
 
     total = before + 20 + after
+    wait_until_known(settings, settings.model_name, wait_for)
     wait_for(lambda: latest_meta(settings).get("events_seen") == total, 120, "every event to be learned")
     meta = latest_meta(settings)
     # Undisturbed, this model's MAE on the simulator is about 0.06 kW; before the fix the odd
