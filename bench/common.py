@@ -11,9 +11,9 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -146,8 +146,36 @@ def time_until(count: int, probe: Any, timeout: float = 300.0, every: float = 0.
     return measure_until(count, probe, timeout=timeout, every=every).rate
 
 
-def report(name: str, rows: dict[str, list[float]], baseline: str, unit: str = "events/s") -> None:
-    """Print medians and ratios to the baseline, and keep them in bench/results/<name>.json."""
+@dataclass(frozen=True)
+class Target:
+    """One figure an issue asks for, and whether this run met it: ``value`` against ``goal``
+    (at least ``goal`` when ``higher_is_better``, else below it). ``make bench`` gathers every
+    benchmark's targets into the report (``bench/results/<date>.md``, ``BENCHMARKS.md``)."""
+
+    name: str
+    value: float
+    goal: float
+    higher_is_better: bool = True
+    unit: str = ""
+
+    @property
+    def met(self) -> bool:
+        return self.value >= self.goal if self.higher_is_better else self.value < self.goal
+
+    def as_json(self) -> dict[str, Any]:
+        return {**asdict(self), "met": self.met}
+
+
+def report(
+    name: str,
+    rows: dict[str, list[float]],
+    baseline: str,
+    unit: str = "events/s",
+    targets: Sequence[Target] = (),
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Print medians and ratios to the baseline, and keep them in bench/results/<name>.json with
+    every run, min-median-max, the ``targets`` this run met or missed, and any ``extra`` data."""
     base = statistics.median(rows[baseline])
     print(f"\n{name}: median of {len(rows[baseline])} runs ({unit}); ratio to {baseline}")
     digits = 1 if base < 1000 else 0
@@ -157,6 +185,12 @@ def report(name: str, rows: dict[str, list[float]], baseline: str, unit: str = "
             f"  {label:<66} {median:>9,.{digits}f}   x{median / base:.3f}   "
             f"(runs: {', '.join(f'{v:,.{digits}f}' for v in values)})"
         )
+    for target in targets:
+        comparison = ">=" if target.higher_is_better else "<"
+        print(
+            f"  target {target.name}: {target.value:.3g}{target.unit} ({comparison} {target.goal:g}"
+            f"{target.unit}) {'met' if target.met else 'NOT MET'}"
+        )
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(
         json.dumps(
@@ -164,7 +198,12 @@ def report(name: str, rows: dict[str, list[float]], baseline: str, unit: str = "
                 "unit": unit,
                 "baseline": baseline,
                 "medians": {k: statistics.median(v) for k, v in rows.items()},
+                "ratios": {k: statistics.median(v) / base for k, v in rows.items()},
+                "min": {k: min(v) for k, v in rows.items()},
+                "max": {k: max(v) for k, v in rows.items()},
                 "runs": rows,
+                "targets": [t.as_json() for t in targets],
+                **({"extra": extra} if extra else {}),
             },
             indent=2,
         )
@@ -180,6 +219,9 @@ def stream_bench_args(
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, default=50, help="events per message in batched mode")
+    parser.add_argument(
+        "--quick", action="store_true", help="a short run (make bench-quick): fewer events and repeats"
+    )
     if more is not None:
         more(parser)
     return parser.parse_args(argv)
