@@ -172,7 +172,9 @@ class ModelStore:
         """
         current = self.served.get(name)
         version = await self.registry.alias_version(name, CHAMPION)
-        if version is None or (current is not None and version == current.version):
+        if version is None or (
+            current is not None and version == current.version and await self._same(name, current)
+        ):
             return False
         try:
             learner, meta = await self._load(name, version)
@@ -195,6 +197,16 @@ class ModelStore:
         self.served[name] = ServedModel(learner, meta)
         log.info("serving model %s v%s (%d events learned)", name, version, learner.events_learned)
         return True
+
+    async def _same(self, name: str, served: ServedModel) -> bool:
+        """Whether the registry still holds the very snapshot served under its version number. A
+        Redis that lost its data (restarted without persistence) numbers versions afresh: its v1
+        is a new snapshot, not the v1 in memory."""
+        try:
+            stored = await self.registry.version_meta(name, served.version)
+        except RegistryError:
+            return True  # dropped from the registry, still the one served until a champion is named
+        return stored.get("created_at") == served.meta.get("created_at")
 
     async def refresh_all(self) -> None:
         for name in await self.registry.model_names():

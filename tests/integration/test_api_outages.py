@@ -49,6 +49,19 @@ def device_history(settings: Settings) -> DeviceState:
     return state
 
 
+def publish(settings: Settings, learner: OnlineLearner) -> int:
+    """Publish ``learner`` as the worker would; its version."""
+
+    async def go() -> int:
+        redis = Redis.from_url(settings.redis_url)
+        try:
+            return int((await settings.registry(redis).publish(learner))["version"])
+        finally:
+            await redis.aclose()
+
+    return asyncio.run(go())
+
+
 def seed(settings: Settings) -> None:
     """A published model and a device with a history, as a worker leaves them."""
 
@@ -97,6 +110,18 @@ def test_with_redis_gone_predict_answers_from_the_model_in_memory_degraded_and_n
                 "predictions no longer degraded once Redis is back",
             )
             ready_again = client.get("/ready")
+            # and the next snapshot announced after the outage is picked up and served, although
+            # the empty Redis numbers it v1 again, as the one in memory
+            newer = trained_learner(settings.default_model, n=60)
+            expected = newer.predict(stateless).value
+            published = publish(settings, newer)
+            picked_up = wait_for(
+                lambda: (
+                    (body := client.post("/predict", json=READING).json())["prediction"] == expected and body
+                ),
+                10,
+                "the snapshot announced after Redis came back served",
+            )
     finally:
         redis_server.stop()
 
@@ -116,3 +141,5 @@ def test_with_redis_gone_predict_answers_from_the_model_in_memory_degraded_and_n
         assert "Error" not in response.text and "Traceback" not in response.text, response.text
     assert after["features"] == stateless and after["degraded_reason"] is None  # type: ignore[index]
     assert (ready_again.status_code, ready_again.json()["status"]) == (200, "ready")
+    assert published == 1, "an empty Redis numbers versions afresh"
+    assert picked_up["version"] == published and expected != before["prediction"]  # type: ignore[index]
