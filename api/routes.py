@@ -912,6 +912,14 @@ async def health(response: Response, redis: RedisDep, store: ModelStoreDep) -> d
     return body
 
 
+@router.get("/livez", responses=answer({"status": "alive"}))
+async def livez() -> dict[str, str]:
+    """The process answers HTTP (an orchestrator's liveness check): a constant, no I/O. Unlike
+    ``/health`` and ``/ready`` it says nothing about Redis or the models, so an outage there
+    never gets a replica restarted that is serving degraded answers."""
+    return {"status": "alive"}
+
+
 @router.get(
     "/ready",
     responses={

@@ -141,7 +141,21 @@ def cmd_api(args: argparse.Namespace) -> int:
     settings.check_api_bind()  # the published development secrets never leave this machine
     # The app is built from these settings (flags and a running stack's addresses included),
     # not read again from the environment.
-    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_level=args.loglevel)
+    if settings.api_workers == 1:
+        uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_level=args.loglevel)
+        return 0
+    # Several processes: uvicorn starts each from the factory, which reads the settings from the
+    # environment; these settings (flags and a running stack's addresses included) go there first.
+    os.environ.update(settings.as_env())
+    get_settings.cache_clear()
+    uvicorn.run(
+        "driftline.api.main:create_app",
+        factory=True,
+        workers=settings.api_workers,
+        host=settings.api_host,
+        port=settings.api_port,
+        log_level=args.loglevel,
+    )
     return 0
 
 

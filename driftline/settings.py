@@ -168,6 +168,9 @@ class Settings(BaseSettings):
     # --- API ---------------------------------------------------------------------------------
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=0, le=65535)
+    #: Server processes ``driftline api`` runs (uvicorn workers sharing the port). Each is a
+    #: replica of its own: it loads and follows the models and holds its own Redis pool.
+    api_workers: int = Field(1, ge=1, le=64)
     #: Keys accepted in ``X-API-Key`` by the write endpoints (``POST /events``), comma-separated.
     api_keys: SecretStr = SecretStr(DEV_API_KEY)
     #: Operators' keys for the admin endpoints (promote, rollback, alert acks), ``name:key``
