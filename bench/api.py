@@ -33,7 +33,6 @@ import argparse
 import asyncio
 import json
 import math
-import os
 import socket
 import statistics
 import subprocess
@@ -62,7 +61,12 @@ from driftline.streams.ingest import IngestStage, featurize_reading, label_readi
 CONCURRENCY = (1, 16, 64)
 DEVICES = 64
 BATCH = 100
-TRIVIAL, SINGLE, BATCHED, CEILING = "GET /livez", "POST /predict (1 reading)", "POST /predict (100 readings)", "client ceiling"
+TRIVIAL, SINGLE, BATCHED, CEILING = (
+    "GET /livez",
+    "POST /predict (1 reading)",
+    "POST /predict (100 readings)",
+    "client ceiling",
+)
 IN_PROCESS_PREDICT = "in-process: learner.predict"
 IN_PROCESS_FEATURIZE = "in-process: featurize + predict"
 
@@ -229,7 +233,8 @@ def load(
 CONSTANT_SERVER = """
 import asyncio, sys
 BODY = b'{"status":"alive"}'
-ANSWER = b"HTTP/1.1 200 OK\\r\\ncontent-type: application/json\\r\\ncontent-length: %d\\r\\n\\r\\n%s" % (len(BODY), BODY)
+HEAD = b"HTTP/1.1 200 OK\\r\\ncontent-type: application/json\\r\\ncontent-length: %d\\r\\n\\r\\n"
+ANSWER = HEAD % len(BODY) + BODY
 async def serve(reader, writer):
     try:
         while True:
@@ -402,7 +407,9 @@ def in_process(settings: Settings, workload: Workload, seconds: float) -> dict[s
 
     return {
         IN_PROCESS_PREDICT: rate(workload.learner.predict, vectors),
-        IN_PROCESS_FEATURIZE: rate(lambda item: workload.learner.predict(featurized(item)), workload.readings),
+        IN_PROCESS_FEATURIZE: rate(
+            lambda item: workload.learner.predict(featurized(item)), workload.readings
+        ),
     }
 
 
@@ -412,9 +419,7 @@ def in_process(settings: Settings, workload: Workload, seconds: float) -> dict[s
 def requests_for(host: str, workload: Workload) -> dict[str, list[bytes]]:
     singles = [http_request("POST", "/predict", host, json.dumps(r).encode()) for r in workload.readings]
     batches = [
-        http_request(
-            "POST", "/predict", host, json.dumps(workload.readings[i : i + BATCH]).encode()
-        )
+        http_request("POST", "/predict", host, json.dumps(workload.readings[i : i + BATCH]).encode())
         for i in range(0, len(workload.readings) - BATCH + 1, BATCH // 2)
     ]
     return {TRIVIAL: [http_request("GET", "/livez", host)], SINGLE: singles, BATCHED: batches}
@@ -438,7 +443,9 @@ def label(endpoint: str, concurrency: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=1.5, help="measured seconds per cell")
     parser.add_argument("--warmup", type=float, default=0.4, help="seconds per cell before measuring")
     parser.add_argument("--repeats", type=int, default=3)
@@ -468,7 +475,12 @@ def main(argv: list[str] | None = None) -> None:
             for concurrency in CONCURRENCY:
                 for _ in range(args.repeats):
                     cell = load(
-                        "127.0.0.1", port, [http_request("GET", "/livez", "x")], concurrency, args.seconds, args.warmup
+                        "127.0.0.1",
+                        port,
+                        [http_request("GET", "/livez", "x")],
+                        concurrency,
+                        args.seconds,
+                        args.warmup,
                     )
                     cells.setdefault(label(CEILING, concurrency), []).append(cell)
         with api_server(settings, workers) as (port, pids):
@@ -480,10 +492,17 @@ def main(argv: list[str] | None = None) -> None:
                     order = list(requests)[repeat % 3 :] + list(requests)[: repeat % 3]
                     for endpoint in order:
                         cell = load(
-                            "127.0.0.1", port, requests[endpoint], concurrency, args.seconds, args.warmup, pids
+                            "127.0.0.1",
+                            port,
+                            requests[endpoint],
+                            concurrency,
+                            args.seconds,
+                            args.warmup,
+                            pids,
                         )
                         cells.setdefault(label(endpoint, concurrency), []).append(cell)
-                        print(f"  {label(endpoint, concurrency):<44} {cell.rate:>8,.0f}/s  p99 {cell.p99_ms:6.2f} ms")
+                        name = label(endpoint, concurrency)
+                        print(f"  {name:<44} {cell.rate:>8,.0f}/s  p99 {cell.p99_ms:6.2f} ms")
         for other in compare:
             with api_server(settings, other) as (port, pids):
                 requests = requests_for(f"127.0.0.1:{port}", workload)
@@ -491,16 +510,30 @@ def main(argv: list[str] | None = None) -> None:
                     for concurrency in CONCURRENCY[1:]:
                         for endpoint in (TRIVIAL, SINGLE):
                             cell = load(
-                                "127.0.0.1", port, requests[endpoint], concurrency, args.seconds, args.warmup, pids
+                                "127.0.0.1",
+                                port,
+                                requests[endpoint],
+                                concurrency,
+                                args.seconds,
+                                args.warmup,
+                                pids,
                             )
-                            cells.setdefault(f"{label(endpoint, concurrency)}, {other} workers", []).append(cell)
+                            cells.setdefault(f"{label(endpoint, concurrency)}, {other} workers", []).append(
+                                cell
+                            )
         for _ in range(args.repeats):
             for name, value in in_process(settings, workload, args.seconds).items():
                 rows.setdefault(name, []).append(value)
 
     for name, runs in cells.items():
         rows[name] = [c.rate for c in runs]
-    medians = {name: {k: statistics.median(getattr(c, k) for c in runs) for k in ("rate", "p50_ms", "p99_ms", "client_cpu_us")} for name, runs in cells.items()}
+    medians = {
+        name: {
+            k: statistics.median(getattr(c, k) for c in runs)
+            for k in ("rate", "p50_ms", "p99_ms", "client_cpu_us")
+        }
+        for name, runs in cells.items()
+    }
     for name, runs in cells.items():
         server = [c.server_cpu_us for c in runs if c.server_cpu_us is not None]
         medians[name]["server_cpu_us"] = statistics.median(server) if server else float("nan")
@@ -533,7 +566,9 @@ def targets_of(medians: dict[str, dict[str, float]]) -> list[Target]:
         )
         for c in CONCURRENCY
     ]
-    targets.append(Target("single /predict p99 at c=16", medians[label(SINGLE, 16)]["p99_ms"], 10, False, " ms"))
+    targets.append(
+        Target("single /predict p99 at c=16", medians[label(SINGLE, 16)]["p99_ms"], 10, False, " ms")
+    )
     targets.append(
         Target(
             "batch of 100 / single request, median latency at c=1",
@@ -550,7 +585,16 @@ def table(medians: dict[str, dict[str, float]], rows: dict[str, list[float]], wo
     from rich.table import Table
 
     out = Table(title=f"driftline API, {workers} worker process(es): medians")
-    for column in ("endpoint", "conc.", "requests/s", "readings/s", "p50 ms", "p99 ms", "server CPU us/req", "client CPU us/req"):
+    for column in (
+        "endpoint",
+        "conc.",
+        "requests/s",
+        "readings/s",
+        "p50 ms",
+        "p99 ms",
+        "server CPU us/req",
+        "client CPU us/req",
+    ):
         out.add_column(column, justify="left" if column == "endpoint" else "right")
     for name, m in medians.items():
         endpoint, _, rest = name.partition(" @ c=")
@@ -568,7 +612,7 @@ def table(medians: dict[str, dict[str, float]], rows: dict[str, list[float]], wo
     for name in (IN_PROCESS_PREDICT, IN_PROCESS_FEATURIZE):
         rate = statistics.median(rows[name])
         out.add_row(name, "-", "", f"{rate:,.0f}", f"{1e3 / rate:.3f}", "", "", "")
-    Console().print(out)
+    Console(width=150).print(out)
 
 
 def write_markdown(
@@ -585,7 +629,8 @@ def write_markdown(
         f"{args.seconds} s per cell after {args.warmup} s warm-up, median of {args.repeats}, "
         f"written {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.",
         "",
-        "| endpoint | concurrency | requests/s | readings/s | p50 ms | p99 ms | server CPU µs/request | client CPU µs/request |",
+        "| endpoint | concurrency | requests/s | readings/s | p50 ms | p99 ms "
+        "| server CPU µs/request | client CPU µs/request |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, m in medians.items():
@@ -603,7 +648,8 @@ def write_markdown(
     lines += ["", "Targets:", ""]
     for t in targets:
         comparison = ">=" if t.higher_is_better else "<"
-        lines.append(f"- {t.name}: {t.value:.3g}{t.unit} ({comparison} {t.goal:g}{t.unit}): {'met' if t.met else '**not met**'}")
+        verdict = "met" if t.met else "**not met**"
+        lines.append(f"- {t.name}: {t.value:.3g}{t.unit} ({comparison} {t.goal:g}{t.unit}): {verdict}")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "api.md").write_text("\n".join(lines) + "\n")
 
@@ -617,15 +663,31 @@ def plot(medians: dict[str, dict[str, float]], rows: dict[str, list[float]]) -> 
     fig, (rate_ax, p99_ax) = plt.subplots(1, 2, figsize=(12, 4.8))
     for endpoint, style in ((CEILING, ":"), (TRIVIAL, "-"), (SINGLE, "-"), (BATCHED, "-")):
         xs = [c for c in CONCURRENCY if label(endpoint, c) in medians]
-        rate_ax.plot(xs, [medians[label(endpoint, c)]["rate"] for c in xs], style, marker="o", label=f"{endpoint}, requests/s")
+        rate_ax.plot(
+            xs,
+            [medians[label(endpoint, c)]["rate"] for c in xs],
+            style,
+            marker="o",
+            label=f"{endpoint}, requests/s",
+        )
         if endpoint != CEILING:
-            p99_ax.plot(xs, [medians[label(endpoint, c)]["p99_ms"] for c in xs], style, marker="o", label=endpoint)
+            p99_ax.plot(
+                xs, [medians[label(endpoint, c)]["p99_ms"] for c in xs], style, marker="o", label=endpoint
+            )
     rate_ax.plot(
-        CONCURRENCY, [BATCH * medians[label(BATCHED, c)]["rate"] for c in CONCURRENCY], "--", marker="o", label=f"{BATCHED}, readings/s"
+        CONCURRENCY,
+        [BATCH * medians[label(BATCHED, c)]["rate"] for c in CONCURRENCY],
+        "--",
+        marker="o",
+        label=f"{BATCHED}, readings/s",
     )
     for name, style in ((IN_PROCESS_PREDICT, "-."), (IN_PROCESS_FEATURIZE, "--")):
-        rate_ax.axhline(statistics.median(rows[name]), linestyle=style, color="grey", label=f"{name}, readings/s")
-    rate_ax.set(xscale="log", yscale="log", xlabel="concurrent connections", ylabel="per second", title="rate")
+        rate_ax.axhline(
+            statistics.median(rows[name]), linestyle=style, color="grey", label=f"{name}, readings/s"
+        )
+    rate_ax.set(
+        xscale="log", yscale="log", xlabel="concurrent connections", ylabel="per second", title="rate"
+    )
     rate_ax.set_xticks(CONCURRENCY, [str(c) for c in CONCURRENCY])
     p99_ax.axhline(10, color="red", linewidth=0.8, label="target: 10 ms (single, c=16)")
     p99_ax.set(xscale="log", yscale="log", xlabel="concurrent connections", ylabel="ms", title="p99 latency")

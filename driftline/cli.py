@@ -142,7 +142,9 @@ def cmd_api(args: argparse.Namespace) -> int:
     # The app is built from these settings (flags and a running stack's addresses included),
     # not read again from the environment.
     if settings.api_workers == 1:
-        uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_level=args.loglevel)
+        uvicorn.run(
+            create_app(settings), host=settings.api_host, port=settings.api_port, log_level=args.loglevel
+        )
         return 0
     # Several processes: uvicorn starts each from the factory, which reads the settings from the
     # environment; these settings (flags and a running stack's addresses included) go there first.

@@ -273,7 +273,7 @@ class Settings(BaseSettings):
 
     def model_specs(self) -> tuple[ModelSpec, ...]:
         """The models to learn (the configured ones, or the default one)."""
-        return self.models or (ModelSpec(name=self.model_name),)
+        return self.models or (_default_spec(self.model_name),)
 
     @property
     def default_model(self) -> str:
@@ -452,6 +452,13 @@ class Settings(BaseSettings):
     def registry(self, redis: Redis) -> ModelRegistry:
         """The model registry of this deployment on ``redis`` (an asyncio client)."""
         return ModelRegistry(redis, self.namespace, self.secret_keys(), self.keep_versions)
+
+
+@lru_cache(maxsize=8)
+def _default_spec(name: str) -> ModelSpec:
+    # Building a spec validates it by building its estimator: ~60 us that /predict paid per
+    # request (specs are frozen, so one instance serves every caller).
+    return ModelSpec(name=name)
 
 
 @lru_cache(maxsize=8)
