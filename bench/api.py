@@ -156,13 +156,29 @@ def content_length(head: bytes) -> int:
 # --- the load generator ----------------------------------------------------------------------
 
 
+#: A cell's window stays open until it has this many answers (or one per connection, if fewer)...
+MIN_ANSWERS = 16
+#: ...up to this many times its planned length.
+MAX_WINDOW_FACTOR = 8
+
+
+@dataclass
+class Window:
+    """When answers count: set once every connection has had an answer and the warm-up is over
+    (a batch at concurrency 64 takes seconds to get its first answers; a fixed warm-up would
+    start counting before the server is in its steady state)."""
+
+    measure_from: float = math.inf
+    stop_at: float = math.inf
+    answered_once: int = 0
+
+
 async def _connection(
     host: str,
     port: int,
     requests: Sequence[bytes],
     first: int,
-    measure_from: float,
-    stop_at: float,
+    window: Window,
     latencies: list[float],
     errors: list[int],
 ) -> None:
@@ -172,15 +188,17 @@ async def _connection(
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     turn = first
     try:
-        while (sent := time.perf_counter()) < stop_at:
+        while (sent := time.perf_counter()) < window.stop_at:
             writer.write(requests[turn % len(requests)])
             turn += 1
             head = await reader.readuntil(b"\r\n\r\n")
             await reader.readexactly(content_length(head))
             done = time.perf_counter()
-            # Counted by when it ended: a slow request (a batch) begun in the warm-up still
+            if turn == first + 1:
+                window.answered_once += 1
+            # Counted by when it ended: a slow request (a batch) begun before the window still
             # counts, so the rate holds however long one request takes.
-            if measure_from <= done <= stop_at:
+            if window.measure_from <= done <= window.stop_at:
                 latencies.append(done - sent)
                 if head[9:12] != b"200":
                     errors.append(int(head[9:12]))
@@ -201,24 +219,32 @@ def load(
     warmup: float,
     server_pids: Sequence[int] = (),
 ) -> Cell:
-    """``concurrency`` keep-alive connections sending ``requests`` in turn, back to back, for
-    ``warmup`` + ``seconds``; the answers completed in the last ``seconds`` counted (a request
-    still under way when the window closes is finished and left out)."""
+    """``concurrency`` keep-alive connections sending ``requests`` in turn, back to back: after
+    ``warmup`` seconds and once each connection has had an answer, the answers completed in the
+    next ``seconds`` counted (longer if it takes that to have :data:`MIN_ANSWERS`; a request still
+    under way when the window closes is finished and left out)."""
     latencies: list[float] = []
     errors: list[int] = []
+    window = Window()
 
     async def run() -> tuple[float, float | None]:
-        start = time.perf_counter()
-        measure_from, stop_at = start + warmup, start + warmup + seconds
         tasks = [
-            asyncio.create_task(
-                _connection(host, port, requests, i * 7, measure_from, stop_at, latencies, errors)
-            )
+            asyncio.create_task(_connection(host, port, requests, i * 7, window, latencies, errors))
             for i in range(concurrency)
         ]
-        await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
+        await asyncio.sleep(warmup)
+        while window.answered_once < concurrency:
+            await asyncio.sleep(0.01)
         client0, server0 = time.process_time(), server_cpu(server_pids) if server_pids else None
-        await asyncio.sleep(max(0.0, stop_at - time.perf_counter()))
+        window.measure_from = time.perf_counter()
+        await asyncio.sleep(seconds)
+        # A slow cell (batches of 100 at concurrency 64: seconds per answer) runs on until it
+        # has a few answers to count, within a bound.
+        while len(latencies) < min(concurrency, MIN_ANSWERS) and (
+            time.perf_counter() - window.measure_from < MAX_WINDOW_FACTOR * seconds
+        ):
+            await asyncio.sleep(0.02)
+        window.stop_at = time.perf_counter()
         client = time.process_time() - client0
         server = server_cpu(server_pids) - server0 if server0 is not None else None
         await asyncio.gather(*tasks)
@@ -227,7 +253,7 @@ def load(
     client, server = asyncio.run(run())
     if errors:
         raise RuntimeError(f"{len(errors)} answers were not 200 (e.g. {sorted(set(errors))[:5]})")
-    return summarize(latencies, len(errors), seconds, client, server)
+    return summarize(latencies, len(errors), window.stop_at - window.measure_from, client, server)
 
 
 CONSTANT_SERVER = """
