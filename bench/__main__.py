@@ -1,6 +1,6 @@
 """Run every benchmark: ``python -m bench`` (``make bench``)."""
 
-from bench import alerts, drift, features, ingest, learning, retrain
+from bench import alerts, api, drift, features, ingest, learning, retrain
 
 features.main([])
 ingest.main([])
@@ -8,3 +8,4 @@ learning.main([])
 drift.main([])
 retrain.main([])
 alerts.main([])
+api.main([])

@@ -33,6 +33,7 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import socket
 import statistics
 import subprocess
@@ -409,12 +410,17 @@ def publish(settings: Settings, workload: Workload) -> int:
 
 def in_process(settings: Settings, workload: Workload, seconds: float) -> dict[str, float]:
     """Readings per second: the learner's predict on the route's features, and the route's
-    featurize + predict, for the very readings the requests carry (no HTTP, no Redis)."""
+    featurize + predict, for the very readings the requests carry (no HTTP, no Redis): each on a
+    copy of its device's state as the route reads it (without the remembered event ids)."""
     labels = label_readings(settings.model_specs(), settings.target)
     catalog, spec = settings.catalog(), settings.features
+    as_read = {
+        device: DeviceState.from_json({**state.to_json(), "recent_ids": []})
+        for device, state in workload.states.items()
+    }
 
     def featurized(item: dict[str, Any]) -> dict[str, float]:
-        state = DeviceState.from_json(workload.states[item["device_id"]].to_json())
+        state = DeviceState.from_json(as_read[item["device_id"]].to_json())
         done = featurize_reading(
             item["readings"], datetime.now(UTC), state, labels=labels, catalog=catalog, spec=spec
         )
@@ -492,6 +498,7 @@ def main(argv: list[str] | None = None) -> None:
 
     rows: dict[str, list[float]] = {}
     cells: dict[str, list[Cell]] = {}
+    load_before = os.getloadavg()[0]  # the machine's other work: the figures move with it
     with services() as (kafka_url, redis_url):
         settings = bench_settings(kafka_url, redis_url)
         workload = make_workload(settings, events=5_000 if args.quick else 20_000)
@@ -572,6 +579,8 @@ def main(argv: list[str] | None = None) -> None:
         targets=targets,
         extra={
             "workers": workers,
+            "load_average": [load_before, os.getloadavg()[0]],
+            "cpus": os.cpu_count(),
             "seconds_per_cell": args.seconds,
             "repeats": args.repeats,
             "cells": {name: [asdict(c) for c in runs] for name, runs in cells.items()},
@@ -579,7 +588,7 @@ def main(argv: list[str] | None = None) -> None:
         },
     )
     table(medians, rows, workers)
-    write_markdown(medians, rows, targets, workers, args)
+    write_markdown(medians, rows, targets, workers, args, (load_before, os.getloadavg()[0]))
     plot(medians, rows)
 
 
@@ -647,13 +656,15 @@ def write_markdown(
     targets: Sequence[Target],
     workers: int,
     args: argparse.Namespace,
+    load_average: tuple[float, float],
 ) -> None:
     lines = [
         "# Serving API benchmark (`python -m bench.api`)",
         "",
         f"`driftline api` with {workers} worker process(es), real Redis, {DEVICES} devices' states; "
         f"{args.seconds} s per cell after {args.warmup} s warm-up, median of {args.repeats}, "
-        f"written {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.",
+        f"written {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores; 1-minute load "
+        f"average {load_average[0]:.1f} at the start, {load_average[1]:.1f} at the end.",
         "",
         "| endpoint | concurrency | requests/s | readings/s | p50 ms | p99 ms "
         "| server CPU µs/request | client CPU µs/request |",
@@ -671,6 +682,15 @@ def write_markdown(
     for name in (IN_PROCESS_PREDICT, IN_PROCESS_FEATURIZE):
         rate = statistics.median(rows[name])
         lines.append(f"| {name} | - | | {rate:,.0f} | {1e3 / rate:.3f} (per reading) | | | |")
+    cpu = {name: m["server_cpu_us"] for name, m in medians.items()}
+    cpu_ratios = ", ".join(
+        f"c={c}: {cpu[label(TRIVIAL, c)] / cpu[label(SINGLE, c)]:.2f}" for c in CONCURRENCY
+    )
+    lines += [
+        "",
+        f"Server CPU per `/livez` over server CPU per single `/predict` (steadier than rates on a "
+        f"shared machine): {cpu_ratios}.",
+    ]
     lines += ["", "Targets:", ""]
     for t in targets:
         comparison = ">=" if t.higher_is_better else "<"
