@@ -706,25 +706,28 @@ def plot(medians: dict[str, dict[str, float]], rows: dict[str, list[float]]) -> 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (rate_ax, p99_ax) = plt.subplots(1, 2, figsize=(12, 4.8))
+    fig, (rate_ax, p99_ax) = plt.subplots(1, 2, figsize=(14, 4.8), gridspec_kw={"wspace": 0.95})
+    colors = {CEILING: "tab:gray", TRIVIAL: "tab:blue", SINGLE: "tab:orange", BATCHED: "tab:green"}
     for endpoint, style in ((CEILING, ":"), (TRIVIAL, "-"), (SINGLE, "-"), (BATCHED, "-")):
         xs = [c for c in CONCURRENCY if label(endpoint, c) in medians]
+        color = colors[endpoint]
         rate_ax.plot(
             xs,
             [medians[label(endpoint, c)]["rate"] for c in xs],
             style,
+            color=color,
             marker="o",
             label=f"{endpoint}, requests/s",
         )
         if endpoint != CEILING:
-            p99_ax.plot(
-                xs, [medians[label(endpoint, c)]["p99_ms"] for c in xs], style, marker="o", label=endpoint
-            )
+            p99s = [medians[label(endpoint, c)]["p99_ms"] for c in xs]
+            p99_ax.plot(xs, p99s, style, color=color, marker="o", label=endpoint)
     rate_ax.plot(
         CONCURRENCY,
         [BATCH * medians[label(BATCHED, c)]["rate"] for c in CONCURRENCY],
         "--",
-        marker="o",
+        color=colors[BATCHED],
+        marker="s",
         label=f"{BATCHED}, readings/s",
     )
     for name, style in ((IN_PROCESS_PREDICT, "-."), (IN_PROCESS_FEATURIZE, "--")):
@@ -738,11 +741,10 @@ def plot(medians: dict[str, dict[str, float]], rows: dict[str, list[float]]) -> 
     p99_ax.axhline(10, color="red", linewidth=0.8, label="target: 10 ms (single, c=16)")
     p99_ax.set(xscale="log", yscale="log", xlabel="concurrent connections", ylabel="ms", title="p99 latency")
     p99_ax.set_xticks(CONCURRENCY, [str(c) for c in CONCURRENCY])
-    rate_ax.legend(fontsize=7)
+    rate_ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     p99_ax.legend(fontsize=7)
-    fig.tight_layout()
     RESULTS.mkdir(exist_ok=True)
-    fig.savefig(RESULTS / "api.png", dpi=110)
+    fig.savefig(RESULTS / "api.png", dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 

@@ -19,7 +19,8 @@ from driftline.settings import Settings, get_settings
 def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     """Only the test's ``DRIFTLINE_*`` variables, restored after (the command exports its
     settings for the worker processes), no .env file, fresh process settings."""
-    monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items() if not k.startswith("DRIFTLINE_")})
+    kept = {name: value for name, value in os.environ.items() if not name.startswith("DRIFTLINE_")}
+    monkeypatch.setattr(os, "environ", kept)
     monkeypatch.setenv("DRIFTLINE_ENV", "dev")
     monkeypatch.chdir(tmp_path)
     get_settings.cache_clear()
