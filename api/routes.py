@@ -926,6 +926,7 @@ async def health(response: Response, redis: RedisDep, store: ModelStoreDep) -> d
                         "models": {"default": 12},
                         "parts": {"redis": "ok", "model:default": "ok", "model:energy": "not loaded"},
                         "reason": "model 'energy' is not loaded",
+                        "snapshot_every_seconds": 5.0,
                     }
                 }
             },
@@ -948,6 +949,8 @@ async def ready(
         [spec.name for spec in settings.model_specs()], served, redis_ok, settings.default_model
     )
     body: dict[str, Any] = {"status": verdict, "redis": redis_ok, "models": served, "parts": parts}
+    # how often a worker that learns publishes: the dashboard calls a longer silence "stopped"
+    body["snapshot_every_seconds"] = settings.snapshot_every_seconds
     if reasons:
         body["reason"] = "; ".join(reasons)
     if verdict == "not_ready":
