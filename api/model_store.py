@@ -164,6 +164,10 @@ class ModelStore:
             self.others.popitem(last=False)
         return self.others[key]
 
+    def one_snapshot_each(self) -> OneSnapshotEach:
+        """This store as one request sees it: see :class:`OneSnapshotEach`."""
+        return OneSnapshotEach(self)
+
     async def refresh(self, name: str) -> bool:
         """Serve the model's champion if it is not served yet; ``True`` if swapped.
 
@@ -248,3 +252,25 @@ class ModelStore:
             finally:
                 with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError):
                     await asyncio.wait_for(pubsub.aclose(), timeout=2)
+
+
+@dataclass
+class OneSnapshotEach:
+    """The models of one request: each way of asking (model name and alias, or an exact version)
+    is answered by the snapshot it got the first time, so a batch's items that ask alike are
+    answered by one model.
+
+    Without it a batch could be split: an item asking for ``latest`` or a stored version waits on
+    Redis, the follower swaps the champion meanwhile, and the champion's items before and after
+    it were answered by different versions (seen under load: 2 batches in 1,736).
+    """
+
+    store: ModelStore
+    picked: dict[tuple[str, str, int | None], ServedModel] = field(default_factory=dict)
+
+    async def pick(self, name: str, alias: str | None = None, version: int | None = None) -> ServedModel:
+        """As :meth:`ModelStore.pick`, the same snapshot every time for the same way of asking."""
+        key = (name, alias or CHAMPION, version)
+        if key not in self.picked:
+            self.picked[key] = await self.store.pick(name, alias, version)
+        return self.picked[key]

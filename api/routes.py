@@ -35,7 +35,7 @@ from driftline.api.deps import (
     StoppingDep,
 )
 from driftline.api.errors import ErrorDetail, ErrorResponse, error_body, status_and_body
-from driftline.api.model_store import ModelStore
+from driftline.api.model_store import ModelStore, OneSnapshotEach
 from driftline.api.races import race_view
 from driftline.api.stats import ingest_totals, prometheus_text
 from driftline.core.errors import FeatureSchemaMismatch, RegistryError
@@ -343,7 +343,7 @@ async def predict(
         except ValidationError as exc:
             raise RequestValidationError(exc.errors(include_url=False, include_input=False)) from None
         states, degraded_reason = await _device_states_for_serving([one], settings, redis)
-        return await _answer(one, settings, store, x_api_key, states, degraded_reason)
+        return await _answer(one, settings, store.one_snapshot_each(), x_api_key, states, degraded_reason)
     if len(body) > settings.predict_max_batch:
         raise HTTPException(
             status.HTTP_413_CONTENT_TOO_LARGE,
@@ -361,11 +361,12 @@ async def predict(
     valid = [item for item in items if isinstance(item, PredictRequest)]
     states, degraded_reason = await _device_states_for_serving(valid, settings, redis)
     results: list[AnsweredItem | RefusedItem] = []
+    snapshots = store.one_snapshot_each()  # the items that ask alike are answered by one model
     for index, item in enumerate(items):
         try:
             if isinstance(item, ValidationError):
                 raise item
-            answer = await _answer(item, settings, store, x_api_key, states, degraded_reason)
+            answer = await _answer(item, settings, snapshots, x_api_key, states, degraded_reason)
             results.append(AnsweredItem(index=index, **answer.model_dump()))
         except Exception as exc:  # each item refused on its own, in the one error shape
             code, error = status_and_body(exc, f"/predict item {index}")
@@ -377,7 +378,7 @@ async def predict(
 async def _answer(
     item: PredictRequest,
     settings: Settings,
-    store: ModelStore,
+    snapshots: OneSnapshotEach,
     api_key: str | None,
     states: ServingStates,
     degraded_reason: str | None,
@@ -388,7 +389,7 @@ async def _answer(
     if not asks_for_the_champion(item):
         _require_key_for_versions(settings, api_key)
     name = item.model or settings.default_model
-    served = await store.pick(name, item.alias, item.version)
+    served = await snapshots.pick(name, item.alias, item.version)
     if item.features is None or stream_features:
         check_feature_schema(served.meta, settings)
     if item.features is not None:
@@ -965,6 +966,7 @@ async def livez() -> dict[str, str]:
                         "models": {"default": 12},
                         "parts": {"redis": "ok", "model:default": "ok", "model:energy": "not loaded"},
                         "reason": "model 'energy' is not loaded",
+                        "snapshot_every_seconds": 5.0,
                     }
                 }
             },
@@ -987,6 +989,8 @@ async def ready(
         [spec.name for spec in settings.model_specs()], served, redis_ok, settings.default_model
     )
     body: dict[str, Any] = {"status": verdict, "redis": redis_ok, "models": served, "parts": parts}
+    # how often a worker that learns publishes: the dashboard calls a longer silence "stopped"
+    body["snapshot_every_seconds"] = settings.snapshot_every_seconds
     if reasons:
         body["reason"] = "; ".join(reasons)
     if verdict == "not_ready":
@@ -1312,7 +1316,8 @@ async def device_prediction(
         device_id=device_id, features=state.features, model=model, alias=alias, version=version
     )
     no_states = ServingStates({}, Counter())
-    return await _answer(item, settings, store, x_api_key, no_states, None, stream_features=True)
+    snapshots = store.one_snapshot_each()
+    return await _answer(item, settings, snapshots, x_api_key, no_states, None, stream_features=True)
 
 
 async def _device_state(device_id: str, settings: Settings, redis: Redis) -> DeviceState:

@@ -18,7 +18,7 @@ from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from driftline.api.model_store import LoaderThread, ModelStore, collection_paused
+from driftline.api.model_store import LoaderThread, ModelStore, ServedModel, collection_paused
 
 
 class SwallowingPubSub:
@@ -127,3 +127,37 @@ def test_overlapping_loads_resume_the_collector_when_the_last_ends_and_only_if_i
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+class SwappingRegistry:
+    """Answers ``latest`` (version 9) only after the follower swapped the champion meanwhile,
+    as a Redis round trip lets it."""
+
+    def __init__(self, store: ModelStore, swap_in: ServedModel) -> None:
+        self.store, self.swap_in = store, swap_in
+
+    async def alias_version(self, name: str, alias: str) -> int:
+        await asyncio.sleep(0)
+        self.store.served[name] = self.swap_in
+        return 9
+
+    async def version_meta(self, name: str, version: int) -> dict[str, Any]:
+        return {"version": version}
+
+
+def test_a_request_gets_one_snapshot_per_way_of_asking_though_the_champion_swaps_meanwhile() -> None:
+    def served(version: int) -> ServedModel:
+        return ServedModel(learner=SimpleNamespace(), meta={"version": version})  # type: ignore[arg-type, typeddict-item]
+
+    async def load(name: str, version: int) -> Any:
+        return SimpleNamespace(), {"version": version}
+
+    async def batch(ways: list[dict[str, Any]]) -> list[int]:
+        store = ModelStore(registry=None, loader=load)  # type: ignore[arg-type]
+        store.registry = SwappingRegistry(store, served(2))  # type: ignore[assignment]
+        store.served["m"] = served(1)
+        snapshots = store.one_snapshot_each()
+        return [(await snapshots.pick("m", **way)).version for way in ways]
+
+    # champion, latest (the swap to v2 happens while it is read), champion again
+    assert asyncio.run(batch([{}, {"alias": "latest"}, {"alias": "champion"}, {}])) == [1, 9, 1, 1]

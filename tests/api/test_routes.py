@@ -1075,6 +1075,7 @@ def test_ready_is_200_ready_200_degraded_without_redis_and_503_until_the_model_i
         "redis": True,
         "models": {learner.name: 4},
         "parts": {"redis": "ok", f"model:{learner.name}": "ok"},
+        "snapshot_every_seconds": settings.snapshot_every_seconds,
     }
     assert redis_down.status_code == 200
     assert (redis_down.json()["status"], redis_down.json()["redis"]) == ("degraded", False)
