@@ -1,6 +1,6 @@
 """The serving API under load, next to a trivial endpoint and the model in-process: ``python -m bench.api``.
 
-    python -m bench.api [--quick] [--seconds 2] [--repeats 3] [--workers N] [--compare-workers 1,2]
+    python -m bench.api [--quick] [--seconds 1] [--repeats 3] [--workers N] [--compare-workers 1,2]
 
 A real deployment: ``driftline api`` in its own process (``DRIFTLINE_API_WORKERS`` server
 processes), against Redis, with a model published in the registry and 64 devices' feature states
@@ -478,7 +478,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--seconds", type=float, default=1.5, help="measured seconds per cell")
+    parser.add_argument("--seconds", type=float, default=1.0, help="measured seconds per cell")
     parser.add_argument("--warmup", type=float, default=0.4, help="seconds per cell before measuring")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
