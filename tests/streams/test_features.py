@@ -305,6 +305,6 @@ def test_a_stored_state_holding_non_finite_values_is_read_without_them() -> None
     state = DeviceState.from_json(stored)
 
     assert state.last == {"y": 1.0} and state.features == {"y": 1.0}
-    assert list(state.windows["x"]) == [1.0, 2.0] and state.timed["x"] == [[1.0, 1.0]]
+    assert list(state.windows["x"]) == [1.0, 2.0] and state.timed["x"].points() == [[1.0, 1.0]]
     assert state.ewma == {"x": {}, "y": {"60s": [1.0, 5.0]}}
     json.dumps(state.to_json(), allow_nan=False)
