@@ -421,6 +421,11 @@ def _put_exact(
 #: statistics are then computed from its values (:func:`_put_exact`), which cannot overflow.
 _LARGE = 1e150
 
+#: The least share of the spread around the shift the variance must be to be read from the sums
+#: (else the sums are recomputed around the mean first): a thousandth loses at most 3 digits of
+#: the 16, and keeps the std of a window that has become constant at 0.
+_TRUSTED = 1e-3
+
 
 class _Running:
     """Mean, std, min and max of a sliding window, kept up to date in O(1) per reading.
@@ -479,6 +484,9 @@ class _Running:
         self.s2 = sum([(x - shift) * (x - shift) for x in values])
 
     def add(self, x: float) -> None:
+        if not self.n:  # the first reading of an empty window: the sums start around it
+            self.shift = x if -_LARGE < x < _LARGE else 0.0
+            self.s1 = self.s2 = 0.0
         self.n += 1
         self.changes += 1
         d = x - self.shift
@@ -531,8 +539,11 @@ class _Running:
         if self.changes > 2 * n + 16:
             return False  # turned over since the sums were recomputed: time to recompute them
         d = self.s1 / n
-        variance = self.s2 / n - d * d
-        if not (-_LARGE < d < _LARGE and variance < _LARGE):  # also false for NaN
+        spread = self.s2 / n  # the variance around the shift: the variance, plus d squared
+        variance = spread - d * d
+        # Also false for NaN. A variance far below the spread around the shift (the mean has
+        # moved a long way since, relative to the std) has lost digits to that subtraction.
+        if not (-_LARGE < d < _LARGE and spread < _LARGE and variance >= _TRUSTED * spread):
             return False
         mean = self.shift + d
         if wanted is ALL_STATS:  # the default, spelled out: this runs per sensor per window per event

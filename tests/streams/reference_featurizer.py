@@ -43,7 +43,9 @@ def _std(values: list[float], mean: float) -> float:
     return scale * math.sqrt(sum([(x / scale - mean / scale) ** 2 for x in values]) / n)
 
 
-def _put_stats(features: dict[str, float], prefix: str, suffix: str, values: list[float], spec: FeatureSpec) -> None:
+def _put_stats(
+    features: dict[str, float], prefix: str, suffix: str, values: list[float], spec: FeatureSpec
+) -> None:
     mean = _mean(values)
     for stat in spec.stats:
         if stat == "mean":
