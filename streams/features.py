@@ -501,10 +501,33 @@ class _Running:
         highs.append(x)
 
     def slide(self, x: float, out: float | None) -> None:
-        """``x`` enters the window and ``out`` (its oldest reading, if it is full) leaves it."""
-        self.add(x)
-        if out is not None:
-            self.remove(out)
+        """``x`` enters the window and ``out`` (its oldest reading, if it is full) leaves it:
+        :meth:`add` then :meth:`remove`, in one call (this runs per sensor per window per event)."""
+        if out is None:
+            self.add(x)
+            return
+        self.changes += 2
+        shift = self.shift
+        d, e = x - shift, out - shift
+        self.s1 += d - e
+        self.s2 += d * d - e * e
+        lows, highs = self.lows, self.highs
+        while len(lows) > self.low and lows[-1] > x:
+            lows.pop()
+        lows.append(x)
+        while len(highs) > self.high and highs[-1] < x:
+            highs.pop()
+        highs.append(x)
+        if lows[self.low] == out:
+            self.low += 1
+            if self.low > 32 and 2 * self.low > len(lows):
+                del lows[: self.low]
+                self.low = 0
+        if highs[self.high] == out:
+            self.high += 1
+            if self.high > 32 and 2 * self.high > len(highs):
+                del highs[: self.high]
+                self.high = 0
 
     def remove(self, x: float) -> None:
         """``x``, the window's oldest reading, leaves it."""
