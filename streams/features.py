@@ -796,7 +796,16 @@ def featurize(
             if len(sensor_names) >= 4096:  # bounded even if devices invent sensor names
                 sensor_names.clear()
             names = sensor_names[name] = _names(name, spec)
-        values, timed, running = _sensor_state(state, name, plan, names)
+        running = state.running.get(name)
+        if (
+            running is not None
+            and running.plan is plan
+            and running.values is state.windows.get(name)
+            and (not plan.time_windows or running.timed_readings is state.timed.get(name))
+        ):  # the common case, checked inline: this runs per sensor per event
+            values, timed = running.values, running.timed_readings
+        else:
+            values, timed, running = _sensor_state(state, name, plan, names)
         # rolling windows by count, and lags
         size = len(values)
         for n, _, window in running.count:
