@@ -820,24 +820,25 @@ def featurize(
         if timed is not None:
             _timed_features(features, names, running, timed, at, value, plan, spec, stats)
         # exponentially weighted means, decaying with event time
-        for half_life, key, feature in names.ewma:
+        if names.ewma:
             slot = state.ewma.get(name)
             if slot is None:
                 slot = state.ewma[name] = {}
-            point = slot.get(key)
-            if point is None:
-                slot[key] = [value, at]
-                features[feature] = value
-                continue
-            mean, then = point
-            weight = 1 - 0.5 ** (max(at - then, 0.0) / half_life)
-            moved = mean + weight * (value - mean)
-            if not math.isfinite(moved):  # value - mean overflowed: the same mean, as a blend
-                moved = (1 - weight) * mean + weight * value
-            point[0] = moved
-            if at > then:
-                point[1] = at
-            features[feature] = moved
+            for half_life, key, feature in names.ewma:
+                point = slot.get(key)
+                if point is None:
+                    slot[key] = [value, at]
+                    features[feature] = value
+                    continue
+                mean, then = point
+                weight = 1 - 0.5 ** (max(at - then, 0.0) / half_life)
+                moved = mean + weight * (value - mean)
+                if not math.isfinite(moved):  # value - mean overflowed: the same mean, as a blend
+                    moved = (1 - weight) * mean + weight * value
+                point[0] = moved
+                if at > then:
+                    point[1] = at
+                features[feature] = moved
         previous, previous_at = state.last.get(name), state.last_at.get(name)
         if previous is not None:
             if spec.delta:
@@ -903,7 +904,7 @@ def _timed_features(
 ) -> None:
     """One reading into its sensor's time windows, and their statistics into ``features``."""
     ts, values, windows = timed.ts, timed.values, running.timed_windows
-    if len(timed) and at <= ts[-1]:
+    if timed.head < len(ts) and at <= ts[-1]:
         _out_of_order(features, names, running, timed, at, value, plan, spec, stats)
         return
     ts.append(at)
