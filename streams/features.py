@@ -19,7 +19,8 @@ as they appear in the vector:
 ``tod_sin``, ``tod_cos``    time of day on a circle; ``dow_sin``, ``dow_cos`` day of the week
 ==========================  =====================================================================
 
-Statistics are population statistics (``std`` of one reading is 0). A feature that cannot be
+Statistics are population statistics (``std`` of one reading is 0), kept running per window, so a
+reading costs the same whatever the window sizes (see ``docs/design.md``). A feature that cannot be
 computed yet (no previous reading, too few readings for a lag) is left out: River models treat a
 missing feature as unknown.
 
@@ -432,10 +433,11 @@ class _Running:
 
     Readings enter at the back (:meth:`add`) and leave from the front (:meth:`remove`). The
     mean and variance come from running sums of deviations from :attr:`shift` (a recent mean, so
-    the sums stay small and the variance does not cancel away); the sums are recomputed from the
-    window's values once it has turned over (:meth:`reset`), so rounding cannot pile up. Min and
-    max are the fronts of monotonic queues: lists read from a head index, the same values as the
-    window less those a later reading outranks.
+    the sums stay small and the variance does not cancel away); :meth:`put` declines once the
+    window has turned over since they were computed, or when the variance has cancelled away, and
+    the caller recomputes them from the window's values (:meth:`recompute_sums`), so rounding cannot
+    pile up. Min and max are the fronts of monotonic queues: lists read from a head index, the same
+    values as the window less those a later reading outranks.
 
     Examples
     --------
