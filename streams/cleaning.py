@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 from pydantic_core import from_json
 
 from driftline.streams import schema
@@ -84,6 +84,8 @@ def decode_event(raw: bytes | None, max_bytes: int) -> SensorEvent | Rejection:
 
 TOO_MANY = "too_many"
 
+_EVENTS = TypeAdapter(list[SensorEvent])
+
 
 def decode_message(raw: bytes | None, max_bytes: int, max_items: int) -> list[SensorEvent | Rejection]:
     """One message as its events: a JSON object is one event, a JSON array a batch of them.
@@ -105,6 +107,18 @@ def decode_message(raw: bytes | None, max_bytes: int, max_items: int) -> list[Se
         return [decode_event(raw, max_bytes)]
     if len(raw) > max_bytes:
         return [Rejection(TOO_LARGE, f"message is {len(raw)} bytes, the limit is {max_bytes}")]
+    try:
+        # The common case, a batch of valid events, in one call into pydantic-core: parsing and
+        # validating straight from the bytes costs less than a dict per event validated one by one.
+        events: list[SensorEvent | Rejection] = list(_EVENTS.validate_json(raw))
+    except ValidationError:
+        pass  # some item is not an event (or the whole is not JSON): item by item, below
+    else:
+        if not events:
+            return [Rejection(EMPTY, "empty batch: the message holds no events")]
+        if len(events) > max_items:
+            return [Rejection(TOO_MANY, f"{len(events)} events in one message; the limit is {max_items}")]
+        return events
     try:
         items = from_json(raw)
     except ValueError as exc:

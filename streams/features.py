@@ -19,7 +19,8 @@ as they appear in the vector:
 ``tod_sin``, ``tod_cos``    time of day on a circle; ``dow_sin``, ``dow_cos`` day of the week
 ==========================  =====================================================================
 
-Statistics are population statistics (``std`` of one reading is 0). A feature that cannot be
+Statistics are population statistics (``std`` of one reading is 0), kept running per window, so a
+reading costs the same whatever the window sizes (see ``docs/design.md``). A feature that cannot be
 computed yet (no previous reading, too few readings for a lag) is left out: River models treat a
 missing feature as unknown.
 
@@ -38,6 +39,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import math
+from array import array
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -200,6 +202,66 @@ class RecentIds:
         return f"RecentIds({list(self._order)!r}, maxlen={self._order.maxlen})"
 
 
+class TimedReadings:
+    """One sensor's readings of the last seconds, oldest first: event times and values as two
+    arrays of doubles (16 bytes a reading, not a list of ``[ts, value]`` lists), read from
+    :attr:`head` on (older ones are evicted by moving the head, and cut off in bulk now and then).
+
+    Examples
+    --------
+    >>> timed = TimedReadings([1.0, 2.0], [10.0, 20.0])
+    >>> len(timed), timed.points()
+    (2, [[1.0, 10.0], [2.0, 20.0]])
+    >>> TimedReadings.from_json({"ts": [1.0, 2.0], "values": [10.0, 20.0]}) == timed
+    True
+    """
+
+    __slots__ = ("head", "ts", "values")
+
+    def __init__(self, ts: Iterable[float] = (), values: Iterable[float] = ()) -> None:
+        self.ts = array("d", ts)
+        self.values = array("d", values)
+        self.head = 0
+
+    def __len__(self) -> int:
+        return len(self.ts) - self.head
+
+    def points(self) -> list[list[float]]:
+        """``[ts, value]`` per reading, oldest first."""
+        return [[t, x] for t, x in zip(self.ts[self.head :], self.values[self.head :], strict=True)]
+
+    def to_json(self) -> dict[str, list[float]]:
+        return {"ts": self.ts[self.head :].tolist(), "values": self.values[self.head :].tolist()}
+
+    @classmethod
+    def from_json(cls, data: Any) -> TimedReadings:
+        """What :meth:`to_json` wrote, or the ``[[ts, value], ...]`` lists states were stored as
+        before (driftline up to ef90b99); a pair with a non-finite member is left out."""
+        pairs = (
+            zip(data.get("ts", ()), data.get("values", ()), strict=False) if isinstance(data, dict) else data
+        )
+        kept = [p for p in map(_finite_list, pairs) if len(p) == 2]
+        return cls([t for t, _ in kept], [x for _, x in kept])
+
+    def compact(self) -> int:
+        """Cut the evicted readings off the arrays; how many there were (indices shift by it)."""
+        cut = self.head
+        del self.ts[:cut]
+        del self.values[:cut]
+        self.head = 0
+        return cut
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, TimedReadings)
+            and self.ts[self.head :] == other.ts[other.head :]
+            and self.values[self.head :] == other.values[other.head :]
+        )
+
+    def __repr__(self) -> str:
+        return f"TimedReadings({self.ts[self.head :].tolist()!r}, {self.values[self.head :].tolist()!r})"
+
+
 @dataclass
 class DeviceState:
     """What one device's cleaning and features depend on, kept between its events.
@@ -219,8 +281,8 @@ class DeviceState:
     last_at: dict[str, float] = field(default_factory=dict)
     #: The last readings per sensor, newest last (count windows and lags).
     windows: dict[str, deque[float]] = field(default_factory=dict)
-    #: ``[ts, value]`` per sensor, sorted by event time (time windows).
-    timed: dict[str, list[list[float]]] = field(default_factory=dict)
+    #: The readings per sensor of the longest time window, in event-time order.
+    timed: dict[str, TimedReadings] = field(default_factory=dict)
     #: Per sensor, per half-life: ``[ewma, ts]``.
     ewma: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     #: Event time (epoch s) of each sensor's last real reading: imputation bridges gaps from it.
@@ -232,6 +294,15 @@ class DeviceState:
     counts: Counter[str] = field(default_factory=Counter)
     #: The feature vector of the device's last event: ``GET /devices/{id}/features``.
     features: dict[str, float] = field(default_factory=dict)
+    #: Running statistics of each sensor's windows, derived from :attr:`windows` and
+    #: :attr:`timed`, rebuilt from them when a sensor is next featurized after a load. Their
+    #: sums are stored with the state (``"running"``), so that a restored state computes
+    #: bit for bit what the uninterrupted one would have: the stream across a restart and
+    #: ``POST /predict`` give the very same features. A state stored without them (an older
+    #: driftline's) has them recomputed from the windows, equal to about 1e-15.
+    running: dict[str, _SensorRunning] = field(default_factory=dict, compare=False, repr=False)
+    #: The stored sums of sensors not featurized since the state was loaded.
+    stored_sums: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -239,7 +310,7 @@ class DeviceState:
             "last": self.last,
             "last_at": self.last_at,
             "windows": {name: list(values) for name, values in self.windows.items()},
-            "timed": self.timed,
+            "timed": {name: readings.to_json() for name, readings in self.timed.items()},
             "ewma": self.ewma,
             "last_seen": self.last_seen,
             "recent_ids": list(self.recent_ids),
@@ -247,13 +318,18 @@ class DeviceState:
             "last_ts": self.last_ts,
             "counts": dict(self.counts),
             "features": self.features,
+            "running": {
+                **self.stored_sums,
+                **{name: running.to_json() for name, running in self.running.items()},
+            },
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> DeviceState:
-        """The state :meth:`to_json` wrote. Any non-finite value in it (a state checkpointed
-        before the statistics were overflow-safe may hold ``Infinity`` or ``NaN``) is left out,
-        so a poisoned device heals on its next reading instead of carrying it for good."""
+        """The state :meth:`to_json` wrote (or an older driftline: time windows as ``[ts, value]``
+        lists). Any non-finite value in it (a state checkpointed before the statistics were
+        overflow-safe may hold ``Infinity`` or ``NaN``) is left out, so a poisoned device heals on
+        its next reading instead of carrying it for good."""
         return cls(
             events=int(data.get("events", 0)),
             last=_finite_values(data.get("last", {})),
@@ -261,9 +337,7 @@ class DeviceState:
             windows={
                 k: deque(_finite_list(v), maxlen=max(len(v), 1)) for k, v in data.get("windows", {}).items()
             },
-            timed={
-                k: [p for p in map(_finite_list, v) if len(p) == 2] for k, v in data.get("timed", {}).items()
-            },
+            timed={k: TimedReadings.from_json(v) for k, v in data.get("timed", {}).items()},
             ewma={
                 k: {h: p for h, p in ((h, _finite_list(p)) for h, p in v.items()) if len(p) == 2}
                 for k, v in data.get("ewma", {}).items()
@@ -274,6 +348,7 @@ class DeviceState:
             last_ts=data.get("last_ts"),
             counts=Counter(data.get("counts", {})),
             features=_finite_values(data.get("features", {})),
+            stored_sums=dict(data.get("running", {})),
         )
 
     def window_mean(self, name: str) -> float | None:
@@ -295,8 +370,9 @@ def _finite_list(values: Iterable[Any]) -> list[float]:
 ALL_STATS: tuple[Stat, ...] = ("mean", "std", "min", "max")
 
 
-def _mean(values: list[float]) -> float:
+def _mean(values: Iterable[float]) -> float:
     """The mean, finite for any finite values (their plain sum may not be: 2 x 1e308)."""
+    values = list(values)
     n = len(values)
     mean = sum(values) / n
     if math.isfinite(mean):
@@ -304,13 +380,14 @@ def _mean(values: list[float]) -> float:
     return sum([x / n for x in values])  # each term is at most max|x| / n: no overflow
 
 
-def _std(values: list[float], mean: float) -> float:
+def _std(values: Iterable[float], mean: float) -> float:
     """The population standard deviation, without overflowing where the result is a float.
 
     The usual sum of squares overflows once a deviation passes ~1e154 (a square of 1e200 is
     beyond a float, and ``** 2`` raises): then it is computed on deviations scaled by the
     largest one, and scaled back. Only a spread itself beyond the float range is infinite.
     """
+    values = list(values)
     n = len(values)
     try:
         variance = sum([(x - mean) ** 2 for x in values]) / n
@@ -323,27 +400,12 @@ def _std(values: list[float], mean: float) -> float:
     return scale * math.sqrt(sum([(x / scale - mean / scale) ** 2 for x in values]) / n)
 
 
-def _put_stats(
-    features: dict[str, float], names: tuple[str, ...], values: list[float], wanted: tuple[Stat, ...]
+def _put_exact(
+    features: dict[str, float], names: tuple[str, ...], values: Iterable[float], wanted: tuple[Stat, ...]
 ) -> None:
-    """``features[name] = stat(values)`` for each wanted stat and its feature name."""
-    if wanted == ALL_STATS:  # the default, spelled out: this runs per sensor per window per event
-        n = len(values)
-        mean = sum(values) / n
-        try:
-            variance = sum([(x - mean) ** 2 for x in values]) / n
-        except OverflowError:
-            variance = math.inf
-        if math.isfinite(mean + variance):
-            std = math.sqrt(max(variance, 0.0))
-        else:  # a huge value: the overflow-safe way, off the common path
-            mean = _mean(values)
-            std = _std(values, mean)
-        features[names[0]] = mean
-        features[names[1]] = std
-        features[names[2]] = min(values)
-        features[names[3]] = max(values)
-        return
+    """``features[name] = stat(values)`` computed from the values themselves: the overflow-safe
+    path, for an out-of-order reading's window and for windows holding huge values."""
+    values = list(values)
     mean = _mean(values)
     for stat, name in zip(wanted, names, strict=True):
         if stat == "mean":
@@ -356,13 +418,254 @@ def _put_stats(
             features[name] = max(values)
 
 
-def _first_after(points: list[list[float]], since: float) -> int:
-    """Index of the first ``[ts, value]`` with ``ts > since`` in time-sorted ``points``."""
-    return bisect.bisect_right(points, since, key=_ts)
+#: Past this, a running sum (or the square of a deviation) is near the float limit: the window's
+#: statistics are then computed from its values (:func:`_put_exact`), which cannot overflow.
+_LARGE = 1e150
+
+#: The least share of the spread around the shift the variance must be to be read from the sums
+#: (else the sums are recomputed around the mean first): a thousandth loses at most 3 digits of
+#: the 16, and keeps the std of a window that has become constant at 0.
+_TRUSTED = 1e-3
 
 
-def _ts(point: list[float]) -> float:
-    return point[0]
+class _Running:
+    """Mean, std, min and max of a sliding window, kept up to date in O(1) per reading.
+
+    Readings enter at the back (:meth:`add`) and leave from the front (:meth:`remove`). The
+    mean and variance come from running sums of deviations from :attr:`shift` (a recent mean, so
+    the sums stay small and the variance does not cancel away); :meth:`put` declines once the
+    window has turned over since they were computed, or when the variance has cancelled away, and
+    the caller recomputes them from the window's values (:meth:`recompute_sums`), so rounding cannot
+    pile up. Min and max are the fronts of monotonic queues: lists read from a head index, the same
+    values as the window less those a later reading outranks.
+
+    Examples
+    --------
+    >>> w = _Running()
+    >>> for x in (4.0, 1.0, 7.0):
+    ...     w.add(x)
+    >>> w.remove(4.0)
+    >>> features = {}
+    >>> w.put(features, ("mean", "std", "min", "max"), ("mean", "std", "min", "max"), 0.0)
+    True
+    >>> features
+    {'mean': 4.0, 'std': 3.0, 'min': 1.0, 'max': 7.0}
+    """
+
+    __slots__ = ("changes", "high", "highs", "low", "lows", "n", "s1", "s2", "shift", "start")
+
+    def __init__(self, values: Iterable[float] = (), start: int = 0) -> None:
+        self.reset(values, start)
+
+    def reset(self, values: Iterable[float], start: int = 0) -> None:
+        """The window is ``values`` (oldest first): every figure recomputed from them."""
+        values = list(values)
+        self.lows: list[float] = []  # non-decreasing from self.low on: the window's minimum first
+        self.highs: list[float] = []  # non-increasing from self.high on
+        self.low = self.high = 0
+        self.shift = self.s1 = self.s2 = 0.0
+        self.n = self.changes = 0
+        for x in values:
+            self.add(x)
+        self.recompute_sums(values)
+        self.start = start  # a time window's first reading: its index in the sensor's TimedReadings
+
+    def recompute_sums(self, values: Iterable[float]) -> None:
+        """The running sums recomputed from the window's ``values``, around their mean."""
+        values = list(values)
+        self.n = n = len(values)
+        self.changes = 0  # readings added or removed since the sums were last recomputed
+        if not n:
+            self.shift = self.s1 = self.s2 = 0.0
+            return
+        shift = sum(values) / n
+        if not -_LARGE < shift < _LARGE:
+            shift = 0.0  # the sums are beyond the fast path anyway: put() computes from values
+        self.shift = shift
+        self.s1 = sum([x - shift for x in values])
+        self.s2 = sum([(x - shift) * (x - shift) for x in values])
+
+    def add(self, x: float) -> None:
+        if not self.n:  # the first reading of an empty window: the sums start around it
+            self.shift = x if -_LARGE < x < _LARGE else 0.0
+            self.s1 = self.s2 = 0.0
+        self.n += 1
+        self.changes += 1
+        d = x - self.shift
+        self.s1 += d
+        self.s2 += d * d
+        lows, highs = self.lows, self.highs
+        while len(lows) > self.low and lows[-1] > x:
+            lows.pop()
+        lows.append(x)
+        while len(highs) > self.high and highs[-1] < x:
+            highs.pop()
+        highs.append(x)
+
+    def slide(self, x: float, out: float | None) -> None:
+        """``x`` enters the window and ``out`` (its oldest reading, if it is full) leaves it:
+        :meth:`add` then :meth:`remove`, in one call (this runs per sensor per window per event)."""
+        if out is None:
+            self.add(x)
+            return
+        self.changes += 2
+        shift = self.shift
+        d, e = x - shift, out - shift
+        self.s1 += d - e
+        self.s2 += d * d - e * e
+        lows, highs = self.lows, self.highs
+        while len(lows) > self.low and lows[-1] > x:
+            lows.pop()
+        lows.append(x)
+        while len(highs) > self.high and highs[-1] < x:
+            highs.pop()
+        highs.append(x)
+        if lows[self.low] == out:
+            self.low += 1
+            if self.low > 32 and 2 * self.low > len(lows):
+                del lows[: self.low]
+                self.low = 0
+        if highs[self.high] == out:
+            self.high += 1
+            if self.high > 32 and 2 * self.high > len(highs):
+                del highs[: self.high]
+                self.high = 0
+
+    def remove(self, x: float) -> None:
+        """``x``, the window's oldest reading, leaves it."""
+        self.n -= 1
+        self.changes += 1
+        d = x - self.shift
+        self.s1 -= d
+        self.s2 -= d * d
+        # x is at a queue's front unless a later reading outranked it: then it is not there,
+        # and whatever is at the front is a later reading, and differs from x.
+        if self.lows[self.low] == x:
+            self.low += 1
+            if self.low > 32 and 2 * self.low > len(self.lows):
+                del self.lows[: self.low]
+                self.low = 0
+        if self.highs[self.high] == x:
+            self.high += 1
+            if self.high > 32 and 2 * self.high > len(self.highs):
+                del self.highs[: self.high]
+                self.high = 0
+
+    def put(
+        self, features: dict[str, float], names: tuple[str, ...], wanted: tuple[Stat, ...], value: float
+    ) -> bool:
+        """``features[name] = stat(window)`` for each wanted stat; ``value``'s own figures for an
+        empty window. ``False`` (nothing written) when the sums are due to be recomputed, or too
+        large to trust: the caller then recomputes them, or computes from the window's values."""
+        n = self.n
+        if not n:
+            _put_exact(features, names, (value,), wanted)
+            return True
+        if self.changes > 2 * n + 16:
+            return False  # turned over since the sums were recomputed: time to recompute them
+        d = self.s1 / n
+        spread = self.s2 / n  # the variance around the shift: the variance, plus d squared
+        variance = spread - d * d
+        # Also false for NaN. A variance far below the spread around the shift (the mean has
+        # moved a long way since, relative to the std) has lost digits to that subtraction.
+        if not (-_LARGE < d < _LARGE and spread < _LARGE and variance >= _TRUSTED * spread):
+            return False
+        mean = self.shift + d
+        if wanted is ALL_STATS:  # the default, spelled out: this runs per sensor per window per event
+            features[names[0]] = mean
+            features[names[1]] = math.sqrt(variance) if variance > 0.0 else 0.0
+            features[names[2]] = self.lows[self.low]
+            features[names[3]] = self.highs[self.high]
+            return True
+        for stat, name in zip(wanted, names, strict=True):
+            if stat == "mean":
+                features[name] = mean
+            elif stat == "std":
+                features[name] = math.sqrt(variance) if variance > 0.0 else 0.0
+            elif stat == "min":
+                features[name] = self.lows[self.low]
+            else:
+                features[name] = self.highs[self.high]
+        return True
+
+
+class _SensorRunning:
+    """One sensor's running window statistics, and what they were derived from: rebuilt when the
+    state's window containers are not these (a state loaded, or set by hand) or the spec changed.
+
+    :attr:`count` and :attr:`timed` pair each window with its size and feature names, so that
+    :func:`featurize` loops over one list per kind."""
+
+    __slots__ = ("count", "plan", "timed", "timed_readings", "timed_windows", "values")
+
+    def __init__(
+        self,
+        plan: _Plan,
+        names: _SensorNames,
+        values: deque[float],
+        timed: TimedReadings | None,
+        stored: Any = None,
+    ) -> None:
+        self.plan = plan
+        self.values = values
+        self.timed_readings = timed
+        stored = stored if isinstance(stored, dict) else {}
+        recent = list(values)
+        self.count: list[tuple[int, tuple[str, ...], _Running]] = []
+        for n, window_names in names.count:
+            window = _Running(recent[-n:])
+            sums = _stored_sums(stored.get("count", {}).get(str(n)), 4)
+            if sums is not None:
+                window.shift, window.s1, window.s2, changes = sums
+                window.changes = int(changes)
+            self.count.append((n, window_names, window))
+        self.timed = [(seconds, window_names, _Running()) for seconds, window_names in names.timed]
+        self.timed_windows = [window for _, _, window in self.timed]
+        if timed is not None:
+            self.reset_timed(timed)
+            kept = len(timed)
+            for seconds, _, window in self.timed:
+                sums = _stored_sums(stored.get("timed", {}).get(_label(seconds)), 5)
+                if sums is not None and 0 <= sums[4] <= kept and sums[4].is_integer():
+                    start = timed.head + int(sums[4])
+                    window.reset(timed.values[start:], start)
+                    window.shift, window.s1, window.s2, changes, _ = sums
+                    window.changes = int(changes)
+
+    def reset_timed(self, timed: TimedReadings) -> None:
+        """Each time window holds every reading kept; the next reading in order moves each
+        window's start to where its window begins."""
+        head = timed.head
+        kept = timed.values[head:]
+        for window in self.timed_windows:
+            window.reset(kept, start=head)
+
+    def to_json(self) -> dict[str, Any]:
+        """The running sums, to store with the state: the rest is rebuilt from its windows."""
+        head = self.timed_readings.head if self.timed_readings is not None else 0
+        return {
+            "count": {str(n): [*_json_sums(w), w.changes] for n, _, w in self.count},
+            "timed": {_label(sec): [*_json_sums(w), w.changes, w.start - head] for sec, _, w in self.timed},
+        }
+
+
+def _json_sums(window: _Running) -> list[float | None]:
+    """A window's sums for JSON: a sum overflowed by a huge reading is ``null`` (read back as NaN,
+    it sends that window to the exact path, as the overflowed sum does)."""
+    return [x if math.isfinite(x) else None for x in (window.shift, window.s1, window.s2)]
+
+
+def _stored_sums(stored: Any, size: int) -> list[float] | None:
+    """``stored`` as ``size`` floats (a ``null`` sum is NaN: see :func:`_json_sums`), or
+    ``None`` if it is not that (then the sums are recomputed)."""
+    if not isinstance(stored, list) or len(stored) != size:
+        return None
+    try:
+        sums = [math.nan if x is None else float(x) for x in stored]
+    except (TypeError, ValueError):
+        return None
+    counters = sums[3:]
+    return sums if all(math.isfinite(x) and x >= 0 for x in counters) else None
 
 
 def _label(seconds: float) -> str:
@@ -381,12 +684,14 @@ class _SensorNames:
     lags: tuple[tuple[int, str], ...]
 
 
-@dataclass
+@dataclass(eq=False)
 class _Plan:
     """What :func:`featurize` derives from a spec, worked out once per spec, not per event."""
 
     history: int
     longest_window: float
+    count_windows: tuple[tuple[int, int], ...]  # (n, its index in spec.windows)
+    time_windows: tuple[float, ...]
     #: sensor -> its feature names, filled as sensors appear
     names: dict[str, _SensorNames] = field(default_factory=dict)
 
@@ -401,7 +706,15 @@ def _plan_for(spec: FeatureSpec) -> _Plan:
     if found is None or found[0] is not spec:
         if len(_PLANS) >= 64:  # specs are few and long-lived; this only bounds a pathological caller
             _PLANS.clear()
-        found = _PLANS[id(spec)] = (spec, _Plan(spec.history, max(spec.time_windows, default=0.0)))
+        found = _PLANS[id(spec)] = (
+            spec,
+            _Plan(
+                spec.history,
+                max(spec.time_windows, default=0.0),
+                tuple((n, i) for i, n in enumerate(spec.windows)),
+                spec.time_windows,
+            ),
+        )
     return found[1]
 
 
@@ -418,10 +731,38 @@ def _names(sensor: str, spec: FeatureSpec) -> _SensorNames:
     )
 
 
+def _sensor_state(
+    state: DeviceState, name: str, plan: _Plan, names: _SensorNames
+) -> tuple[deque[float], TimedReadings | None, _SensorRunning]:
+    """A sensor's recent readings, time-window readings and running statistics, made to fit
+    ``plan`` (a state just loaded, a spec changed): what :func:`featurize` updates."""
+    values = state.windows.get(name)
+    running = state.running.get(name)
+    if values is None or values.maxlen != plan.history:
+        resized = state.windows[name] = deque(values or (), maxlen=plan.history)
+        if running is not None and running.values is values:
+            running.values = resized  # the same readings: the running sums still hold
+        values = resized
+    timed = state.timed.get(name) if plan.time_windows else None
+    if plan.time_windows and timed is None:
+        timed = state.timed[name] = TimedReadings()
+    if running is None or running.values is not values or running.timed_readings is not timed:
+        # new, loaded, or its windows replaced by hand: from the stored sums, if any
+        stored = state.stored_sums.pop(name, None)
+        running = state.running[name] = _SensorRunning(plan, names, values, timed, stored)
+    elif running.plan is not plan:
+        # another spec object (maybe an equal one): the sums of windows it shares carry over
+        running = state.running[name] = _SensorRunning(plan, names, values, timed, running.to_json())
+    return values, timed, running
+
+
 def featurize(
     state: DeviceState, readings: dict[str, float], ts: datetime, spec: FeatureSpec
 ) -> dict[str, float]:
     """Update ``state`` with one clean reading and return its feature vector.
+
+    Each window's statistics are kept running (:class:`_Running`): a reading costs the same
+    whatever the window sizes.
 
     Examples
     --------
@@ -443,10 +784,9 @@ def featurize(
     """
     at = ts.timestamp()
     plan = _plan_for(spec)
-    history, longest_window, sensor_names = plan.history, plan.longest_window, plan.names
+    sensor_names = plan.names
     features: dict[str, float] = {}
-    stats = spec.stats
-    max_points = spec.max_time_window_points
+    stats = ALL_STATS if spec.stats == ALL_STATS else spec.stats
     dropped = 0
     for name, value in readings.items():
         if not math.isfinite(value):  # cleaning lets none through; a direct caller might
@@ -458,58 +798,59 @@ def featurize(
             if len(sensor_names) >= 4096:  # bounded even if devices invent sensor names
                 sensor_names.clear()
             names = sensor_names[name] = _names(name, spec)
+        running = state.running.get(name)
+        if (
+            running is not None
+            and running.plan is plan
+            and running.values is state.windows.get(name)
+            and (not plan.time_windows or running.timed_readings is state.timed.get(name))
+        ):  # the common case, checked inline: this runs per sensor per event
+            values, timed = running.values, running.timed_readings
+        else:
+            values, timed, running = _sensor_state(state, name, plan, names)
         # rolling windows by count, and lags
-        values = state.windows.get(name)
-        if values is None or values.maxlen != history:
-            values = state.windows[name] = deque(values or (), maxlen=history)
+        size = len(values)
+        for n, _, window in running.count:
+            window.slide(value, values[-n] if size >= n else None)
         values.append(value)
-        recent = list(values)
-        for n, window_names in names.count:
-            _put_stats(features, window_names, recent if n >= len(recent) else recent[-n:], stats)
+        for n, window_names, window in running.count:
+            if not window.put(features, window_names, stats, value):
+                window.recompute_sums(list(values)[-n:])  # also leaves the exact path once it can
+                if not window.put(features, window_names, stats, value):
+                    _put_exact(features, window_names, list(values)[-n:], stats)
         # rolling windows by event time; an out-of-order reading sees only what came before it
-        if spec.time_windows:
-            points = state.timed.get(name)
-            if points is None:
-                points = state.timed[name] = []
-            in_order = not points or at > points[-1][0]
-            if in_order:
-                points.append([at, value])
-            else:
-                bisect.insort(points, [at, value])
-            horizon = points[-1][0] - longest_window
-            while points and (points[0][0] <= horizon or len(points) > max_points):
-                points.pop(0)
-            for seconds, window_names in names.timed:
-                since = at - seconds
-                if in_order:  # every point is at or before this one: the window is a tail
-                    window = [x for _, x in points[_first_after(points, since) :]]
-                else:
-                    window = [x for t, x in points if since < t <= at]
-                # A reading as late as the longest window is evicted at once; it still belongs
-                # to its own window.
-                _put_stats(features, window_names, window or [value], stats)
+        if timed is not None:
+            _timed_features(features, names, running, timed, at, value, plan, spec, stats)
         # exponentially weighted means, decaying with event time
-        for half_life, key, feature in names.ewma:
-            slot = state.ewma.setdefault(name, {})
-            if key not in slot:
-                slot[key] = [value, at]
-            else:
-                mean, then = slot[key]
+        if names.ewma:
+            slot = state.ewma.get(name)
+            if slot is None:
+                slot = state.ewma[name] = {}
+            for half_life, key, feature in names.ewma:
+                point = slot.get(key)
+                if point is None:
+                    slot[key] = [value, at]
+                    features[feature] = value
+                    continue
+                mean, then = point
                 weight = 1 - 0.5 ** (max(at - then, 0.0) / half_life)
                 moved = mean + weight * (value - mean)
                 if not math.isfinite(moved):  # value - mean overflowed: the same mean, as a blend
                     moved = (1 - weight) * mean + weight * value
-                slot[key] = [moved, max(at, then)]
-            features[feature] = slot[key][0]
+                point[0] = moved
+                if at > then:
+                    point[1] = at
+                features[feature] = moved
         previous, previous_at = state.last.get(name), state.last_at.get(name)
         if previous is not None:
             if spec.delta:
                 features[names.delta] = value - previous
             if spec.rate and previous_at is not None and at > previous_at:
                 features[names.rate] = (value - previous) / (at - previous_at)
+        size = len(values)
         for k, lag_name in names.lags:
-            if len(recent) > k:
-                features[lag_name] = recent[-1 - k]
+            if size > k:
+                features[lag_name] = values[-1 - k]
         state.last[name] = value
         state.last_at[name] = at
     for pair in spec.pairs:
@@ -550,3 +891,83 @@ def featurize(
     state.last_ts = at
     state.features = features
     return features
+
+
+def _timed_features(
+    features: dict[str, float],
+    names: _SensorNames,
+    running: _SensorRunning,
+    timed: TimedReadings,
+    at: float,
+    value: float,
+    plan: _Plan,
+    spec: FeatureSpec,
+    stats: tuple[Stat, ...],
+) -> None:
+    """One reading into its sensor's time windows, and their statistics into ``features``."""
+    ts, values, windows = timed.ts, timed.values, running.timed_windows
+    if timed.head < len(ts) and at <= ts[-1]:
+        _out_of_order(features, names, running, timed, at, value, plan, spec, stats)
+        return
+    ts.append(at)
+    values.append(value)
+    for window in windows:
+        window.add(value)
+    # Evict what every window has left, and beyond the most points a sensor keeps.
+    horizon, max_points = at - plan.longest_window, spec.max_time_window_points
+    head, end = timed.head, len(ts)
+    while head < end and (ts[head] <= horizon or end - head > max_points):
+        for window in windows:
+            if window.start == head:
+                window.remove(values[head])
+                window.start += 1
+        head += 1
+    timed.head = head
+    if head > 64 and 2 * head > end:
+        cut = timed.compact()
+        end -= cut
+        for window in windows:
+            window.start -= cut
+    for seconds, window_names, window in running.timed:
+        since, start = at - seconds, window.start
+        while start < end and ts[start] <= since:
+            window.remove(values[start])
+            start += 1
+        window.start = start
+        if not window.put(features, window_names, stats, value):
+            window.recompute_sums(values[start:])  # also leaves the exact path once it can
+            if not window.put(features, window_names, stats, value):
+                _put_exact(features, window_names, values[start:] or (value,), stats)
+
+
+def _out_of_order(
+    features: dict[str, float],
+    names: _SensorNames,
+    running: _SensorRunning,
+    timed: TimedReadings,
+    at: float,
+    value: float,
+    plan: _Plan,
+    spec: FeatureSpec,
+    stats: tuple[Stat, ...],
+) -> None:
+    """A reading at or before the newest one: into its place in time, its windows (which end at
+    its own time) computed from their values, and the running statistics rebuilt. Rare."""
+    ts, values = timed.ts, timed.values
+    timed.compact()
+    place = bisect.bisect_right(ts, at)
+    ts.insert(place, at)
+    values.insert(place, value)
+    horizon, max_points = ts[-1] - plan.longest_window, spec.max_time_window_points
+    cut = 0
+    while cut < len(ts) and (ts[cut] <= horizon or len(ts) - cut > max_points):
+        cut += 1
+    timed.head = cut
+    timed.compact()
+    end = bisect.bisect_right(ts, at)
+    for seconds, window_names in names.timed:
+        start = bisect.bisect_right(ts, at - seconds, 0, end)
+        # A reading as late as the longest window is evicted at once; it still belongs to its
+        # own window.
+        _put_exact(features, window_names, values[start:end] or (value,), stats)
+    running.reset_timed(timed)

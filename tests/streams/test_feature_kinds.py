@@ -227,4 +227,4 @@ def test_a_reading_as_late_as_the_longest_time_window_still_has_its_own_window()
     featurize(state, {"t": 5.0}, T0 + timedelta(seconds=100), spec)
     late = featurize(state, {"t": 1.0}, T0 + timedelta(seconds=75), spec)
     assert late == {"t": 1.0, "t_mean_25s": 1.0, "t_std_25s": 0.0, "t_min_25s": 1.0, "t_max_25s": 1.0}
-    assert state.timed["t"] == [[(T0 + timedelta(seconds=100)).timestamp(), 5.0]]
+    assert state.timed["t"].points() == [[(T0 + timedelta(seconds=100)).timestamp(), 5.0]]
