@@ -182,6 +182,7 @@ def run_config(
             time.sleep(2.0 + rng.uniform(0.0, 1.0))
             process.kill()
             killed_at = time.monotonic()
+            killed_wall = time.strftime("%H:%M:%S")
             process.wait()
             acked, seen, received = (
                 stream.acked,
@@ -199,7 +200,8 @@ def run_config(
             to_learn.append(learned - killed_at)
             redone.append(acked - seen)
             print(
-                f"  kill {number + 1}: consuming after {to_consume[-1]:.1f} s, learning after "
+                f"  kill {number + 1} at {killed_wall}: consuming after {to_consume[-1]:.1f} s, learning "
+                f"after "
                 f"{to_learn[-1]:.1f} s, {redone[-1]} events redone",
                 file=sys.stderr,
             )
