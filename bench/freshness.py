@@ -1,7 +1,9 @@
 """Freshness: from an event's publish to the first ``/predict`` answer served by a snapshot that
 learned it (issue 17, target 5: p99 < 2 s at the default snapshot interval).
 
-``python -m bench.freshness [--quick] [--configs 1:0.2,5:0.5] [--rate 200] [--seconds 40]``
+``python -m bench.freshness [--quick] [--configs 1:0.2,5:0.5] [--rate 200] [--seconds 30]``
+
+About 2 minutes (two configurations); ``--quick``, the defaults only for 10 s: about 40 s.
 
 A real worker and a real ``driftline api`` process, on a fresh embedded broker; events trickle
 at ``--rate`` per second, one event per message (what devices send), across 50 devices. The
@@ -263,7 +265,7 @@ def run_config(kafka_url: str, redis_url: str, config: Config, rate: float, seco
         events = trickle.sent - sent_before
         cpu_after = cpu_seconds(worker_process.pid), cpu_seconds(api_process.pid)
         # the last events recorded get the time they need to be served (the stream still flows)
-        time.sleep(interval + 5)
+        time.sleep(interval + 3)
         poller.stopping.set()
         trickle.stopping.set()
         poller.join()
@@ -372,14 +374,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--rate", type=float, default=200.0, help="events per second")
     parser.add_argument("--seconds", type=float, default=None, help="recorded seconds per configuration")
-    parser.add_argument("--quick", action="store_true", help="the defaults only, 15 s")
+    parser.add_argument("--quick", action="store_true", help="the defaults only, 10 s")
     args = parser.parse_args(argv)
     if args.configs:
         configs = [Config.parse(text, within) for text in args.configs.split(",")]
     else:
         configs = [Config(interval, within)] + ([] if args.quick else [Config(5.0, 0.5)])
     configs = list(dict.fromkeys(configs))
-    seconds = args.seconds or (15.0 if args.quick else 40.0)
+    seconds = args.seconds or (10.0 if args.quick else 30.0)
     runs: dict[Config, Run] = {}
     with services() as (kafka_url, redis_url):
         for config in configs:

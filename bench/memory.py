@@ -1,7 +1,7 @@
 """Memory: the worker's and the API's resident memory as events flow over 1,000 devices (issue
 17, target 6: growth < 50 MB per 1M events once every device is known).
 
-``python -m bench.memory [--quick] [--events 1000000] [--mark 100000] [--devices 1000]``
+``python -m bench.memory [--quick] [--events 300000] [--mark 100000] [--devices 1000]``
 
 A real worker and a real ``driftline api`` on a fresh embedded broker. Events from ``--devices``
 devices, 50 per message (one device's readings, as a gateway sends them), are produced ahead of
@@ -9,8 +9,14 @@ the worker (at most 100,000 waiting). While they flow, the API answers ``/predic
 device's raw reading (its state read from Redis, featurized) about 20 times a second and swaps
 in every snapshot the worker publishes. RSS (``/proc/<pid>/status``) of both is sampled as the
 ingest stage's checkpointed count grows; the growth is measured from ``--mark`` events (every
-device long known) to ``--events``, and given per 1M events. Full run: 100k -> 1M; ``--quick``:
-20k -> 100k. RSS over events: ``bench/results/memory.png``.
+device long known) to ``--events``, and given per 1M events. Full run: 100k -> 300k (1M events
+took too long for the suite's budget on a busy 2-core machine, where the worker learned about
+1,100 events/s: ``--events 1000000`` for the whole run); ``--quick``: 10k -> 50k. RSS over events:
+``bench/results/memory.png``.
+
+Between 100k and 1M events each device's dedupe window (the last 1,000 event ids it keeps,
+``streams/features.py``) is still filling: that growth is bounded (1,000 ids per device) but counts
+against the target.
 """
 
 from __future__ import annotations
@@ -142,13 +148,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--events", type=int, default=None, help="default 1,000,000 (quick 100,000)")
-    parser.add_argument("--mark", type=int, default=None, help="default 100,000 (quick 20,000)")
+    parser.add_argument("--events", type=int, default=None, help="default 300,000 (quick 50,000)")
+    parser.add_argument("--mark", type=int, default=None, help="default 100,000 (quick 10,000)")
     parser.add_argument("--devices", type=int, default=1000)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
-    count = args.events or (100_000 if args.quick else 1_000_000)
-    mark = args.mark or (20_000 if args.quick else 100_000)
+    count = args.events or (50_000 if args.quick else 300_000)
+    mark = args.mark or (10_000 if args.quick else 100_000)
     began = time.monotonic()
     samples: dict[str, list[tuple[int, float]]] = {"worker": [], "api": []}
     with services() as (kafka_url, redis_url):

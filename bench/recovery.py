@@ -1,7 +1,7 @@
 """Recovery: SIGKILL the worker under load; seconds until a new worker learns again, and events
 learned twice (issue 17, target 7: < 15 s, and 0 double-counted).
 
-``python -m bench.recovery [--quick] [--kills 3] [--rate 200] [--configs default,dynamic-10s]``
+``python -m bench.recovery [--quick] [--kills 2] [--rate 200] [--configs default,dynamic-10s]``
 
 One worker learns while events flow (``--rate`` per second, 10 per message, 20 devices). At a
 moment after its latest snapshot, it is killed (SIGKILL: no shutdown, no leave-group) and a new
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--kills", type=int, default=None, help="kills per configuration (default 3; quick 2)"
+        "--kills", type=int, default=None, help="kills per configuration (default 2; quick 1)"
     )
     parser.add_argument("--rate", type=float, default=200.0, help="events per second")
     parser.add_argument(
@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     # SIGTERM (a runner's timeout) unwinds like Ctrl-C: the workers, broker and Redis are stopped
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    kills = args.kills or (2 if args.quick else 3)
+    kills = args.kills or (1 if args.quick else 2)
     names = args.configs.split(",") if args.configs else ["default"]
     results: dict[str, dict[str, Any]] = {}
     with services() as (kafka_url, redis_url):
