@@ -153,9 +153,10 @@ class Settings(BaseSettings):
     #: The reading that is ground truth (never a feature); models learn it unless they name another.
     target: str = "power"
     snapshot_every_events: int = Field(1000, ge=1)
-    #: A learned event reaches ``/predict`` within about this plus two batch waits: 1 s keeps
-    #: the p99 under 2 s (5 s made it about 8 s); each snapshot also writes the model to Redis
-    #: and an audit entry (bench/freshness.py says what that costs).
+    #: A learned event reaches ``/predict`` within about this plus two batch waits and one check:
+    #: 1.6 s with the defaults when the worker keeps up (bench/freshness.py measured p99 3.6 s on a
+    #: loaded machine, 10.2 s with 5 s); each snapshot also writes the model to Redis and an
+    #: audit entry (the bench says what that costs).
     snapshot_every_seconds: float = Field(1.0, gt=0)
     #: Versions kept per model besides the aliased ones.
     keep_versions: int = Field(20, ge=1)
