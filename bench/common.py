@@ -90,6 +90,54 @@ def worker(settings: Settings) -> Iterator[subprocess.Popen[bytes]]:
         log.close()
 
 
+@contextmanager
+def api(settings: Settings, timeout: float = 30.0) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """``driftline api`` (uvicorn, as deployed) on a free port: the process and its base URL, once
+    ``/health`` answers."""
+    import httpx
+
+    from driftline.embedded import free_port
+
+    settings = settings.model_copy(update={"api_port": free_port()})
+    url = f"http://127.0.0.1:{settings.api_port}"
+    log = open(Path(tempfile.gettempdir()) / f"{settings.worker_id}-api.log", "wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "driftline", "api"],
+        env=settings_env(settings),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"the API exited ({process.returncode}); see {log.name}")
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the API did not answer within {timeout} s; see {log.name}")
+            time.sleep(0.2)
+        yield process, url
+    finally:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+def rss_mb(pid: int) -> float:
+    """A process's resident memory (``VmRSS`` in ``/proc``), MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
 def ingest_received(client: redis.Redis, settings: Settings) -> int:
     """Events the ingest stage has checkpointed as received, all partitions together."""
     topic_id = client.hget(settings.keys.topics(), settings.events_topic)

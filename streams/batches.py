@@ -226,7 +226,7 @@ class LearnBatch:
     specs: dict[str, ModelSpec]
     effects: LearnEffects
     snapshot_every_events: int = 1000
-    snapshot_every_seconds: float = 5.0
+    snapshot_every_seconds: float = 1.0
     topic_ids: dict[str, str] = field(default_factory=dict)
     learners: dict[str, OnlineLearner] = field(default_factory=dict)
     #: Learners with news since their last snapshot.

@@ -63,9 +63,9 @@ class WorkerConfig:
     redis_timeout: float = 5.0
     redis_retry_seconds: float = 60.0
     batch_size: int = 500
-    batch_within: float = 0.5
+    batch_within: float = 0.2
     snapshot_every_events: int = 1000
-    snapshot_every_seconds: float = 5.0
+    snapshot_every_seconds: float = 1.0
     keep_versions: int = 20
     broker_session_timeout: float = 10.0
     broker_rebalance_timeout: float = 10.0
