@@ -118,7 +118,7 @@ def read_device_state(device_id: str, value: bytes | str, *, dedupe_ids: bool = 
     try:
         data = json.loads(value)
         if not dedupe_ids and isinstance(data, dict):
-            data.pop("recent_ids", None)
+            data.pop("recent_ids", None)  # digests (or, stored before them, ids)
         return DeviceState.from_json(data)
     except (ValueError, TypeError, AttributeError) as exc:
         log.error("device %r: stored state unreadable (%s); starting it afresh", device_id, exc)

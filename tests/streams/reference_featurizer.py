@@ -81,7 +81,9 @@ def reference_featurize(
             if in_order:
                 points.append([at, value])
             else:
-                bisect.insort(points, [at, value])
+                # after the readings of the same time: the old code ordered those by value too, so
+                # which of them the point cap dropped depended on their values, not on arrival
+                bisect.insort(points, [at, value], key=lambda point: point[0])
             horizon = points[-1][0] - longest
             while points and (points[0][0] <= horizon or len(points) > spec.max_time_window_points):
                 points.pop(0)

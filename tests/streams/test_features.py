@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from driftline.streams.catalog import SensorSpec
-from driftline.streams.features import RECENT_IDS, DeviceState, FeatureSpec, featurize
+from driftline.streams.features import RECENT_IDS, DeviceState, FeatureSpec, RecentIds, featurize
 from driftline.streams.ingest import FeatureRecord, IngestStage
 
 T0 = datetime(2026, 1, 5, 0, 0, tzinfo=UTC)  # a Monday, midnight
@@ -246,16 +246,34 @@ def test_recent_ids_keep_only_the_newest_thousand() -> None:
         state.recent_ids.append(f"e{i}")
     assert RECENT_IDS == 1000
     assert len(state.recent_ids) == 1000
-    assert state.recent_ids[0] == "e500" and state.recent_ids[-1] == "e1499"
+    assert "e499" not in state.recent_ids
+    assert all(f"e{i}" in state.recent_ids for i in range(500, 1500))
+    assert len(state.to_json()["recent_ids"]) <= 4 * 8 * 1000 // 3 + 4, "8 bytes a digest, base64"
+
+
+def test_recent_ids_find_only_whole_digests() -> None:
+    ids = RecentIds(maxlen=10)
+    ids.append("a")
+    ids.append("b")
+    # the bytes across the boundary of the two digests, as if they were one
+    straddling = bytes(ids._ring[4:12])
+    assert not ids._holds(straddling)
+    assert ids._holds(RecentIds.digest("b"))
 
 
 def test_recent_ids_stay_bounded_when_restored_from_a_longer_list() -> None:
+    # a state stored before the digests: the ids themselves
     restored = DeviceState.from_json({"recent_ids": [f"e{i}" for i in range(1500)]})
-    assert list(restored.recent_ids) == [f"e{i}" for i in range(500, 1500)]
+    assert len(restored.recent_ids) == 1000
     assert "e499" not in restored.recent_ids and "e500" in restored.recent_ids
     restored.recent_ids.append("next")
     assert len(restored.recent_ids) == 1000
-    assert restored.recent_ids[0] == "e501"
+    assert (
+        "e500" not in restored.recent_ids and "e501" in restored.recent_ids and "next" in restored.recent_ids
+    )
+    # digests stored by a larger window are cut to this one's newest
+    cut = RecentIds.from_json(restored.recent_ids.to_json(), maxlen=10)
+    assert len(cut) == 10 and "next" in cut and "e1491" in cut and "e1490" not in cut
 
 
 # --- huge values: finite features, a state that heals (hardening finding 6) ---------------------
