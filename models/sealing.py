@@ -28,7 +28,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import logging
 import struct
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -48,8 +50,14 @@ from driftline.models.registry import Capture, ModelRegistry, Sealed
 #: inline seal is the shorter stop. A model never sealed yet (size unknown) goes to a child.
 FORK_MIN_BYTES = 64 * 1024
 
+log = logging.getLogger(__name__)
 _SIZE = struct.Struct(">Q")
 T = TypeVar("T")
+
+
+def _described(thread: threading.Thread) -> str:
+    """A thread's name and what runs in it (the service of a ``mode`` thread, as Faust's consumer)."""
+    return f"{thread.name} ({type(getattr(thread, 'service', thread)).__name__})"
 
 
 def frame(sealed: Sequence[Sealed]) -> bytes:
@@ -126,6 +134,13 @@ class Sealer:
             for learner in learners:
                 captures.append(await self._retried(f"numbering {learner.name}", registry.capture, learner))
             if learners and self.in_child(learners):
+                if not self.forked:
+                    # Said once: a thread added to the worker is a fork hazard to review
+                    # (driftline.core.forked); tests/faults/test_kills.py checks this list.
+                    log.info(
+                        "snapshots sealed in forked children from now on; threads at the fork: %s",
+                        ", ".join(sorted(map(_described, threading.enumerate()))),
+                    )
                 child: ForkedCall | None = ForkedCall(
                     functools.partial(seal_all, registry, learners, captures)
                 )

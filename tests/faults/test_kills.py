@@ -78,6 +78,15 @@ def test_sigkill_at_random_moments_learns_every_event_exactly_once_with_the_in_p
     assert (counters["received"], counters["accepted"], counters["deduplicated"]) == (n, n, 0), counters
 
 
+#: The threads of a worker when it forks a sealing child, and why each is safe: the child runs on
+#: the main thread's copy, and needs only the GIL (reset by fork), the import lock (held by fork
+#: itself) and malloc (glibc's fork handlers); these threads take none of them across the fork.
+FORK_SAFE_THREADS = {
+    "_MainThread",  # the event loop: it forks, between two batches
+    "_PromptFetchThread",  # Faust's consumer thread (a mode WorkerThread): aiokafka on its own loop
+}
+
+
 def sealing_child(pid: int, timeout: float) -> int | None:
     """A child of the worker ``pid`` (a snapshot sealing, the only children a worker forks), as
     soon as one runs; ``None`` if none came within ``timeout``."""
@@ -108,7 +117,7 @@ def test_sigkill_while_a_child_seals_a_snapshot_learns_every_event_exactly_once(
     trickle = Trickle(settings, messages, per_second, hold_last=len(messages) // 10)
     worker = start_worker(settings)  # first: the stream must still flow after the kills
     trickle.start()
-    caught = []
+    caught, logs = [], []
     for _ in range(kills):
         before = newest_metas(settings).get("default", {}).get("events_seen", 0)
         wait_for(
@@ -119,8 +128,16 @@ def test_sigkill_while_a_child_seals_a_snapshot_learns_every_event_exactly_once(
         assert worker.process is not None
         caught.append(sealing_child(worker.process.pid, timeout=20))
         worker.kill()
+        logs.append(worker.log_path)
         worker = start_worker(settings)
     assert all(caught), f"each kill must land while a child seals: {caught}"
+    # The threads alive when the worker forks (it logs them at its first fork): none of them may
+    # hold a lock the child needs (pickle, HMAC, os.write; see driftline.core.forked).
+    said = [line for path in logs for line in path.read_text().splitlines() if "threads at the fork:" in line]
+    assert said, "the worker said which threads it forks with"
+    listed = [name for line in said for name in line.split("threads at the fork:")[1].split(",")]
+    threads = {name.strip().rsplit("(", 1)[1].rstrip(")") for name in listed}
+    assert threads <= FORK_SAFE_THREADS, threads - FORK_SAFE_THREADS
     assert trickle.sent < len(messages), "the stream must still flow after the last kill"
     trickle.release()
     trickle.join(timeout=len(messages) / per_second + 60)
