@@ -44,11 +44,14 @@ from driftline.core.meta import SnapshotMeta
 from driftline.models.learner import OnlineLearner
 from driftline.models.registry import Capture, ModelRegistry, Sealed
 
-#: A snapshot whose model last pickled to fewer bytes is sealed on the event loop. Forking the
-#: worker blocks it about 0.6 ms for a 19 MiB process and 10.7 ms for a 167 MiB one (medians,
-#: bench/seal.py's fork figures), while pickling costs 0.1-0.2 ms per KiB: below about 64 KiB the
-#: inline seal is the shorter stop. A model never sealed yet (size unknown) goes to a child.
-FORK_MIN_BYTES = 64 * 1024
+#: A snapshot whose model last pickled to fewer bytes is sealed on the event loop. The figures
+#: (bench/seal.py, medians on the 2-core machine): forking stops the forking process 0.4 ms at
+#: 19 MiB RSS and 7-18 ms at 167 MiB (a worker's size); pickling + signing costs 0.01-0.02 ms per
+#: KiB for the default linear model (780 KiB: 9-16 ms) and 0.23 ms per KiB for a random forest,
+#: the slowest per byte measured. Below 192 KiB even the slowest seals inline in under 50 ms (the
+#: issue's bound on a stop), and a fork would save little; above it a model goes to a child. A
+#: model never sealed yet (size unknown) goes to a child.
+FORK_MIN_BYTES = 192 * 1024
 
 log = logging.getLogger(__name__)
 _SIZE = struct.Struct(">Q")

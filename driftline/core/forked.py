@@ -6,6 +6,10 @@ the process at the moment of the fork (as Redis' ``BGSAVE`` does), computes ther
 result to a pipe and ``os._exit``\\ s; the parent reads the pipe from its event loop and goes on
 working meanwhile.
 
+The child runs at a lower priority (``nice`` 10): where no core is free, the parent's learning
+goes first. While the child lives, the parent's garbage collector skips the objects that existed
+at the fork (``gc.freeze``), which would otherwise copy the whole heap at its next full pass.
+
 Fork hazards, and why this is safe: the child runs only the given function (pickle, HMAC), then
 ``os.write`` and ``os._exit``. It touches no event loop, socket, lock or logging handler, runs no
 ``atexit`` hook and no finalizer (the garbage collector is off in it), and takes back the signal
@@ -65,6 +69,10 @@ class ForkedCall:
 
     def __init__(self, compute: Callable[[], bytes]) -> None:
         read_end, write_end = os.pipe()
+        # While the child lives, the parent's collector leaves the objects it shares with the
+        # child alone: a full collection writes to every object, which would copy every page of
+        # the heap (the child's image) at once. Unfrozen when the child is done.
+        gc.freeze()
         pid = os.fork()
         if pid == 0:  # the child: never returns
             os.close(read_end)
@@ -82,6 +90,8 @@ class ForkedCall:
         except BaseException:  # cancelled (the worker stops): the child must not outlive it
             self.cancel()
             raise
+        finally:
+            gc.unfreeze()
         if data[:1] == _OK and status == 0:
             return data[1:]
         if data[:1] == _FAILED:
@@ -90,6 +100,7 @@ class ForkedCall:
 
     def cancel(self) -> None:
         """Kill the child, if it still runs, and reap it (a cancelled or failed wait)."""
+        gc.unfreeze()
         with contextlib.suppress(OSError):
             os.close(self._fd)
         if not self._reaped:
@@ -144,6 +155,7 @@ def _child(compute: Callable[[], bytes], fd: int) -> None:
     """The child's whole life: compute, write, exit. Nothing else of the parent is touched."""
     code = 1
     try:
+        os.nice(10)  # where a core is not free, learning goes first and the seal waits
         gc.disable()  # no finalizer of the parent's objects may run here (a socket's, say)
         signal.set_wakeup_fd(-1)
         for signum in _RESET:

@@ -56,7 +56,9 @@ async def forked_seal(settings: Settings) -> dict[str, Any]:
             "listing": listing,
             "loaded_events": loaded.events_learned,
             "meta_version": meta["version"],
-            "alerts_recorded": sorted(a.decode() for a in await redis.hkeys(Keys(settings.namespace).alert_records())),
+            "alerts_recorded": sorted(
+                a.decode() for a in await redis.hkeys(Keys(settings.namespace).alert_records())
+            ),
             "outbox_left": [a.id for a in learner.drift.outbox],
             "now_learned": learner.events_learned,
             "sizes": dict(sealer.sizes),
@@ -65,7 +67,9 @@ async def forked_seal(settings: Settings) -> dict[str, Any]:
         await redis.aclose()
 
 
-def test_a_child_seals_the_learner_as_captured_and_the_parent_learns_on(make_settings: SettingsFactory) -> None:
+def test_a_child_seals_the_learner_as_captured_and_the_parent_learns_on(
+    make_settings: SettingsFactory,
+) -> None:
     found = asyncio.run(forked_seal(make_settings()))
     assert found["forked"] == 1
     assert found["loaded_events"] == found["captured_at"] == 200, "the snapshot is the learner at capture"
@@ -134,4 +138,3 @@ async def zombie_child_seal(settings: Settings) -> tuple[int, int]:
 def test_a_zombie_cannot_record_what_its_child_sealed(make_settings: SettingsFactory) -> None:
     newer, latest = asyncio.run(zombie_child_seal(make_settings()))
     assert latest == newer, "latest stays the owner's snapshot"
-
