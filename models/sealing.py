@@ -50,7 +50,8 @@ from driftline.models.registry import Capture, ModelRegistry, Sealed
 #: KiB for the default linear model (780 KiB: 9-16 ms) and 0.23 ms per KiB for a random forest,
 #: the slowest per byte measured. Below 192 KiB even the slowest seals inline in under 50 ms (the
 #: issue's bound on a stop), and a fork would save little; above it a model goes to a child. A
-#: model never sealed yet (size unknown) goes to a child.
+#: model with no size known yet is sealed in place: a new model starts small, and a restarted
+#: worker knows each model's size from the snapshot it resumed from.
 FORK_MIN_BYTES = 192 * 1024
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,8 @@ class Sealer:
     fork_min_bytes: int = FORK_MIN_BYTES
     #: Retries for one Redis step (the worker's bounded policy); ``None``: no retry.
     retry: Callable[[str], AsyncRetrying] | None = None
-    #: Each model's last pickled size, which decides where its next snapshot is sealed.
+    #: Each model's last pickled size, which decides where its next snapshot is sealed (none
+    #: known: in place).
     sizes: dict[str, int] = field(default_factory=dict)
     #: How many seals went to a child, and how many stayed on the loop (for logs and benches).
     forked: int = 0
@@ -121,7 +123,7 @@ class Sealer:
     def in_child(self, learners: Sequence[OnlineLearner]) -> bool:
         """Whether sealing ``learners`` is worth a fork (see :data:`FORK_MIN_BYTES`)."""
         return can_fork() and any(
-            self.sizes.get(learner.name, self.fork_min_bytes) >= self.fork_min_bytes for learner in learners
+            self.sizes.get(learner.name, 0) >= self.fork_min_bytes for learner in learners
         )
 
     async def start(
