@@ -229,6 +229,7 @@ class InFlight:
     events: int
     names: list[str]
     promoted: bool
+    started: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -263,6 +264,14 @@ class LearnBatch:
     failed: list[tuple[Incoming, Rejection]] = field(default_factory=list)
     #: The snapshot being sealed and published, if one is.
     in_flight: InFlight | None = None
+    #: The most of the time that sealing may take: the next snapshot is not due sooner than the
+    #: last one took (capture to acknowledgement) divided by this. A seal's CPU work has to run
+    #: somewhere: where no core is free, a child sealing all the time slows learning as much as
+    #: a core's share, so a large model's snapshots come less often (a 2 s seal: every 10 s at
+    #: most) while a small one's cadence is unchanged. A promotion and a shutdown do not wait.
+    seal_share: float = 0.2
+    #: How long the last snapshot took, capture to acknowledgement (seconds).
+    last_seal_seconds: float = 0.0
 
     def restore(self, loaded: Iterable[OnlineLearner]) -> None:
         """Resume from the learners of the newest snapshots; nothing is held any more (the
@@ -370,9 +379,12 @@ class LearnBatch:
         if not self.unacked or self.in_flight is not None:
             return False
         now = time.monotonic() if now is None else now
+        if self.promoted:
+            return True
+        if now - self.last_snapshot < self.last_seal_seconds / self.seal_share:
+            return False  # sealing's share of the time (see seal_share)
         return (
-            self.promoted
-            or self.unpublished_events >= self.snapshot_every_events
+            self.unpublished_events >= self.snapshot_every_events
             or now - self.last_snapshot >= self.snapshot_every_seconds
         )
 
@@ -406,9 +418,11 @@ class LearnBatch:
                 await self.effects.dead_letter(copy, rejection)
             await self.effects.flush()
             self.failed.clear()
-        names = sorted(self.changed)
+        names, started = sorted(self.changed), time.monotonic()
         sealing = await self.effects.seal([self.learners[name] for name in names])
-        self.in_flight = InFlight(sealing, len(self.unacked), self.unpublished_events, names, self.promoted)
+        self.in_flight = InFlight(
+            sealing, len(self.unacked), self.unpublished_events, names, self.promoted, started
+        )
         self.changed.clear()
         self.unpublished_events = 0
         self.promoted = False
@@ -430,6 +444,7 @@ class LearnBatch:
             self.promoted = self.promoted or flight.promoted
             raise
         self.in_flight = None
+        self.last_seal_seconds = time.monotonic() - flight.started
         for name, meta in zip(flight.names, metas, strict=True):
             value = meta["metric"]["value"]
             log.info(

@@ -6,8 +6,7 @@ the process at the moment of the fork (as Redis' ``BGSAVE`` does), computes ther
 result to a pipe and ``os._exit``\\ s; the parent reads the pipe from its event loop and goes on
 working meanwhile.
 
-The child runs at a lower priority (``nice`` 10): where no core is free, the parent's learning
-goes first. While the child lives, the parent's garbage collector skips the objects that existed
+While the child lives, the parent's garbage collector skips the objects that existed
 at the fork (``gc.freeze``), which would otherwise copy the whole heap at its next full pass.
 
 Fork hazards, and why this is safe: the child runs only the given function (pickle, HMAC), then
@@ -155,7 +154,6 @@ def _child(compute: Callable[[], bytes], fd: int) -> None:
     """The child's whole life: compute, write, exit. Nothing else of the parent is touched."""
     code = 1
     try:
-        os.nice(10)  # where a core is not free, learning goes first and the seal waits
         gc.disable()  # no finalizer of the parent's objects may run here (a socket's, say)
         signal.set_wakeup_fd(-1)
         for signum in _RESET:

@@ -364,3 +364,18 @@ def test_a_snapshot_in_flight_acknowledges_what_it_captured_and_no_later_message
         assert batch.changed == set(names) and batch.unpublished_events > 0 and batch.in_flight is None
 
     asyncio.run(run())
+
+
+def test_a_snapshot_is_not_due_sooner_than_its_seals_share_of_the_time_allows() -> None:
+    ingest = IngestWorld()
+    asyncio.run(run_ingest(events_log(), ingest))
+    topic = ingest.features
+    batch = LearnBatch(
+        {s.name: s for s in SPECS}, HeldSeals(), snapshot_every_events=1, snapshot_every_seconds=1
+    )
+    batch.handle([Incoming("features", 0, 0, topic[0][1])])
+    batch.last_snapshot, batch.last_seal_seconds = 100.0, 2.0  # the last seal took 2 s
+    assert not batch.snapshot_due(now=105.0), "at most a fifth of the time sealing: not before 110"
+    assert batch.snapshot_due(now=110.0)
+    batch.promoted = True
+    assert batch.snapshot_due(now=101.0), "a promotion is served at once"
