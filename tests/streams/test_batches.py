@@ -342,6 +342,7 @@ def test_a_snapshot_in_flight_acknowledges_what_it_captured_and_no_later_message
         batch = LearnBatch(
             {s.name: s for s in SPECS}, effects, snapshot_every_events=1, snapshot_every_seconds=1e9
         )
+        batch.seal_share = float("inf")  # no sealing budget here (see the next test)
         batch.handle([Incoming("features", 0, o, topic[o][1]) for o in range(3)])
         await batch.step()  # due: captured at offsets 0-2, sealing
         assert len(effects.seals) == 1 and batch.in_flight is not None
