@@ -18,8 +18,8 @@ then copied for every run. Each repeat runs, side by side:
 - **forked**: a snapshot after 300 events, then every 5 s (the default) or as rarely as
   ``LearnBatch.seal_share`` asks (at most a fifth of the time sealing), sealed in a forked child,
   as the worker does for a model this size;
-- **inline** (not with ``--quick``): the same, sealed on the event loop (the worker before
-  issue 17, and today's path for models under ``seal_fork_min_bytes``).
+- **inline** (one run, not with ``--quick``): the same, sealed on the event loop (the worker
+  before issue 17, and today's path for models under ``seal_fork_min_bytes``).
 
 Also measured: what a fork costs the forking process at 10 MiB and 200 MiB of heap, and what an
 inline seal of the default (linear) model costs, the two figures behind ``FORK_MIN_BYTES``.
@@ -258,8 +258,8 @@ def main(argv: list[str] | None = None) -> None:
     quick = args.quick
     repeats = 1 if quick else args.repeats
     # Long enough to hold a seal's cycle (at ~100 events/s: 12 s).
-    events_per_run = args.events if args.events != 20_000 else (800 if quick else 1200)
-    warm_up_n = args.warm_up or (1000 if quick else 5000)
+    events_per_run = args.events if args.events != 20_000 else 800
+    warm_up_n = args.warm_up or (1000 if quick else 4000)
     modes = ["off", "forked"] + ([] if quick else ["inline"])
 
     from rich.console import Console
@@ -282,9 +282,11 @@ def main(argv: list[str] | None = None) -> None:
     runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
     with progress, redis_url() as url:
         template = warmed_model(spec, warm_up, progress)
-        task = progress.add_task("runs (off / forked / inline)", total=repeats * len(modes))
-        for _ in range(repeats):
+        task = progress.add_task("runs (off / forked / inline)", total=repeats * 2 + len(modes) - 2)
+        for repeat in range(repeats):
             for mode in modes:
+                if mode == "inline" and repeat:
+                    continue  # the worker before: one run shows its stops (and keeps the bench short)
                 runs[mode].append(asyncio.run(learn_run(url, template, messages, warm_up_n, mode)))
                 progress.advance(task)
         small = asyncio.run(default_model_seal(url, featurized[:1000]))
