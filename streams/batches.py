@@ -230,6 +230,11 @@ class InFlight:
     names: list[str]
     promoted: bool
     started: float = field(default_factory=time.monotonic)
+    #: When the sealing finished (published or failed), not when a step noticed it.
+    finished: float | None = None
+
+    def __post_init__(self) -> None:
+        self.sealing.add_done_callback(lambda _: setattr(self, "finished", time.monotonic()))
 
 
 @dataclass
@@ -265,12 +270,12 @@ class LearnBatch:
     #: The snapshot being sealed and published, if one is.
     in_flight: InFlight | None = None
     #: The most of the time that sealing may take: the next snapshot is not due sooner than the
-    #: last one took (capture to acknowledgement) divided by this. A seal's CPU work has to run
+    #: last one took (capture to recorded) divided by this. A seal's CPU work has to run
     #: somewhere: where no core is free, a child sealing all the time slows learning as much as
     #: a core's share, so a large model's snapshots come less often (a 2 s seal: every 10 s at
     #: most) while a small one's cadence is unchanged. A promotion and a shutdown do not wait.
     seal_share: float = 0.2
-    #: How long the last snapshot took, capture to acknowledgement (seconds).
+    #: How long the last snapshot took to seal and record, from its capture (seconds).
     last_seal_seconds: float = 0.0
 
     def restore(self, loaded: Iterable[OnlineLearner]) -> None:
@@ -444,7 +449,7 @@ class LearnBatch:
             self.promoted = self.promoted or flight.promoted
             raise
         self.in_flight = None
-        self.last_seal_seconds = time.monotonic() - flight.started
+        self.last_seal_seconds = (flight.finished or time.monotonic()) - flight.started
         for name, meta in zip(flight.names, metas, strict=True):
             value = meta["metric"]["value"]
             log.info(
