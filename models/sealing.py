@@ -46,8 +46,8 @@ from driftline.models.registry import Capture, ModelRegistry, Sealed
 
 #: A snapshot whose model last pickled to fewer bytes is sealed on the event loop. The figures
 #: (bench/seal.py, medians on the 2-core machine): forking stops the forking process 0.4 ms at
-#: 19 MiB RSS and 7-18 ms at 167 MiB (a worker's size); pickling + signing costs 0.01-0.02 ms per
-#: KiB for the default linear model (780 KiB: 9-16 ms) and 0.23 ms per KiB for a random forest,
+#: 19 MiB RSS and 3-19 ms at 167 MiB (a worker's size); pickling + signing costs 0.01-0.02 ms per
+#: KiB for the default linear model (780 KiB: 5-16 ms) and 0.23 ms per KiB for a random forest,
 #: the slowest per byte measured. Below 192 KiB even the slowest seals inline in under 50 ms (the
 #: issue's bound on a stop), and a fork would save little; above it a model goes to a child. A
 #: model with no size known yet is sealed in place: a new model starts small, and a restarted
