@@ -158,6 +158,10 @@ class Settings(BaseSettings):
     #: loaded machine, 10.2 s with 5 s); each snapshot also writes the model to Redis and an
     #: audit entry (the bench says what that costs).
     snapshot_every_seconds: float = Field(1.0, gt=0)
+    #: A model whose last snapshot pickled to at least this many bytes is sealed (pickle + HMAC) in
+    #: a forked child while the worker goes on learning; a smaller one on the event loop, where
+    #: that is quicker than a fork (README, "Snapshots"). 0: always in a child.
+    seal_fork_min_bytes: int = Field(192 * 1024, ge=0)
     #: Versions kept per model besides the aliased ones.
     keep_versions: int = Field(20, ge=1)
     #: The snapshot signing keys, comma-separated: the first signs, every one verifies (rotate by

@@ -66,6 +66,7 @@ def worker_config(settings: Settings) -> WorkerConfig:
         snapshot_every_events=settings.snapshot_every_events,
         snapshot_every_seconds=settings.snapshot_every_seconds,
         keep_versions=settings.keep_versions,
+        seal_fork_min_bytes=settings.seal_fork_min_bytes,
         broker_session_timeout=settings.broker_session_timeout,
         broker_rebalance_timeout=settings.broker_rebalance_timeout,
         broker_heartbeat_interval=settings.broker_heartbeat_interval,

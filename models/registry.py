@@ -66,6 +66,29 @@ def _who() -> str:
 
 
 @dataclass(frozen=True)
+class Capture:
+    """What publishing took from a learner at a batch boundary (:meth:`ModelRegistry.capture`):
+    recorded with its snapshot, or given back (:meth:`ModelRegistry.abandon`)."""
+
+    name: str
+    version: int
+    alerts: list[Alert]
+    events: list[ModelEvent]
+    lineage: dict[str, Any]
+    #: The lineage mark the capture replaced (the last recorded version's).
+    mark: dict[str, Any]
+    events_learned: int
+
+
+@dataclass(frozen=True)
+class Sealed:
+    """A signed snapshot blob and its listing (the metadata the registry keeps beside it)."""
+
+    blob: bytes
+    listing: SnapshotMeta
+
+
+@dataclass(frozen=True)
 class Refusal:
     """A stored version that could not be loaded, and why (the error's words)."""
 
@@ -132,49 +155,78 @@ class ModelRegistry:
         With ``fence`` (the worker's claim on the features partitions the learner reads), a
         worker that lost those partitions since is refused (:class:`Fenced`): a stalled worker
         cannot make ``latest`` a snapshot behind the new owner's.
+
+        All on the caller's event loop: :meth:`capture`, :meth:`seal`, :meth:`record`. The
+        worker runs the middle step in a forked child for a large model (driftline.models.sealing).
         """
-        started = time.perf_counter()
-        name = learner.name
-        version = int(await self.redis.incr(self._model_key(name, "next_version")))
+        capture = await self.capture(learner)
+        try:
+            sealed = self.seal(learner, capture)
+            await self.record(capture, sealed, fence)
+        except BaseException:
+            self.abandon(learner, capture)
+            raise
+        await self.drop_old_versions(capture.name)
+        return sealed.listing
+
+    async def capture(self, learner: OnlineLearner) -> Capture:
+        """Step 1 of publishing, at a batch boundary: number the next version, and take from
+        ``learner`` what its snapshot will record (alerts, model events, the lineage mark).
+        Give it back with :meth:`abandon` if the snapshot is not recorded."""
+        version = int(await self.redis.incr(self._model_key(learner.name, "next_version")))
         # The alerts raised and the races decided since the last snapshot are recorded in the
         # same transaction as the snapshot that no longer holds them: both land, or neither (a
         # replay raises them again).
         alerts = learner.drift.take_outbox()
         events = learner.take_model_events()
         lineage = self._lineage(learner, events)
-        parent = learner.lineage_mark(version)
-        try:
-            try:
-                payload = pickle.dumps(learner, protocol=5)
-            except BaseException:
-                learner.lineage_mark(None, restore=parent)
-                raise
-            meta: SignedMeta = {
-                **learner.summary(),
-                "version": version,
-                "river_version": river.__version__,  # type: ignore[attr-defined]
-                "created_at": datetime.now(UTC).isoformat(),
-                "model_bytes": len(payload),  # inside the signed metadata, unlike the blob's size
-                "lineage": {**lineage, "model_bytes": len(payload)},
-            }
-            blob = seal_pickled(payload, dict(meta), self.key_ring, model=name, namespace=self.namespace)
-            listing: SnapshotMeta = {
-                **meta,
-                "size_bytes": len(blob),
-                "seal_ms": round(1000 * (time.perf_counter() - started), 3),
-                "key_id": self.key_ring.signing_id,
-            }
-            try:
-                await self._record(learner, version, blob, listing, alerts, events, fence)
-            except BaseException:
-                learner.lineage_mark(None, restore=parent)
-                raise
-        except BaseException:
-            learner.drift.outbox[:0] = alerts  # not recorded: the next snapshot carries them
-            learner.model_events[:0] = events
-            raise
-        await self._drop_old_versions(name)
-        return listing
+        mark = learner.lineage_mark(version)
+        return Capture(learner.name, version, alerts, events, lineage, mark, learner.events_learned)
+
+    def seal(self, learner: OnlineLearner, capture: Capture) -> Sealed:
+        """Step 2: pickle ``learner`` as it is now and sign it with its metadata. CPU only (no
+        I/O, no lock, no event loop), so it may run in a forked child of the worker."""
+        started = time.perf_counter()
+        payload = pickle.dumps(learner, protocol=5)
+        meta: SignedMeta = {
+            **learner.summary(),
+            "version": capture.version,
+            "river_version": river.__version__,  # type: ignore[attr-defined]
+            "created_at": datetime.now(UTC).isoformat(),
+            "model_bytes": len(payload),  # inside the signed metadata, unlike the blob's size
+            "lineage": {**capture.lineage, "model_bytes": len(payload)},
+        }
+        blob = seal_pickled(payload, dict(meta), self.key_ring, model=capture.name, namespace=self.namespace)
+        listing: SnapshotMeta = {
+            **meta,
+            "size_bytes": len(blob),
+            "seal_ms": round(1000 * (time.perf_counter() - started), 3),
+            "key_id": self.key_ring.signing_id,
+        }
+        return Sealed(blob, listing)
+
+    async def record(self, capture: Capture, sealed: Sealed, fence: Fence | None = None) -> None:
+        """Step 3: store the sealed snapshot with what was captured, in one transaction (see
+        :meth:`_record`). Versions past retention are dropped after (:meth:`drop_old_versions`)."""
+        await self._record(
+            capture.name,
+            capture.events_learned,
+            capture.version,
+            sealed.blob,
+            sealed.listing,
+            capture.alerts,
+            capture.events,
+            fence,
+        )
+
+    @staticmethod
+    def abandon(learner: OnlineLearner, capture: Capture) -> None:
+        """Give ``learner`` back what :meth:`capture` took, its snapshot not recorded: the next
+        snapshot carries those alerts and events, and its lineage starts at the last recorded one.
+        Taken before anything raised or decided since, so they go back in front."""
+        learner.lineage_mark(None, restore=capture.mark)
+        learner.drift.outbox[:0] = capture.alerts
+        learner.model_events[:0] = capture.events
 
     @staticmethod
     def _lineage(learner: OnlineLearner, events: list[ModelEvent]) -> dict[str, Any]:
@@ -205,7 +257,8 @@ class ModelRegistry:
 
     async def _record(
         self,
-        learner: OnlineLearner,
+        name: str,
+        events_learned: int,
         version: int,
         blob: bytes,
         listing: SnapshotMeta,
@@ -220,7 +273,6 @@ class ModelRegistry:
         same moment, and a promotion reads the champion an operator may move at the same moment:
         both are watched, and a transaction that lost such a race is redone.
         """
-        name = learner.name
         resolves = any(alert.status == "resolved" for alert in alerts)
         promotes = any(event.action == "promote" for event in events)
         aliases_key = self._model_key(name, "aliases")
@@ -268,7 +320,7 @@ class ModelRegistry:
                         name,
                         version,
                         metric=listing["metric"],
-                        events_learned=learner.events_learned,
+                        events_learned=events_learned,
                         size_bytes=len(blob),
                     )
                     for event in events:
@@ -361,7 +413,7 @@ class ModelRegistry:
             await tx.execute()
         return target
 
-    async def _drop_old_versions(self, name: str) -> None:
+    async def drop_old_versions(self, name: str) -> None:
         versions_key = self._model_key(name, "versions")
         old = await self.redis.zrange(versions_key, 0, -(self.keep_versions + 1))
         if not old:

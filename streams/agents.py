@@ -40,6 +40,7 @@ from driftline.core.meta import SnapshotMeta
 from driftline.core.records import LabelRecord
 from driftline.models.learner import OnlineLearner
 from driftline.models.registry import ModelRegistry
+from driftline.models.sealing import Sealer
 from driftline.streams.app import StreamTopics, build_app
 from driftline.streams.batches import Incoming, IngestBatch, LearnBatch
 from driftline.streams.checkpoint import (
@@ -133,6 +134,7 @@ class Worker:
     fence: Fence | None = None
     learn_fence: Fence | None = None
     rejections_said: SampledLog = field(default_factory=SampledLog)
+    _sealer: Sealer | None = None
 
     def __post_init__(self) -> None:
         config = self.config
@@ -180,6 +182,13 @@ class Worker:
         return ModelRegistry(
             self.redis, self.config.namespace, self.config.secrets, self.config.keep_versions
         )
+
+    @property
+    def sealer(self) -> Sealer:
+        """Publishes the learn stage's snapshots, sealing large ones in a forked child."""
+        if self._sealer is None:  # its registry uses the Redis client, opened on the worker's loop
+            self._sealer = Sealer(self.registry, self.config.seal_fork_min_bytes, self.redis_retry)
+        return self._sealer
 
     @property
     def events_topic_id(self) -> str:
@@ -242,13 +251,10 @@ class Worker:
         raise AssertionError("unreachable: the retry either returns or raises")
 
     # --- LearnEffects (and dead_letter, flush above) ------------------------------------------
-    async def publish(self, learner: OnlineLearner) -> SnapshotMeta:
-        # Retried through a Redis blip: at worst an unanswered attempt that did commit leaves one
-        # more version holding the same learner.
-        async for attempt in self.redis_retry(f"publishing {learner.name}"):
-            with attempt:
-                return await self.registry.publish(learner, self.learn_fence)
-        raise AssertionError("unreachable: the retry either returns or raises")
+    async def seal(self, learners: Sequence[OnlineLearner]) -> asyncio.Future[list[SnapshotMeta]]:
+        # Each Redis step retried through a blip: at worst an unanswered attempt that did commit
+        # records the same snapshot twice under one version.
+        return await self.sealer.start(learners, self.learn_fence)
 
     def ack(self, message: Incoming) -> None:
         message.handle.ack(self.app.consumer)
@@ -261,6 +267,12 @@ class Worker:
         checkpoint (step 3 of the protocol); the stages skip whatever the checkpoint reflects.
         """
         async with self.ingest_lock, self.learn_lock:
+            try:
+                # A snapshot still sealing was taken under the old assignment: published (or
+                # refused by the fence) before anything is restored over it.
+                await self.learn.settle()
+            except Exception as exc:
+                stop_worker("learn", exc)
             # Tell readers (the API's /stats) which topic incarnation the checkpoints refer to.
             if self.topic_ids:
                 topic_ids: dict[Any, str] = dict(self.topic_ids)  # redis-py's key type is a wide union
@@ -311,6 +323,8 @@ class Worker:
             learner, meta, refused = await registry.load_newest_verifiable(name)
             if learner is not None and meta is not None:
                 outcome = f"resumed from version {meta['version']}"
+                if "model_bytes" in meta:  # where its next snapshot is sealed (inline or forked)
+                    self.sealer.sizes[name] = meta["model_bytes"]
                 log.info(
                     "learner %s restored from version %s (%d events)",
                     name,
@@ -413,8 +427,9 @@ class Worker:
                     # Hold the ack (take_events acks at the end of the batch) until a snapshot has it.
                     message.handle.incref()
                 self.learn.handle(messages)
-                if self.learn.snapshot_due():
-                    await self.learn.publish()
+                # Acks what a sealed snapshot holds, starts the next one if due; never waits for a
+                # seal (a large model seals in a forked child while this loop goes on learning).
+                await self.learn.step()
 
     async def relay_alerts(self) -> None:
         """Deliver recorded drift alerts to the alerts topic and the webhooks, and model events to
@@ -440,11 +455,11 @@ class Worker:
                 await self.learn.publish()
 
     async def publish_due_snapshots(self) -> None:
-        """Publish on time even when the stream is quiet."""
-        if self.learn.snapshot_due():
+        """Publish on time, and acknowledge what a sealed snapshot holds, even when the stream is
+        quiet."""
+        if self.learn.step_wanted():
             async with self.learn_lock:
-                if self.learn.snapshot_due():
-                    await self.learn.publish()
+                await self.learn.step()
 
 
 #: The exit status of a worker that stopped because a stage failed.

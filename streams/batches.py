@@ -19,6 +19,7 @@ the broker and Redis (:mod:`driftline.streams.agents`) and unit tests implement 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -209,9 +210,31 @@ class LearnEffects(Protocol):
 
     async def flush(self) -> None: ...
 
-    async def publish(self, learner: OnlineLearner) -> SnapshotMeta: ...
+    async def seal(self, learners: Sequence[OnlineLearner]) -> asyncio.Future[list[SnapshotMeta]]:
+        """Capture ``learners`` as they are now and start publishing them (driftline.models.sealing):
+        the future gives their listings once all are published, or raises, having given back to
+        the learners what it took of them (alerts, model events), if any is not."""
+        ...
 
     def ack(self, message: Incoming) -> None: ...
+
+
+@dataclass
+class InFlight:
+    """A snapshot being sealed and published while the stage goes on learning."""
+
+    sealing: asyncio.Future[list[SnapshotMeta]]
+    #: The held messages its captured state contains: the first ``held`` of ``unacked``.
+    held: int
+    events: int
+    names: list[str]
+    promoted: bool
+    started: float = field(default_factory=time.monotonic)
+    #: When the sealing finished (published or failed), not when a step noticed it.
+    finished: float | None = None
+
+    def __post_init__(self) -> None:
+        self.sealing.add_done_callback(lambda _: setattr(self, "finished", time.monotonic()))
 
 
 @dataclass
@@ -219,8 +242,11 @@ class LearnBatch:
     """The learn stage's protocol: learn (step 1), publish snapshots (2), then acknowledge (3).
 
     Messages are held, unacknowledged, until a published snapshot contains what they taught:
-    :meth:`handle` learns and holds, :meth:`publish` publishes every changed model and then
-    acknowledges everything held.
+    :meth:`handle` learns and holds; when a snapshot is due, :meth:`step` captures every changed
+    model at that batch boundary and starts publishing it, and learning goes on while it seals;
+    once it is published, a later :meth:`step` acknowledges exactly the messages held at the
+    capture (those learned since stay held for the next). One snapshot is in flight at a time: one
+    falling due meanwhile waits for it. :meth:`publish` does all of it and waits (shutdown).
     """
 
     specs: dict[str, ModelSpec]
@@ -241,9 +267,21 @@ class LearnBatch:
     warned: set[str] = field(default_factory=set)
     #: Records a model failed on, as DLQ copies: sent before the snapshot that skips them.
     failed: list[tuple[Incoming, Rejection]] = field(default_factory=list)
+    #: The snapshot being sealed and published, if one is.
+    in_flight: InFlight | None = None
+    #: The most of the time that sealing may take: the next snapshot is not due sooner than the
+    #: last one took (capture to recorded) divided by this. A seal's CPU work has to run
+    #: somewhere: where no core is free, a child sealing all the time slows learning as much as
+    #: a core's share, so a large model's snapshots come less often (a 2 s seal: every 10 s at
+    #: most) while a small one's cadence is unchanged. A promotion and a shutdown do not wait.
+    seal_share: float = 0.2
+    #: How long the last snapshot took to seal and record, from its capture (seconds).
+    last_seal_seconds: float = 0.0
 
     def restore(self, loaded: Iterable[OnlineLearner]) -> None:
-        """Resume from the learners of the newest snapshots; nothing is held any more."""
+        """Resume from the learners of the newest snapshots; nothing is held any more (the
+        caller has let a snapshot in flight finish first: :meth:`settle`)."""
+        self.in_flight = None
         self.unacked.clear()
         self.failed.clear()  # the messages come again, and fail again
         self.unpublished_events = 0
@@ -342,17 +380,42 @@ class LearnBatch:
         return failed
 
     def snapshot_due(self, now: float | None = None) -> bool:
-        if not self.unacked:
+        """Whether to capture a snapshot now (never while one is in flight: it waits)."""
+        if not self.unacked or self.in_flight is not None:
             return False
         now = time.monotonic() if now is None else now
+        if self.promoted:
+            return True
+        if now - self.last_snapshot < self.last_seal_seconds / self.seal_share:
+            return False  # sealing's share of the time (see seal_share)
         return (
-            self.promoted
-            or self.unpublished_events >= self.snapshot_every_events
+            self.unpublished_events >= self.snapshot_every_events
             or now - self.last_snapshot >= self.snapshot_every_seconds
         )
 
+    def step_wanted(self) -> bool:
+        """Whether :meth:`step` has anything to do: a snapshot published, or one due."""
+        flight = self.in_flight
+        return flight.sealing.done() if flight is not None else self.snapshot_due()
+
+    async def step(self) -> None:
+        """After each batch, and on a timer: acknowledge what a published snapshot holds, and
+        start the next snapshot if one is due. Never waits for a seal."""
+        if self.in_flight is not None and self.in_flight.sealing.done():
+            await self.settle()
+        if self.snapshot_due():
+            await self.start()
+
     async def publish(self) -> None:
-        """Steps 2 and 3: publish every changed learner, then acknowledge what they contain."""
+        """Steps 2 and 3 at once: publish every changed learner, then acknowledge every held
+        message; waits for a snapshot in flight first (shutdown, the end of a run)."""
+        await self.settle()
+        if self.unacked:
+            await self.start()
+            await self.settle()
+
+    async def start(self) -> None:
+        """Step 2 begins: capture every changed learner now and start publishing them."""
         if self.failed:
             # Dead letters before the snapshots that skip their records: a crash in between
             # replays the records, which fail and are dead-lettered again (at least once).
@@ -360,26 +423,47 @@ class LearnBatch:
                 await self.effects.dead_letter(copy, rejection)
             await self.effects.flush()
             self.failed.clear()
-        for name in sorted(self.changed):
-            learner = self.learners[name]
-            meta = await self.effects.publish(learner)
+        names, started = sorted(self.changed), time.monotonic()
+        sealing = await self.effects.seal([self.learners[name] for name in names])
+        self.in_flight = InFlight(
+            sealing, len(self.unacked), self.unpublished_events, names, self.promoted, started
+        )
+        self.changed.clear()
+        self.unpublished_events = 0
+        self.promoted = False
+        self.last_snapshot = time.monotonic()
+
+    async def settle(self) -> None:
+        """Step 2 ends, step 3: wait for the snapshot in flight (if any), then acknowledge the
+        messages held when it was captured. If it was not published, nothing is acknowledged
+        and it raises: what it held counts as unpublished again."""
+        flight = self.in_flight
+        if flight is None:
+            return
+        try:
+            metas = await flight.sealing
+        except BaseException:
+            self.in_flight = None
+            self.changed.update(flight.names)
+            self.unpublished_events += flight.events
+            self.promoted = self.promoted or flight.promoted
+            raise
+        self.in_flight = None
+        self.last_seal_seconds = (flight.finished or time.monotonic()) - flight.started
+        for name, meta in zip(flight.names, metas, strict=True):
             value = meta["metric"]["value"]
             log.info(
                 "snapshot %s v%s: %d events learned, %s=%s",
                 name,
                 meta["version"],
-                learner.events_learned,
+                meta["events_learned"],
                 meta["metric"]["name"],
                 "no data yet" if value is None else value,
             )
             self._say_warnings(name, meta["warnings"])
-        self.changed.clear()
-        for message in self.unacked:
+        for message in self.unacked[: flight.held]:
             self.effects.ack(message)
-        self.unacked.clear()
-        self.unpublished_events = 0
-        self.promoted = False
-        self.last_snapshot = time.monotonic()
+        del self.unacked[: flight.held]
 
     def _say_warnings(self, name: str, warnings: list[str]) -> None:
         # Said once when it starts (and again if it comes back), not at every snapshot.

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from driftline.models.sealing import FORK_MIN_BYTES
 from driftline.models.specs import ModelSpec
 from driftline.streams.catalog import DEFAULT_CATALOG, SensorSpec
 from driftline.streams.cleaning import TimePolicy
@@ -67,6 +68,9 @@ class WorkerConfig:
     snapshot_every_events: int = 1000
     snapshot_every_seconds: float = 1.0
     keep_versions: int = 20
+    #: Snapshots of a model whose last pickle had at least this many bytes are sealed in a forked
+    #: child, off the event loop (driftline.models.sealing; 0: always).
+    seal_fork_min_bytes: int = FORK_MIN_BYTES
     broker_session_timeout: float = 10.0
     broker_rebalance_timeout: float = 10.0
     broker_heartbeat_interval: float = 1.0

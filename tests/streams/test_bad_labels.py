@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import pickle
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -119,13 +120,17 @@ class Effects:
     async def flush(self) -> None:
         self.done.append("flush")
 
-    async def publish(self, learner: OnlineLearner) -> SnapshotMeta:
+    async def seal(self, learners: Sequence[OnlineLearner]) -> asyncio.Future[list[SnapshotMeta]]:
         if self.crash:
             raise RuntimeError("the process dies before publishing")
-        self.registry[learner.name] = pickle.dumps(learner)
-        self.done.append("publish")
-        meta: Any = {**learner.summary(), "version": 1}
-        return meta  # type: ignore[no-any-return]
+        metas: list[Any] = []
+        for learner in learners:
+            self.registry[learner.name] = pickle.dumps(learner)
+            self.done.append("publish")
+            metas.append({**learner.summary(), "version": 1})
+        published: asyncio.Future[list[SnapshotMeta]] = asyncio.get_running_loop().create_future()
+        published.set_result(metas)
+        return published
 
     def ack(self, message: Incoming) -> None:
         self.done.append(f"ack {message.offset}")

@@ -230,20 +230,33 @@ class LearnWorld:
 
 
 class LearnEffects:
+    """Sealing as the worker does it: the learners are captured (pickled) when :meth:`seal` is
+    called, and recorded later, in a task, while the stage goes on learning."""
+
     def __init__(self, world: LearnWorld) -> None:
         self.world = world
 
-    async def publish(self, learner: OnlineLearner) -> SnapshotMeta:
+    async def seal(self, learners: Sequence[OnlineLearner]) -> asyncio.Future[list[SnapshotMeta]]:
         if self.world.crash_at == "after handle":
             self.world.crash_at = None
             raise Crash("after handle")
-        self.world.registry[learner.name] = pickle.dumps(learner)
-        summary = learner.summary()
+        captured = [(learner.name, pickle.dumps(learner), learner.summary()) for learner in learners]
+        return asyncio.ensure_future(self._record(captured))
+
+    async def _record(self, captured: list[tuple[str, bytes, Any]]) -> list[SnapshotMeta]:
+        await asyncio.sleep(0)  # the stage learns on meanwhile (run_learn handles the next batch)
+        if self.world.crash_at == "while sealing":
+            self.world.crash_at = None
+            raise Crash("while sealing")
+        metas: list[SnapshotMeta] = []
+        for name, blob, summary in captured:
+            self.world.registry[name] = blob
+            meta: Any = {**summary, "version": 1, "river_version": "", "created_at": "", "model_bytes": 0}
+            metas.append(meta)
         if self.world.crash_at == "after publish":
             self.world.crash_at = None
             raise Crash("after publish")
-        meta: Any = {**summary, "version": 1, "river_version": "", "created_at": "", "model_bytes": 0}
-        return meta  # type: ignore[no-any-return]
+        return metas
 
     def ack(self, message: Incoming) -> None:
         self.world.committed = max(self.world.committed, message.offset)
@@ -271,8 +284,8 @@ async def run_learn(
                 ]
                 position = messages[-1].offset + 1
                 batch.handle(messages)
-                if batch.snapshot_due():
-                    await batch.publish()
+                await batch.step()
+                await asyncio.sleep(0)  # the worker waits for its next batch: a seal moves on
             else:
                 await batch.publish()  # the end: what is held goes into a snapshot
         except Crash:
@@ -281,7 +294,7 @@ async def run_learn(
     return batch.learners[SPECS[0].name]
 
 
-@pytest.mark.parametrize("crash_at", ["after handle", "after publish"])
+@pytest.mark.parametrize("crash_at", ["after handle", "while sealing", "after publish"])
 def test_learn_killed_at_each_step_learns_every_event_once(crash_at: str) -> None:
     ingest = IngestWorld()
     asyncio.run(run_ingest(events_log(), ingest))
@@ -295,3 +308,75 @@ def test_learn_killed_at_each_step_learns_every_event_once(crash_at: str) -> Non
     assert recovered.events_learned == reference.events_learned == learned_from(topic).events_learned
     assert recovered.metric == reference.metric
     assert recovered.input_offsets == reference.input_offsets
+
+
+class HeldSeals:
+    """Effects whose seals finish when the test says: what is acknowledged, and when."""
+
+    def __init__(self) -> None:
+        self.seals: list[tuple[list[str], asyncio.Future[list[SnapshotMeta]]]] = []
+        self.acked: list[int] = []
+
+    async def seal(self, learners: Sequence[OnlineLearner]) -> asyncio.Future[list[SnapshotMeta]]:
+        future: asyncio.Future[list[SnapshotMeta]] = asyncio.get_running_loop().create_future()
+        self.seals.append(([learner.name for learner in learners], future))
+        return future
+
+    def ack(self, message: Incoming) -> None:
+        self.acked.append(message.offset)
+
+    async def dead_letter(self, message: Incoming, rejection: Rejection) -> None:
+        raise AssertionError("no record fails here")
+
+    async def flush(self) -> None:
+        pass
+
+
+def test_a_snapshot_in_flight_acknowledges_what_it_captured_and_no_later_message() -> None:
+    ingest = IngestWorld()
+    asyncio.run(run_ingest(events_log(), ingest))
+    topic = ingest.features
+
+    async def run() -> None:
+        effects = HeldSeals()
+        batch = LearnBatch(
+            {s.name: s for s in SPECS}, effects, snapshot_every_events=1, snapshot_every_seconds=1e9
+        )
+        batch.seal_share = float("inf")  # no sealing budget here (see the next test)
+        batch.handle([Incoming("features", 0, o, topic[o][1]) for o in range(3)])
+        await batch.step()  # due: captured at offsets 0-2, sealing
+        assert len(effects.seals) == 1 and batch.in_flight is not None
+        batch.handle([Incoming("features", 0, o, topic[o][1]) for o in range(3, 5)])
+        await batch.step()  # due again, but one is in flight: it waits; nothing acknowledged yet
+        assert len(effects.seals) == 1 and effects.acked == []
+        names, sealing = effects.seals[0]
+        sealing.set_result(
+            [{"version": 1, "events_learned": 1, "metric": {"name": "mae", "value": None}, "warnings": []}]
+        )  # type: ignore[list-item]
+        await batch.step()  # published: exactly the captured messages are acknowledged
+        assert effects.acked == [0, 1, 2]
+        assert [m.offset for m in batch.unacked] == [3, 4]
+        assert len(effects.seals) == 2, "the snapshot that waited is captured now"
+        effects.seals[1][1].set_exception(RuntimeError("the sealing child was killed"))
+        with pytest.raises(RuntimeError, match="killed"):
+            await batch.step()
+        # Not published: nothing more acknowledged, and what it held is unpublished again.
+        assert effects.acked == [0, 1, 2] and [m.offset for m in batch.unacked] == [3, 4]
+        assert batch.changed == set(names) and batch.unpublished_events > 0 and batch.in_flight is None
+
+    asyncio.run(run())
+
+
+def test_a_snapshot_is_not_due_sooner_than_its_seals_share_of_the_time_allows() -> None:
+    ingest = IngestWorld()
+    asyncio.run(run_ingest(events_log(), ingest))
+    topic = ingest.features
+    batch = LearnBatch(
+        {s.name: s for s in SPECS}, HeldSeals(), snapshot_every_events=1, snapshot_every_seconds=1
+    )
+    batch.handle([Incoming("features", 0, 0, topic[0][1])])
+    batch.last_snapshot, batch.last_seal_seconds = 100.0, 2.0  # the last seal took 2 s
+    assert not batch.snapshot_due(now=105.0), "at most a fifth of the time sealing: not before 110"
+    assert batch.snapshot_due(now=110.0)
+    batch.promoted = True
+    assert batch.snapshot_due(now=101.0), "a promotion is served at once"
