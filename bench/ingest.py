@@ -1,9 +1,13 @@
-"""Ingest stage throughput per worker, next to the raw consumer on the same broker, in one run.
+"""Ingest stage throughput per worker, next to the raw consumer and a bare Faust agent on the same
+broker, in one run.
 
-    python -m bench.ingest [--events 20000] [--repeats 3] [--batch 50]
+    python -m bench.ingest [--events 20000] [--repeats 3] [--batch 50] [--quick]
 
 - raw consumer: aiokafka (what Faust uses) reading the same single-event messages and decoding
   their JSON: the ceiling for a Python consumer on this broker;
+- bare Faust agent (``bench.faust_baseline``): what a user would write instead, an agent taking
+  the same single-event messages in batches of 1,000 (``stream.take``) and only decoding them;
+  issue 17's target 3 is the ingest worker's single-event rate against it (>= 0.7);
 - ingest, single-event messages: a worker running only the ingest agent (validate, dedupe,
   clean, featurize, publish features, checkpoint to Redis), one event per Kafka message;
 - ingest, batched messages: the same events, ``--batch`` per message (a JSON array).
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import statistics
 import sys
 import time
 
@@ -20,6 +25,7 @@ import redis
 from aiokafka import AIOKafkaConsumer
 
 from bench.common import (
+    Target,
     bench_settings,
     ingest_received,
     report,
@@ -28,6 +34,7 @@ from bench.common import (
     time_until,
     worker,
 )
+from bench.faust_baseline import bare_faust_rate
 from driftline.kafka import SensorProducer, ensure_topics
 from driftline.settings import Settings
 from driftline.simulator import SensorSimulator
@@ -88,26 +95,40 @@ def ingest_rate(kafka_url: str, redis_url: str, events: list[dict], batch: int) 
         return time_until(len(events), lambda: ingest_received(client, settings))
 
 
+RAW = "raw consumer (aiokafka + json)"
+BARE = "bare Faust agent (take 1000, json)"
+SINGLE = "ingest, 1 event/message"
+
+
 def main(argv: list[str] | None = None) -> None:
     args = stream_bench_args(__doc__, argv)
+    if args.quick:
+        args.events, args.repeats = min(args.events, 8000), min(args.repeats, 2)
     events = make_events(args.events)
-    rows: dict[str, list[float]] = {
-        "raw consumer (aiokafka + json)": [],
-        "ingest, 1 event/message": [],
-        f"ingest, {args.batch} events/message": [],
-    }
+    batched = f"ingest, {args.batch} events/message"
+    rows: dict[str, list[float]] = {RAW: [], BARE: [], SINGLE: [], batched: []}
+    ratios: list[float] = []
     with services() as (kafka_url, redis_url):
         for repeat in range(args.repeats):
             print(f"run {repeat + 1}/{args.repeats} ...", file=sys.stderr, flush=True)
             raw = bench_settings(kafka_url, redis_url)
             ensure_topics(raw)
             publish(raw, events, 1)
-            rows["raw consumer (aiokafka + json)"].append(asyncio.run(raw_consumer_rate(raw, len(events))))
-            rows["ingest, 1 event/message"].append(ingest_rate(kafka_url, redis_url, events, 1))
-            rows[f"ingest, {args.batch} events/message"].append(
-                ingest_rate(kafka_url, redis_url, events, args.batch)
-            )
-    report("ingest", rows, baseline="raw consumer (aiokafka + json)")
+            rows[RAW].append(asyncio.run(raw_consumer_rate(raw, len(events))))
+            rows[BARE].append(bare_faust_rate(raw.kafka_bootstrap, redis_url, raw.events_topic, len(events)))
+            rows[SINGLE].append(ingest_rate(kafka_url, redis_url, events, 1))
+            rows[batched].append(ingest_rate(kafka_url, redis_url, events, args.batch))
+            ratios.append(rows[SINGLE][-1] / rows[BARE][-1])
+    report(
+        "ingest",
+        rows,
+        baseline=RAW,
+        targets=[
+            # Each run's ratio is taken side by side; the target is their median.
+            Target("one event per message / bare Faust agent", statistics.median(ratios), 0.7)
+        ],
+        extra={"single_to_bare_faust_per_run": ratios},
+    )
 
 
 if __name__ == "__main__":

@@ -58,8 +58,11 @@ from driftline.streams.schema import LABEL_TYPE, LabelEvent
 log = logging.getLogger(__name__)
 
 
-def incoming(event: EventT[bytes]) -> Incoming:
-    """What the stages need of a Faust event (its message is kept to acknowledge it)."""
+def incoming(event: EventT[bytes], wall_clock: float | None = None) -> Incoming:
+    """What the stages need of a Faust event (its message is kept to acknowledge it).
+
+    ``wall_clock``: the time the batch was taken (read once per batch, not once per message).
+    """
     message = event.message
     return Incoming(
         message.topic,
@@ -67,7 +70,7 @@ def incoming(event: EventT[bytes]) -> Incoming:
         message.offset,
         message.value,
         message.key,
-        trusted_timestamp_ms(message.timestamp, time.time()),
+        trusted_timestamp_ms(message.timestamp, time.time() if wall_clock is None else wall_clock),
         message,
     )
 
@@ -360,7 +363,8 @@ class Worker:
         """Validate, dedupe and featurize readings; feature records out, rejects to the DLQ."""
         async for batch in stream.take_events(self.config.batch_size, within=self.config.batch_within):
             async with self.ingest_lock:
-                await self.ingest.run([incoming(event) for event in batch])
+                now = time.time()
+                await self.ingest.run([incoming(event, now) for event in batch])
             # take_events acknowledges the batch when this body ends: after the checkpoint.
 
     async def relay_labels(self, stream: Any) -> None:
@@ -370,8 +374,9 @@ class Worker:
         (labels partition, offset). Acked once flushed, so a label is never lost.
         """
         async for batch in stream.take_events(self.config.batch_size, within=self.config.batch_within):
+            now = time.time()
             for event in batch:
-                await self._relay_label(incoming(event))
+                await self._relay_label(incoming(event, now))
             await self.app.producer.flush()
 
     async def _relay_label(self, message: Incoming) -> None:
@@ -408,7 +413,8 @@ class Worker:
         """Predict, score and learn each feature record; publish snapshots; ack what they contain."""
         async for batch in stream.take_events(self.config.batch_size, within=self.config.batch_within):
             async with self.learn_lock:
-                messages = [incoming(event) for event in batch]
+                now = time.time()
+                messages = [incoming(event, now) for event in batch]
                 for message in messages:
                     # Hold the ack (take_events acks at the end of the batch) until a snapshot has it.
                     message.handle.incref()
@@ -518,6 +524,17 @@ def rewind_offsets(
     return wanted
 
 
+def snapshot_check_interval(snapshot_every_seconds: float) -> float:
+    """How often a quiet learn stage checks whether a snapshot is due: every half second, or
+    twice per snapshot interval when that is shorter, so a due snapshot (the last events of a
+    burst, waiting for the clock) is never published much later than its interval says.
+
+    >>> snapshot_check_interval(5.0), snapshot_check_interval(0.25), snapshot_check_interval(0.0)
+    (0.5, 0.125, 0.05)
+    """
+    return min(0.5, max(0.05, snapshot_every_seconds / 2))
+
+
 def build_worker(config: WorkerConfig, topic_ids: Mapping[str, str] | None = None) -> Worker:
     """An app with the agents of ``config.stages`` registered, ready for ``faust.Worker``."""
     app, topics = build_app(config)
@@ -535,7 +552,9 @@ def build_worker(config: WorkerConfig, topic_ids: Mapping[str, str] | None = Non
         app.agent(topics.labels, name="relay_labels")(stops_on_failure("relay_labels", worker.relay_labels))
     if "learn" in config.stages:
         app.agent(topics.features, name="learn")(stops_on_failure("learn", worker.learn_features))
-        app.timer(interval=0.5)(stops_on_failure("snapshots", worker.publish_due_snapshots))
+        app.timer(interval=snapshot_check_interval(config.snapshot_every_seconds))(
+            stops_on_failure("snapshots", worker.publish_due_snapshots)
+        )
         app.driftline_release_held = worker.release_held  # type: ignore[attr-defined]  # see app.py
         app.task(worker.relay_alerts)
     return worker
@@ -548,5 +567,6 @@ __all__ = [
     "dead_letter",
     "incoming",
     "rewind_offsets",
+    "snapshot_check_interval",
     "stop_worker",
 ]
