@@ -1,8 +1,15 @@
-"""End-to-end learning throughput per worker next to River's own loop, and snapshot publish time
-against model size, in one run.
+"""End-to-end learning throughput per worker next to River's own loop and driftline's own stages
+in-process, and snapshot publish time against model size, in one run.
 
     python -m bench.learning [--events 20000] [--repeats 3] [--batch 50] [--no-snapshots]
-                             [--estimator NAME]
+                             [--estimator NAME] [--quick]
+
+A full run takes about 3 minutes on the 2-core machine; ``--quick`` (6,000 events, one repeat,
+no two-process row, no snapshot sizes) about 40 s.
+
+Target (issue 17, target 1): the streaming tax is small: the pipeline (1 process, ``--batch``
+events per message) keeps >= 0.8 of driftline's stages in-process on the same events, each
+run's two rates taken side by side and the median of their ratios reported.
 
 - ``--estimator``: time another named estimator (``hoeffding_tree_regressor``, ...) in place of
   the default model's, to see how the pipeline's fixed cost per event weighs against a costlier
@@ -33,7 +40,17 @@ from typing import Any
 import redis
 from redis.asyncio import Redis as AsyncRedis
 
-from bench.common import RESULTS, bench_settings, report, services, stream_bench_args, worker
+from bench.common import (
+    RESULTS,
+    Progress,
+    Target,
+    bench_settings,
+    cpu_seconds,
+    report,
+    services,
+    stream_bench_args,
+    worker,
+)
 from bench.ingest import make_events, publish
 from driftline.core.records import FeatureRecord
 from driftline.kafka import ensure_topics
@@ -73,7 +90,7 @@ def river_rate(spec: ModelSpec, records: list[FeatureRecord]) -> float:
     return len(rows) / (time.perf_counter() - started)
 
 
-def stages_rate(settings: Settings, events: list[dict[str, Any]], batch: int) -> float:
+def stages_rate(settings: Settings, events: list[dict[str, Any]], batch: int) -> Progress:
     """driftline's own stages called in-process, no broker, no checkpoints: validate, clean,
     featurize, then predict/score/learn with every metric. What the pipeline costs before any
     messaging, so the rows below show what the hop and the exactly-once bookkeeping add."""
@@ -87,11 +104,12 @@ def stages_rate(settings: Settings, events: list[dict[str, Any]], batch: int) ->
     )
     learner = OnlineLearner.create(spec)
     messages = [json.dumps(events[i : i + batch]).encode() for i in range(0, len(events), batch)]
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for offset, message in enumerate(messages):
         records = [r for r in stage.handle(message, 0, offset) if isinstance(r, FeatureRecord)]
         learner.learn_message(0, offset, records)
-    return learner.events_seen / (time.perf_counter() - started)
+    seen = learner.events_seen
+    return Progress(seen / (time.perf_counter() - started), 1e6 * (time.process_time() - cpu) / seen)
 
 
 def seen_in_latest_snapshot(client: redis.Redis, settings: Settings) -> int:
@@ -117,9 +135,10 @@ def pipeline_rate(
     batch: int,
     split: bool = False,
     **overrides: Any,
-) -> float:
+) -> Progress:
     """Events per second through one worker running both stages, or (``split``) one process per
-    stage: from publishing the timed events to the snapshot that has seen every one of them.
+    stage: from publishing the timed events to the snapshot that has seen every one of them; and
+    the CPU time the worker processes spent per event meanwhile (steadier on a shared machine).
 
     A warm-up share of the events goes first and is waited for, so the consumer groups have
     joined (5-7 s on the embedded broker) and imports are done before the clock starts: what is
@@ -133,6 +152,10 @@ def pipeline_rate(
         batch_size=max(1, 1000 // batch),
         snapshot_every_events=1000,
         snapshot_every_seconds=0.25,
+        # The first group join waits on these (docs/design.md, facts about the broker): shorter
+        # than the defaults so the suite spends its time timing, not joining.
+        broker_session_timeout=6,
+        broker_rebalance_timeout=6,
         **overrides,
     )
     ensure_topics(settings)
@@ -145,14 +168,14 @@ def pipeline_rate(
         ]
     warm_up, timed = events[: len(events) // 10], events[len(events) // 10 :]
     with contextlib.ExitStack() as workers:
-        for stage in stages:
-            workers.enter_context(worker(stage))
+        pids = [workers.enter_context(worker(stage)).pid for stage in stages]
         publish(settings, warm_up, batch)
         wait_until_seen(client, settings, len(warm_up))
-        started = time.monotonic()
+        started, cpu = time.monotonic(), sum(map(cpu_seconds, pids))
         publish(settings, timed, batch)
         wait_until_seen(client, settings, len(events))
-        return len(timed) / (time.monotonic() - started)
+        took, cpu = time.monotonic() - started, sum(map(cpu_seconds, pids)) - cpu
+        return Progress(len(timed) / took, 1e6 * cpu / len(timed))
 
 
 #: The bench's events carry a numeric target: the named estimators that learn one.
@@ -228,6 +251,8 @@ def main(argv: list[str] | None = None) -> None:
         )
 
     args = stream_bench_args(__doc__, argv, options)
+    if args.quick:
+        args.events, args.repeats, args.no_snapshots = min(args.events, 6000), 1, True
     events = make_events(args.events)
     models: dict[str, Any] = {}
     if args.estimator is not None:
@@ -237,19 +262,49 @@ def main(argv: list[str] | None = None) -> None:
     split = f"pipeline, 2 processes (ingest | learn), {args.batch} events/message"
     single = "pipeline, 1 process, 1 event/message"
     stages = f"driftline stages in-process (no broker), {args.batch} events/message"
-    rows: dict[str, list[float]] = {river: [], stages: [], batched: [], split: [], single: []}
+    rows: dict[str, list[float]] = {river: [], stages: [], batched: [], single: []}
+    if not args.quick:
+        rows[split] = []
     with services() as (kafka_url, redis_url):
         in_process = bench_settings(kafka_url, redis_url, **models)  # the pipeline runs get their own
         records = feature_vectors(in_process, events)
         spec = in_process.model_specs()[0]
+        cpu: dict[str, list[float]] = {label: [] for label in rows if label != river}
+
+        def timed(label: str, progress: Progress) -> None:
+            rows[label].append(progress.rate)
+            cpu[label].append(progress.cpu_us_per_event or 0.0)
+
         for repeat in range(args.repeats):
             print(f"run {repeat + 1}/{args.repeats} ...", file=sys.stderr, flush=True)
             rows[river].append(river_rate(spec, records))
-            rows[stages].append(stages_rate(in_process, events, args.batch))
-            rows[batched].append(pipeline_rate(kafka_url, redis_url, events, args.batch, **models))
-            rows[split].append(pipeline_rate(kafka_url, redis_url, events, args.batch, split=True, **models))
-            rows[single].append(pipeline_rate(kafka_url, redis_url, events, 1, **models))
-        report("learning" if args.estimator is None else f"learning-{args.estimator}", rows, baseline=river)
+            timed(stages, stages_rate(in_process, events, args.batch))
+            timed(batched, pipeline_rate(kafka_url, redis_url, events, args.batch, **models))
+            if split in rows:
+                timed(split, pipeline_rate(kafka_url, redis_url, events, args.batch, split=True, **models))
+            timed(single, pipeline_rate(kafka_url, redis_url, events, 1, **models))
+        # Side by side in each run: the machine is shared, and both rates move with its load.
+        tax = [p / s for p, s in zip(rows[batched], rows[stages], strict=True)]
+        # The same by CPU time per event (the worker's against the in-process loop's): what the
+        # streaming layer costs in work, whatever else the machine runs meanwhile.
+        cpu_tax = [s / p for p, s in zip(cpu[batched], cpu[stages], strict=True)]
+        print(
+            "\nCPU time per event (us, median): "
+            + ", ".join(f"{label}: {statistics.median(values):.0f}" for label, values in cpu.items())
+        )
+        report(
+            "learning" if args.estimator is None else f"learning-{args.estimator}",
+            rows,
+            baseline=river,
+            targets=[
+                Target("pipeline / driftline stages in-process (streaming tax)", statistics.median(tax), 0.8)
+            ],
+            extra={
+                "pipeline_to_stages_per_run": tax,
+                "cpu_us_per_event": cpu,
+                "pipeline_to_stages_by_cpu_per_run": cpu_tax,
+            },
+        )
         if args.no_snapshots:
             return
         print(f"\nsnapshot publish time vs model size (median of 5, after {len(records)} events):")
