@@ -21,7 +21,7 @@ from typing import Any
 
 import redis
 
-from bench.common import measure_until
+from bench.common import Progress, measure_until
 
 #: The batch a user would take: as many as driftline's agents take with one event per message.
 TAKE = 1000
@@ -64,8 +64,9 @@ def build_app(env: dict[str, str]) -> Any:
     return app
 
 
-def bare_faust_rate(kafka_bootstrap: str, redis_url: str, topic: str, count: int) -> float:
-    """Events per second of the bare agent reading ``count`` messages already on ``topic``."""
+def bare_faust_rate(kafka_bootstrap: str, redis_url: str, topic: str, count: int) -> Progress:
+    """Events per second of the bare agent reading ``count`` messages already on ``topic``, and
+    the CPU time its process spent per event."""
     import faust  # noqa: F401  # fail here, not in the child, when Faust is missing
 
     run = uuid.uuid4().hex[:8]
@@ -85,7 +86,7 @@ def bare_faust_rate(kafka_bootstrap: str, redis_url: str, topic: str, count: int
         [sys.executable, "-m", "bench.faust_baseline"], env=env, stdout=log, stderr=subprocess.STDOUT
     )
     try:
-        return measure_until(count, lambda: int(client.get(key) or 0)).rate
+        return measure_until(count, lambda: int(client.get(key) or 0), pid=process.pid)
     finally:
         process.terminate()
         try:
