@@ -1,11 +1,11 @@
 """End-to-end learning throughput per worker next to River's own loop and driftline's own stages
 in-process, and snapshot publish time against model size, in one run.
 
-    python -m bench.learning [--events 20000] [--repeats 3] [--batch 50] [--no-snapshots]
-                             [--estimator NAME] [--quick]
+    python -m bench.learning [--events 12000] [--repeats 3] [--batch 50] [--no-snapshots]
+                             [--estimator NAME] [--split] [--quick]
 
 A full run takes about 3 minutes on the 2-core machine; ``--quick`` (6,000 events, one repeat,
-no two-process row, no snapshot sizes) about 40 s.
+no snapshot sizes) about a minute; ``--split`` adds the two-process row (half a minute a repeat).
 
 Target (issue 17, target 1): the streaming tax is small: the pipeline (1 process, ``--batch``
 events per message) keeps >= 0.8 of driftline's stages in-process on the same events, each
@@ -25,7 +25,7 @@ run's two rates taken side by side and the median of their ratios reported.
   and rolling metrics, checkpoint and publish signed snapshots. Timed from the ingest stage's
   checkpoint past a warm-up tenth of the events to the snapshot that has seen every event
   (``--batch`` events per message, and one per message); and the same worker split in two
-  processes, one per stage;
+  processes, one per stage (``--split``);
 - snapshot publish: seal (pickle + HMAC) and the Redis MULTI, for models of growing size.
 """
 
@@ -261,6 +261,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.add_argument(
             "--estimator", choices=REGRESSORS, help="a named regressor in place of the default model's"
         )
+        parser.add_argument("--split", action="store_true", help="also time the two stages in two processes")
+        # Each pipeline run also pays a worker's start, group join and stop (about 15 s here):
+        # 12,000 events keep a full run within 3 minutes.
+        parser.set_defaults(events=12_000)
 
     args = stream_bench_args(__doc__, argv, options)
     if args.quick:
@@ -275,7 +279,7 @@ def main(argv: list[str] | None = None) -> None:
     single = "pipeline, 1 process, 1 event/message"
     stages = f"driftline stages in-process (no broker), {args.batch} events/message"
     rows: dict[str, list[float]] = {river: [], stages: [], batched: [], single: []}
-    if not args.quick:
+    if args.split:
         rows[split] = []
     with services() as (kafka_url, redis_url):
         in_process = bench_settings(kafka_url, redis_url, **models)  # the pipeline runs get their own
