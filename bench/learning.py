@@ -1,11 +1,12 @@
 """End-to-end learning throughput per worker next to River's own loop and driftline's own stages
 in-process, and snapshot publish time against model size, in one run.
 
-    python -m bench.learning [--events 12000] [--repeats 3] [--batch 50] [--no-snapshots]
+    python -m bench.learning [--events 12000] [--repeats 3] [--batch 50] [--snapshots]
                              [--estimator NAME] [--split] [--quick]
 
-A full run takes about 3 minutes on the 2-core machine; ``--quick`` (6,000 events, one repeat,
-no snapshot sizes) about a minute; ``--split`` adds the two-process row (half a minute a repeat).
+A full run takes about 3 minutes on the 2-core machine; ``--quick`` (6,000 events, one repeat)
+about a minute; ``--split`` adds the two-process row (half a minute a repeat); ``--snapshots``
+adds snapshot publish times for models up to a 32 MiB forest (5 to 6 minutes more).
 
 Target (issue 17, target 1): the streaming tax is small: the pipeline (1 process, ``--batch``
 events per message) keeps >= 0.8 of driftline's stages in-process on the same events, each
@@ -256,7 +257,7 @@ async def snapshot_times(redis_url: str, records: list[FeatureRecord], repeats: 
 def main(argv: list[str] | None = None) -> None:
     def options(parser: Any) -> None:
         parser.add_argument(
-            "--no-snapshots", action="store_true", help="skip timing snapshot publish against model size"
+            "--snapshots", action="store_true", help="also time snapshot publish against model size (minutes)"
         )
         parser.add_argument(
             "--estimator", choices=REGRESSORS, help="a named regressor in place of the default model's"
@@ -268,7 +269,7 @@ def main(argv: list[str] | None = None) -> None:
 
     args = stream_bench_args(__doc__, argv, options)
     if args.quick:
-        args.events, args.repeats, args.no_snapshots = min(args.events, 6000), 1, True
+        args.events, args.repeats, args.snapshots = min(args.events, 6000), 1, False
     events = make_events(args.events)
     models: dict[str, Any] = {}
     if args.estimator is not None:
@@ -323,7 +324,7 @@ def main(argv: list[str] | None = None) -> None:
                 "pipeline_to_stages_by_cpu_per_run": cpu_tax,
             },
         )
-        if args.no_snapshots:
+        if not args.snapshots:
             return
         print(f"\nsnapshot publish time vs model size (median of 5, after {len(records)} events):")
         snapshots = asyncio.run(snapshot_times(redis_url, records, 5))
