@@ -1,9 +1,13 @@
-"""Ingest stage throughput per worker, next to the raw consumer on the same broker, in one run.
+"""Ingest stage throughput per worker, next to the raw consumer and a bare Faust agent on the same
+broker, in one run.
 
-    python -m bench.ingest [--events 20000] [--repeats 3] [--batch 50]
+    python -m bench.ingest [--events 20000] [--repeats 3] [--batch 50] [--quick]
 
 - raw consumer: aiokafka (what Faust uses) reading the same single-event messages and decoding
   their JSON: the ceiling for a Python consumer on this broker;
+- bare Faust agent (``bench.faust_baseline``): what a user would write instead, an agent taking
+  the same single-event messages in batches of 1,000 (``stream.take``) and only decoding them;
+  issue 17's target 3 is the ingest worker's single-event rate against it (>= 0.7);
 - ingest, single-event messages: a worker running only the ingest agent (validate, dedupe,
   clean, featurize, publish features, checkpoint to Redis), one event per Kafka message;
 - ingest, batched messages: the same events, ``--batch`` per message (a JSON array).
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import statistics
 import sys
 import time
 
@@ -20,14 +25,17 @@ import redis
 from aiokafka import AIOKafkaConsumer
 
 from bench.common import (
+    Progress,
+    Target,
     bench_settings,
     ingest_received,
+    measure_until,
     report,
     services,
     stream_bench_args,
-    time_until,
     worker,
 )
+from bench.faust_baseline import bare_faust_rate
 from driftline.kafka import SensorProducer, ensure_topics
 from driftline.settings import Settings
 from driftline.simulator import SensorSimulator
@@ -78,36 +86,66 @@ async def raw_consumer_rate(settings: Settings, n: int) -> float:
         await consumer.stop()
 
 
-def ingest_rate(kafka_url: str, redis_url: str, events: list[dict], batch: int) -> float:
+def ingest_rate(kafka_url: str, redis_url: str, events: list[dict], batch: int) -> Progress:
     # ~1000 events per stream batch either way, so both modes checkpoint as often
     settings = bench_settings(kafka_url, redis_url, worker_stages="ingest", batch_size=max(1, 1000 // batch))
     ensure_topics(settings)
     publish(settings, events, batch)  # all waiting before the worker starts: we time consumption
     client = redis.Redis.from_url(redis_url)
-    with worker(settings):
-        return time_until(len(events), lambda: ingest_received(client, settings))
+    with worker(settings) as process:
+        return measure_until(len(events), lambda: ingest_received(client, settings), pid=process.pid)
+
+
+RAW = "raw consumer (aiokafka + json)"
+BARE = "bare Faust agent (take 1000, json)"
+SINGLE = "ingest, 1 event/message"
 
 
 def main(argv: list[str] | None = None) -> None:
     args = stream_bench_args(__doc__, argv)
+    if args.quick:
+        args.events, args.repeats = min(args.events, 6000), 1
     events = make_events(args.events)
-    rows: dict[str, list[float]] = {
-        "raw consumer (aiokafka + json)": [],
-        "ingest, 1 event/message": [],
-        f"ingest, {args.batch} events/message": [],
-    }
+    batched = f"ingest, {args.batch} events/message"
+    rows: dict[str, list[float]] = {RAW: [], BARE: [], SINGLE: [], batched: []}
+    cpu: dict[str, list[float]] = {BARE: [], SINGLE: [], batched: []}
+
+    def timed(label: str, progress: Progress) -> None:
+        rows[label].append(progress.rate)
+        cpu[label].append(progress.cpu_us_per_event or 0.0)
+
     with services() as (kafka_url, redis_url):
         for repeat in range(args.repeats):
             print(f"run {repeat + 1}/{args.repeats} ...", file=sys.stderr, flush=True)
             raw = bench_settings(kafka_url, redis_url)
             ensure_topics(raw)
             publish(raw, events, 1)
-            rows["raw consumer (aiokafka + json)"].append(asyncio.run(raw_consumer_rate(raw, len(events))))
-            rows["ingest, 1 event/message"].append(ingest_rate(kafka_url, redis_url, events, 1))
-            rows[f"ingest, {args.batch} events/message"].append(
-                ingest_rate(kafka_url, redis_url, events, args.batch)
-            )
-    report("ingest", rows, baseline="raw consumer (aiokafka + json)")
+            rows[RAW].append(asyncio.run(raw_consumer_rate(raw, len(events))))
+            timed(BARE, bare_faust_rate(raw.kafka_bootstrap, redis_url, raw.events_topic, len(events)))
+            timed(SINGLE, ingest_rate(kafka_url, redis_url, events, 1))
+            timed(batched, ingest_rate(kafka_url, redis_url, events, args.batch))
+    # Side by side in each run: the machine is shared, and both rates move with its load.
+    ratios = [s / b for s, b in zip(rows[SINGLE], rows[BARE], strict=True)]
+    # The same by CPU time per event of each process: what each costs in work, whatever else ran.
+    by_cpu = [b / s for s, b in zip(cpu[SINGLE], cpu[BARE], strict=True)]
+    print(
+        "\nCPU time per event (us, median): "
+        + ", ".join(f"{label}: {statistics.median(values):.0f}" for label, values in cpu.items())
+    )
+    report(
+        "ingest",
+        rows,
+        baseline=RAW,
+        targets=[
+            Target("one event per message / bare Faust agent", statistics.median(ratios), 0.7),
+            Target("the same, by CPU time per event", statistics.median(by_cpu), 0.7),
+        ],
+        extra={
+            "single_to_bare_faust_per_run": ratios,
+            "cpu_us_per_event": cpu,
+            "single_to_bare_faust_by_cpu_per_run": by_cpu,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -59,8 +59,11 @@ from driftline.streams.schema import LABEL_TYPE, LabelEvent
 log = logging.getLogger(__name__)
 
 
-def incoming(event: EventT[bytes]) -> Incoming:
-    """What the stages need of a Faust event (its message is kept to acknowledge it)."""
+def incoming(event: EventT[bytes], wall_clock: float | None = None) -> Incoming:
+    """What the stages need of a Faust event (its message is kept to acknowledge it).
+
+    ``wall_clock``: the time the batch was taken (read once per batch, not once per message).
+    """
     message = event.message
     return Incoming(
         message.topic,
@@ -68,7 +71,7 @@ def incoming(event: EventT[bytes]) -> Incoming:
         message.offset,
         message.value,
         message.key,
-        trusted_timestamp_ms(message.timestamp, time.time()),
+        trusted_timestamp_ms(message.timestamp, time.time() if wall_clock is None else wall_clock),
         message,
     )
 
@@ -374,7 +377,8 @@ class Worker:
         """Validate, dedupe and featurize readings; feature records out, rejects to the DLQ."""
         async for batch in stream.take_events(self.config.batch_size, within=self.config.batch_within):
             async with self.ingest_lock:
-                await self.ingest.run([incoming(event) for event in batch])
+                now = time.time()
+                await self.ingest.run([incoming(event, now) for event in batch])
             # take_events acknowledges the batch when this body ends: after the checkpoint.
 
     async def relay_labels(self, stream: Any) -> None:
@@ -384,8 +388,9 @@ class Worker:
         (labels partition, offset). Acked once flushed, so a label is never lost.
         """
         async for batch in stream.take_events(self.config.batch_size, within=self.config.batch_within):
+            now = time.time()
             for event in batch:
-                await self._relay_label(incoming(event))
+                await self._relay_label(incoming(event, now))
             await self.app.producer.flush()
 
     async def _relay_label(self, message: Incoming) -> None:
@@ -422,7 +427,8 @@ class Worker:
         """Predict, score and learn each feature record; publish snapshots; ack what they contain."""
         async for batch in stream.take_events(self.config.batch_size, within=self.config.batch_within):
             async with self.learn_lock:
-                messages = [incoming(event) for event in batch]
+                now = time.time()
+                messages = [incoming(event, now) for event in batch]
                 for message in messages:
                     # Hold the ack (take_events acks at the end of the batch) until a snapshot has it.
                     message.handle.incref()
