@@ -1,4 +1,4 @@
-"""A hanging webhook must not slow learning: ``python -m bench.alerts``.
+"""A hanging webhook must not slow learning: ``python -m bench.alerts [--quick]``.
 
 The learn rate of one worker on a backlog of River's SEA stream with concept changes (so drift
 alerts are raised, and their deliveries tried, while it learns), with no webhook and with a
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import statistics
 import threading
 import time
 from collections.abc import Sequence
@@ -26,7 +27,7 @@ from typing import Any
 import redis
 from river.datasets import synth
 
-from bench.common import bench_settings, measure_until, report, services, worker
+from bench.common import Target, bench_settings, measure_until, report, services, worker
 from driftline.kafka import SensorProducer, ensure_topics
 
 SEA = {
@@ -69,9 +70,12 @@ def learned(client: redis.Redis, key: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--events", type=int, default=40_000)
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="5,000 events, 1 run of each")
+    parser.add_argument("--events", type=int, default=None, help="events in the backlog (40,000)")
+    parser.add_argument("--runs", type=int, default=None, help="runs of each, interleaved (5)")
     args = parser.parse_args(argv)
+    args.events = args.events or (5_000 if args.quick else 40_000)
+    args.runs = args.runs or (1 if args.quick else 5)
     hanging = ThreadingHTTPServer(("127.0.0.1", 0), Hanging)
     hanging.daemon_threads = True
     threading.Thread(target=hanging.serve_forever, daemon=True).start()
@@ -113,7 +117,16 @@ def main(argv: Sequence[str] | None = None) -> None:
                 rates[kind].append(progress.rate)
                 cpu[kind].append(progress.cpu_us_per_event)
     report("alerts", rates, baseline="no webhook")
-    report("alerts-cpu", cpu, baseline="no webhook", unit="µs of worker CPU per event learned")
+    hanging_cpu = statistics.median(cpu[kinds[1]]) / statistics.median(cpu[kinds[0]])
+    report(
+        "alerts-cpu",
+        cpu,
+        baseline="no webhook",
+        unit="µs of worker CPU per event learned",
+        targets=[
+            Target("worker CPU per event with a hanging webhook, ratio to none", hanging_cpu, 1.10, False)
+        ],
+    )
     hanging.shutdown()
 
 
