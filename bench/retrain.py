@@ -463,7 +463,7 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--quick", action="store_true", help="6,000 events, 2 seeds, 3,000 events for cost, 2 repeats"
+        "--quick", action="store_true", help="6,000 events, 1 seed, 3,000 events for cost, 2 repeats"
     )
     parser.add_argument(
         "--events", type=int, default=None, help="events per stream; the change at half (10,000)"
@@ -476,7 +476,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args(argv)
     args.events = args.events or (6_000 if args.quick else 10_000)
-    args.seeds = args.seeds or (2 if args.quick else 3)
+    args.seeds = args.seeds or (1 if args.quick else 3)
     args.cost_events = args.cost_events or (3_000 if args.quick else 10_000)
     args.repeats = args.repeats or (2 if args.quick else 3)
 
