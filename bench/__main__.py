@@ -142,10 +142,12 @@ def main(argv: list[str] | None = None) -> None:
         0 if args.no_profile else suite.PROFILE_BUDGET[mode]
     )
     console.print(
-        f"[bold]driftline bench[/] ({'quick' if args.quick else 'full'}): {len(steps)} steps, "
-        f"at most {budget / 60:.1f} minutes; each module's output in {logs.relative_to(ROOT)}/"
+        f"[bold]driftline bench[/] ({'quick' if args.quick else 'full'}): {len(steps)} steps "
+        f"(promised in under {PROMISE[mode]} minutes; the budgets, caps for a module that hangs, add up "
+        f"to {budget / 60:.1f}); each module's output in {logs.relative_to(ROOT)}/"
     )
     started = time.monotonic()
+    commit = suite.git_commit(ROOT)  # what is measured: the checkout as the run starts
     runs: list[suite.ModuleRun] = []
     profile: dict[str, object] | None = None
     svg = f"{stem}-profile.svg"
@@ -186,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
         results,
         date=today,
         quick=args.quick,
-        commit=suite.git_commit(ROOT),
+        commit=commit,
         machine=suite.machine(),
         profile=profile,
         seconds=time.monotonic() - started,

@@ -1,7 +1,7 @@
 """River's drift detectors as driftline uses them: delay, misses and false alarms on streams with
 known change points, and what the drift checks cost the learn stage, in one run, in-process.
 
-    python -m bench.drift [--quick] [--seeds 5] [--stationary 100000] [--window 2000] [--jobs N]
+    python -m bench.drift [--quick] [--seeds 3] [--stationary 50000] [--window 2000] [--jobs N]
 
 - detection, per detector x stream: an :class:`OnlineLearner` built from a :class:`ModelSpec`
   (classification: ``logistic_regression``; regression: the default ``linear_regression``) whose
@@ -562,8 +562,8 @@ def main(argv: list[str] | None = None) -> None:
         help="1 seed, 5,000-event stationary runs, no per-detector learner check, "
         "3,000 events for cost, 2 repeats",
     )
-    parser.add_argument("--seeds", type=int, default=None, help="seeds per drifting stream (default 5)")
-    parser.add_argument("--stationary", type=int, default=None, help="events per stationary run (100,000)")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per drifting stream (3)")
+    parser.add_argument("--stationary", type=int, default=None, help="events per stationary run (50,000)")
     parser.add_argument(
         "--window", type=int, default=2000, help="events after a change an alert detects it in"
     )
@@ -571,8 +571,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=None, help="cost repeats (3)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args(argv)
-    seeds = args.seeds or (1 if args.quick else 5)
-    stationary_n = args.stationary or (5_000 if args.quick else 100_000)
+    seeds = args.seeds or (1 if args.quick else 3)
+    stationary_n = args.stationary or (5_000 if args.quick else 50_000)
     cost_n = args.cost_events or (3_000 if args.quick else 20_000)
     args.repeats = args.repeats or (2 if args.quick else 3)
     check_n = 7_000

@@ -31,14 +31,14 @@ from bench.common import Target
 MODULES: dict[str, tuple[int, int]] = {
     "features": (240, 60),
     "stages": (120, 40),
-    "ingest": (150, 60),
-    "learning": (240, 90),
+    "ingest": (150, 120),
+    "learning": (240, 150),
     "seal": (120, 40),
     "api": (120, 40),
     "freshness": (120, 40),
     "memory": (240, 60),
     "recovery": (120, 60),
-    "drift": (240, 90),
+    "drift": (240, 150),
     "retrain": (180, 60),
     "alerts": (240, 90),
 }
@@ -265,7 +265,8 @@ def render_markdown(report: Mapping[str, Any], links: Mapping[str, str] | None =
         f"# driftline benchmarks, {report['date']}",
         "",
         f"A {kind} at commit `{report['commit']}`: {report['seconds'] / 60:.1f} minutes in all. "
-        "Medians of several runs; each ratio measured side by side in one run, on the machine below.",
+        "Each figure is the median of the runs shown; each ratio is measured side by side in one run, "
+        "on the machine below.",
     ]
     if "report" in links:
         lines += ["", f"The whole report: [{links['report']}]({links['report']})."]
