@@ -1,12 +1,12 @@
 """Featurization cost next to the model's learn step, and memory per device, in one run.
 
-    python -m bench.features [--quick] [--events 20000] [--devices 10000] [--repeats 5]
+    python -m bench.features [--quick] [--events 20000] [--devices 2000] [--repeats 5]
 
 - featurize: :func:`driftline.streams.features.featurize` with the default :class:`FeatureSpec`, per event;
 - clean + featurize: the whole pure ingest stage (validation, dedupe, cleaning, features);
 - learn: the default model's predict + score + learn (:meth:`OnlineLearner.learn`) on the very
   feature vectors featurize produced;
-- memory: tracemalloc of 10,000 devices' states after 30 events each, and their size as stored
+- memory: tracemalloc of 2,000 devices' states after 30 events each, and their size as stored
   in Redis (JSON).
 """
 
@@ -43,11 +43,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--quick", action="store_true", help="5,000 events, 300 devices, 3 repeats")
     parser.add_argument("--events", type=int, default=None, help="events timed (20,000)")
-    parser.add_argument("--devices", type=int, default=None, help="devices whose memory is measured (10,000)")
+    parser.add_argument("--devices", type=int, default=None, help="devices whose memory is measured (2,000)")
     parser.add_argument("--repeats", type=int, default=None, help="runs of each (5)")
     args = parser.parse_args(argv)
     args.events = args.events or (5_000 if args.quick else 20_000)
-    args.devices = args.devices or (300 if args.quick else 10_000)
+    args.devices = args.devices or (300 if args.quick else 2_000)
     args.repeats = args.repeats or (3 if args.quick else 5)
     spec = FeatureSpec()
     events = list(SensorSimulator(devices=20, seed=5).events(args.events))
