@@ -3,10 +3,13 @@ No benchmark runs here."""
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import pytest
 
+import bench.__main__ as runner
 from bench.common import Target
 from bench.suite import (
     MODULES,
@@ -211,3 +214,20 @@ def test_the_summary_plot_is_a_png_and_needs_a_target(tmp_path: Path) -> None:
     targets = report()["targets"]
     assert plot_targets(targets, tmp_path / "targets.png")
     assert (tmp_path / "targets.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_module_is_credited_with_the_files_it_wrote_and_its_plots_kept_beside_the_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runner, "RESULTS", tmp_path)
+    old = tmp_path / "ingest.json"
+    old.write_text("{}")
+    os.utime(old, (time.time() - 100, time.time() - 100))
+    started = time.time() - 1
+    for name in ("drift.json", "drift.png", "drift.md", "2026-11-26-targets.png"):
+        (tmp_path / name).write_text("x")
+    written = runner.written_since(started)
+    # not what an earlier module wrote, nor the suite's own dated files
+    assert written == ["drift.json", "drift.md", "drift.png"]
+    assert runner.keep_dated(["drift.png"], "2026-11-26-quick") == ["2026-11-26-quick-drift.png"]
+    assert (tmp_path / "2026-11-26-quick-drift.png").read_text() == "x"
