@@ -123,6 +123,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="the short suite (under 3 minutes)")
     parser.add_argument("--only", default="", help="comma-separated modules to run (default: all)")
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile")
+    parser.add_argument(
+        "--budget-scale",
+        type=float,
+        default=float(os.environ.get("DRIFTLINE_BENCH_BUDGET_SCALE", "1")),
+        help="multiply every module's time budget (a slow or busy machine; env DRIFTLINE_BENCH_BUDGET_SCALE)",
+    )
     args = parser.parse_args(argv)
     names = list(suite.MODULES)
     only = [n.strip() for n in args.only.split(",") if n.strip()]
@@ -138,9 +144,9 @@ def main(argv: list[str] | None = None) -> None:
     logs.mkdir(parents=True, exist_ok=True)
     console = Console(stderr=True)
     steps = names + ([] if args.no_profile else ["profile"])
-    budget = sum(suite.MODULES[n][mode] for n in names) + (
-        0 if args.no_profile else suite.PROFILE_BUDGET[mode]
-    )
+    budgets = {n: suite.MODULES[n][mode] * args.budget_scale for n in names}
+    budgets["profile"] = suite.PROFILE_BUDGET[mode] * args.budget_scale
+    budget = sum(budgets[n] for n in steps)
     console.print(
         f"[bold]driftline bench[/] ({'quick' if args.quick else 'full'}): {len(steps)} steps "
         f"(promised in under {PROMISE[mode]} minutes; the budgets, caps for a module that hangs, add up "
@@ -161,12 +167,12 @@ def main(argv: list[str] | None = None) -> None:
             progress.update(bar, description=f"suite: {name}")
             if name == "profile":
                 argv_profile = [*(["--quick"] if args.quick else []), "--svg", str(RESULTS / svg)]
-                run = run_module("profile", argv_profile, suite.PROFILE_BUDGET[mode], logs)
+                run = run_module("profile", argv_profile, budgets[name], logs)
                 profile = _load_profile(run)
             elif not present(name):
-                run = suite.ModuleRun(name, "not present", budget=suite.MODULES[name][mode])
+                run = suite.ModuleRun(name, "not present", budget=budgets[name])
             else:
-                run = run_module(name, ["--quick"] if args.quick else [], suite.MODULES[name][mode], logs)
+                run = run_module(name, ["--quick"] if args.quick else [], budgets[name], logs)
                 run.images, run.documents = keep_dated(run.images, stem), keep_dated(run.documents, stem)
             if name != "profile":
                 runs.append(run)
