@@ -64,8 +64,12 @@ def events(n: int) -> list[dict[str, Any]]:
 
 
 def learned(client: redis.Redis, key: str) -> int:
-    entries = client.xrevrange(key, count=1)
-    return int(entries[0][1][b"events_learned"]) if entries else 0
+    """Events learned, from the newest audit entry that says (a race's spawn, promote or retire
+    entries come between the snapshots' and do not)."""
+    for _, entry in client.xrevrange(key, count=50):
+        if b"events_learned" in entry:
+            return int(entry[b"events_learned"])
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> None:
