@@ -5,7 +5,7 @@ Each module in :data:`bench.suite.MODULES` runs in a process of its own (its ``m
 ``--quick`` for a quick run) with a time budget: one that fails or overruns is reported as such,
 with the end of its output, and the rest still run. A module this checkout does not have is
 reported as "not present". Then a profile of the end-to-end path (``bench.profile``), and the
-report: ``bench/results/<date>[-quick].{md,json}``, ``<date>[-quick]-targets.png``, and, after a
+report: ``bench/results/<date>[-quick][-partial].{md,json}``, ``...-targets.png``, and, after a
 full run of every module, ``BENCHMARKS.md`` at the repository's root. Each module's output is kept
 in ``bench/results/logs/``.
 """
@@ -138,7 +138,8 @@ def main(argv: list[str] | None = None) -> None:
     names = [n for n in names if not only or n in only]
     mode = 1 if args.quick else 0
     today = Date.today().isoformat()
-    stem = today + ("-quick" if args.quick else "")
+    # Some modules only: a report of their own, beside (never over) the whole suite's of the day.
+    stem = today + ("-quick" if args.quick else "") + ("-partial" if only else "")
     RESULTS.mkdir(exist_ok=True)
     logs = RESULTS / "logs" / stem
     logs.mkdir(parents=True, exist_ok=True)
