@@ -44,13 +44,14 @@ def present(name: str) -> bool:
     return importlib.util.find_spec(f"bench.{name}") is not None
 
 
-def written_since(started: float) -> list[str]:
-    """The files in bench/results a module wrote since ``started``; not the suite's own (dated)."""
-    return sorted(
-        p.name
-        for p in RESULTS.glob("*")
-        if p.is_file() and p.stat().st_mtime >= started and not DATED.match(p.name)
-    )
+def files_now() -> dict[str, float]:
+    """bench/results' files and when each was last written; not the suite's own (dated) ones."""
+    return {p.name: p.stat().st_mtime for p in RESULTS.glob("*") if p.is_file() and not DATED.match(p.name)}
+
+
+def written_since(before: dict[str, float]) -> list[str]:
+    """The files written since ``before`` was taken (new, or written again)."""
+    return sorted(name for name, mtime in files_now().items() if before.get(name) != mtime)
 
 
 def keep_dated(names: list[str], stem: str) -> list[str]:
@@ -72,7 +73,7 @@ def run_module(name: str, argv: list[str], budget: float, logs: Path) -> suite.M
     """One module in a process (and session) of its own, stopped with everything it started when
     its budget runs out."""
     log = logs / f"{name}.log"
-    started_wall = time.time() - 1  # mtimes may be coarse
+    before = files_now()
     started = time.monotonic()
     with log.open("wb") as out:
         process = subprocess.Popen(
@@ -90,7 +91,7 @@ def run_module(name: str, argv: list[str], budget: float, logs: Path) -> suite.M
         except subprocess.TimeoutExpired:
             stop(process)
             status, error = "timed out", f"stopped after its budget of {budget:.0f} s:\n{tail(log)}"
-    written = written_since(started_wall)
+    written = written_since(before)
     return suite.ModuleRun(
         name=name,
         status=status,

@@ -220,14 +220,15 @@ def test_a_module_is_credited_with_the_files_it_wrote_and_its_plots_kept_beside_
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(runner, "RESULTS", tmp_path)
-    old = tmp_path / "ingest.json"
-    old.write_text("{}")
-    os.utime(old, (time.time() - 100, time.time() - 100))
-    started = time.time() - 1
+    (tmp_path / "ingest.json").write_text("{}")  # an earlier module's
+    (tmp_path / "drift-cost.json").write_text("{}")  # ... written in the same second
+    before = runner.files_now()
     for name in ("drift.json", "drift.png", "drift.md", "2026-11-26-targets.png"):
         (tmp_path / name).write_text("x")
-    written = runner.written_since(started)
-    # not what an earlier module wrote, nor the suite's own dated files
-    assert written == ["drift.json", "drift.md", "drift.png"]
+    again = tmp_path / "ingest.json"
+    again.write_text("{}")
+    os.utime(again, (time.time() + 5, time.time() + 5))  # written again, whatever the clock's grain
+    # new or written again, not what is unchanged since before, nor the suite's own dated files
+    assert runner.written_since(before) == ["drift.json", "drift.md", "drift.png", "ingest.json"]
     assert runner.keep_dated(["drift.png"], "2026-11-26-quick") == ["2026-11-26-quick-drift.png"]
     assert (tmp_path / "2026-11-26-quick-drift.png").read_text() == "x"
