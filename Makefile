@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test unit integration chaos test-browser lint layout bench clean
+.PHONY: install run test unit integration chaos test-browser lint layout bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "driftline needs Python 3.11 or newer on PATH"; exit 1; }
@@ -60,8 +60,14 @@ test-browser: $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,browser]'
 	DRIFTLINE_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest -m browser tests/browser
 
+## The benchmark suite (bench/__main__.py): every module with a time budget, a py-spy profile of the
+## worker, the report in bench/results/<date>.{md,json} and BENCHMARKS.md; under 15 minutes.
+## bench-quick: the short version (bench/results/<date>-quick.*, BENCHMARKS.md untouched), under 3.
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m bench --quick
 
 clean:
 	rm -rf $(VENV) .driftline .pytest_cache .mypy_cache .ruff_cache *.egg-info build

@@ -264,12 +264,16 @@ def stream_bench_args(
     """The options every streaming benchmark takes: events, repeats, events per batched message;
     ``more`` adds a benchmark's own."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, default=20_000)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--events", type=int, default=None, help="events per run (20,000; --quick: 5,000)")
+    parser.add_argument("--repeats", type=int, default=None, help="runs of each (3; --quick: 2)")
     parser.add_argument("--batch", type=int, default=50, help="events per message in batched mode")
     parser.add_argument(
         "--quick", action="store_true", help="a short run (make bench-quick): fewer events and repeats"
     )
     if more is not None:
         more(parser)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    # What is not given follows the mode; a benchmark may still shorten its own --quick further.
+    args.events = args.events or (5_000 if args.quick else 20_000)
+    args.repeats = args.repeats or (2 if args.quick else 3)
+    return args

@@ -1,6 +1,6 @@
 """Featurization cost next to the model's learn step, and memory per device, in one run.
 
-    python -m bench.features [--events 20000] [--devices 10000] [--repeats 5] [--quick]
+    python -m bench.features [--quick] [--events 20000] [--devices 2000] [--repeats 5]
 
 - featurize: :func:`driftline.streams.features.featurize` with the default :class:`FeatureSpec`, per event,
   for 20 devices sharing one reading a second (a few readings in each 300 s window), and for one
@@ -9,10 +9,10 @@
 - clean + featurize: the whole pure ingest stage (validation, dedupe, cleaning, features);
 - learn: the default model's predict + score + learn (:meth:`OnlineLearner.learn`) on the very
   feature vectors featurize produced;
-- memory: tracemalloc of 10,000 devices' states after 30 events each, and of 20 devices at 10
+- memory: tracemalloc of 2,000 devices' states after 30 events each, and of 20 devices at 10
   events a second (full windows), and their size as stored in Redis (JSON).
 
-The full run takes about a minute; ``--quick`` (5,000 events, 2,000 devices, 3 repeats) about 15 s.
+The full run takes about a minute; ``--quick`` (5,000 events, 300 devices, 3 repeats) about 15 s.
 """
 
 from __future__ import annotations
@@ -46,13 +46,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--events", type=int, default=20_000)
-    parser.add_argument("--devices", type=int, default=10_000)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--quick", action="store_true", help="a short run: fewer events, devices, repeats")
+    parser.add_argument("--quick", action="store_true", help="5,000 events, 300 devices, 3 repeats")
+    parser.add_argument("--events", type=int, default=None, help="events timed (20,000)")
+    parser.add_argument("--devices", type=int, default=None, help="devices whose memory is measured (2,000)")
+    parser.add_argument("--repeats", type=int, default=None, help="runs of each (5)")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.events, args.devices, args.repeats = 5_000, 2_000, 3
+    args.events = args.events or (5_000 if args.quick else 20_000)
+    args.devices = args.devices or (300 if args.quick else 2_000)
+    args.repeats = args.repeats or (3 if args.quick else 5)
     spec = FeatureSpec()
     events = list(SensorSimulator(devices=20, seed=5).events(args.events))
     readings = [

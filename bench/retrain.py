@@ -1,7 +1,8 @@
 """Retraining on drift: served accuracy over time with and without a challenger race, next to
 River's self-adapting models, and what a race costs the learn step, in one run, in-process.
 
-    python -m bench.retrain [--events 10000] [--seeds 3] [--cost-events 10000] [--repeats 3] [--jobs N]
+    python -m bench.retrain [--quick] [--events 10000] [--seeds 3] [--cost-events 10000] [--repeats 3]
+                            [--jobs N]
 
 - accuracy, per stream x contender x seed: an :class:`OnlineLearner` built from a
   :class:`ModelSpec` (classification, default drift settings) fed :class:`FeatureRecord` s of an
@@ -51,7 +52,7 @@ from typing import Any, Literal
 
 from river.datasets import synth
 
-from bench.common import RESULTS
+from bench.common import RESULTS, report
 from driftline.core.records import FeatureRecord
 from driftline.models import drift as drift_module
 from driftline.models import learner as learner_module
@@ -461,12 +462,23 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--events", type=int, default=10_000, help="events per stream; the change at half")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--cost-events", type=int, default=10_000, help="stationary events timed per repeat")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--quick", action="store_true", help="6,000 events, 1 seed, 3,000 events for cost, 2 repeats"
+    )
+    parser.add_argument(
+        "--events", type=int, default=None, help="events per stream; the change at half (10,000)"
+    )
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per stream (3)")
+    parser.add_argument(
+        "--cost-events", type=int, default=None, help="stationary events timed per repeat (10,000)"
+    )
+    parser.add_argument("--repeats", type=int, default=None, help="cost repeats (3)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args(argv)
+    args.events = args.events or (6_000 if args.quick else 10_000)
+    args.seeds = args.seeds or (1 if args.quick else 3)
+    args.cost_events = args.cost_events or (3_000 if args.quick else 10_000)
+    args.repeats = args.repeats or (2 if args.quick else 3)
 
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
@@ -540,6 +552,7 @@ def main(argv: list[str] | None = None) -> None:
         "cost_events": args.cost_events,
         "repeats": args.repeats,
         "jobs": args.jobs,
+        "quick": args.quick,
         "seconds": elapsed,
         "source_sha256": measured,
         "streams": {k: s.title for k, s in SCENARIOS.items()},
@@ -551,6 +564,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     (RESULTS / "retrain.md").write_text(markdown(rows, costs, config))
     plot(runs, RESULTS / "retrain.png")
+    # The cost figures in the suite's common shape (min-median-max, ratios) for `make bench`.
+    report(
+        "retrain-cost", costs["runs_us_per_event"], baseline=costs["baseline"], unit="µs per event learned"
+    )
     console.print(f"results: {RESULTS}/retrain.json, retrain.md, retrain.png ({elapsed:.0f} s)")
 
 
