@@ -50,14 +50,23 @@ from typing import Any
 import httpx
 from redis.asyncio import Redis
 
-from bench.common import RESULTS, Target, bench_settings, cpu_seconds, report, services, settings_env
+from bench.common import (
+    RESULTS,
+    Target,
+    bench_settings,
+    cpu_seconds,
+    ingest_stage,
+    report,
+    services,
+    settings_env,
+)
 from driftline.core.records import FeatureRecord
 from driftline.models.learner import OnlineLearner
 from driftline.settings import Settings
 from driftline.simulator import SensorSimulator
 from driftline.streams.checkpoint import save_checkpoint
 from driftline.streams.features import DeviceState
-from driftline.streams.ingest import IngestStage, featurize_reading, label_readings
+from driftline.streams.ingest import featurize_reading, label_readings
 
 CONCURRENCY = (1, 16, 64)
 DEVICES = 64
@@ -372,9 +381,7 @@ def make_workload(settings: Settings, events: int = 20_000) -> Workload:
     """Simulated readings through the stream's ingest stage: the devices' states as the worker
     checkpoints them, and the default model trained on the same feature records."""
     spec = settings.model_specs()[0]
-    stage = IngestStage(
-        models=(spec,), target=settings.target, max_message_bytes=1_000_000, features=settings.features
-    )
+    stage = ingest_stage(settings, [spec])
     start = datetime.now(UTC) - timedelta(seconds=events + 60)
     simulator = SensorSimulator(devices=DEVICES, seed=11, start=start)
     learner = OnlineLearner.create(spec)

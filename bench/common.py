@@ -20,7 +20,9 @@ from typing import Any
 import redis
 
 from driftline.embedded import EmbeddedBroker, EmbeddedRedis, redis_answers
+from driftline.models.specs import ModelSpec
 from driftline.settings import Settings
+from driftline.streams.ingest import IngestStage
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -64,6 +66,18 @@ def bench_settings(kafka_url: str, redis_url: str, **overrides: Any) -> Settings
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)
+
+
+def ingest_stage(settings: Settings, models: Sequence[ModelSpec] | None = None) -> IngestStage:
+    """The ingest stage as ``driftline worker`` builds it from ``settings`` (its models, target,
+    features, message limit and sensor catalog), for a benchmark that runs it in-process."""
+    return IngestStage(
+        models=tuple(settings.model_specs() if models is None else models),
+        target=settings.target,
+        features=settings.features,
+        max_message_bytes=settings.max_message_bytes,
+        catalog=settings.catalog(),
+    )
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

@@ -50,6 +50,7 @@ from bench.common import (
     bench_settings,
     cpu_seconds,
     ingest_received,
+    ingest_stage,
     report,
     services,
     stream_bench_args,
@@ -62,17 +63,10 @@ from driftline.models.learner import OnlineLearner
 from driftline.models.registry import ModelRegistry
 from driftline.models.specs import ESTIMATORS, ModelSpec
 from driftline.settings import Settings
-from driftline.streams.ingest import IngestStage
 
 
 def feature_vectors(settings: Settings, events: list[dict[str, Any]]) -> list[FeatureRecord]:
-    stage = IngestStage(
-        models=settings.model_specs(),
-        target=settings.target,
-        features=settings.features,
-        max_message_bytes=settings.max_message_bytes,
-        catalog=settings.catalog(),
-    )
+    stage = ingest_stage(settings)
     return [
         r
         for offset, e in enumerate(events)
@@ -99,13 +93,7 @@ def stages_rate(settings: Settings, events: list[dict[str, Any]], batch: int) ->
     featurize, then predict/score/learn with every metric. What the pipeline costs before any
     messaging, so the rows below show what the hop and the exactly-once bookkeeping add."""
     spec = settings.model_specs()[0]
-    stage = IngestStage(
-        models=(spec,),
-        target=settings.target,
-        features=settings.features,
-        max_message_bytes=settings.max_message_bytes,
-        catalog=settings.catalog(),
-    )
+    stage = ingest_stage(settings, [spec])
     learner = OnlineLearner.create(spec)
     messages = [json.dumps(events[i : i + batch]).encode() for i in range(0, len(events), batch)]
     started, cpu = time.perf_counter(), time.process_time()

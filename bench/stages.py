@@ -29,7 +29,7 @@ from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-from bench.common import Target, bench_settings, report, stream_bench_args
+from bench.common import Target, bench_settings, ingest_stage, report, stream_bench_args
 from bench.ingest import make_events
 from bench.learning import feature_vectors
 from bench.river_baseline import river_program
@@ -37,7 +37,6 @@ from driftline.core.records import FeatureRecord
 from driftline.models.learner import OnlineLearner
 from driftline.models.specs import ModelSpec
 from driftline.settings import Settings
-from driftline.streams.ingest import IngestStage
 
 BARE = "River bare loop (precomputed vectors)"
 PROGRAM = "River featurizing program (Agg, Rolling, TimeRolling)"
@@ -68,13 +67,7 @@ def driftline_stages(settings: Settings, messages: list[bytes], clock: Callable[
     """driftline's stages in-process (as ``bench.learning.stages_rate``): validate, clean,
     featurize, then predict/score/learn with every metric; no broker, no checkpoints."""
     spec = settings.model_specs()[0]
-    stage = IngestStage(
-        models=(spec,),
-        target=settings.target,
-        features=settings.features,
-        max_message_bytes=settings.max_message_bytes,
-        catalog=settings.catalog(),
-    )
+    stage = ingest_stage(settings, [spec])
     learner = OnlineLearner.create(spec)
     started = clock()
     for offset, message in enumerate(messages):
