@@ -62,7 +62,7 @@ test-browser: $(STAMP)
 
 ## The benchmark suite (bench/__main__.py): every module with a time budget, a py-spy profile of the
 ## worker, the report in bench/results/<date>.{md,json} and BENCHMARKS.md; under 15 minutes.
-## bench-quick: the short version (bench/results/<date>-quick.*, BENCHMARKS.md untouched), under 3.
+## bench-quick: the short version, no profile (bench/results/<date>-quick.*, BENCHMARKS.md untouched), under 3.
 bench: $(STAMP)
 	$(BIN)/python -m bench
 

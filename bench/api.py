@@ -499,7 +499,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="a short run (make bench-quick)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.seconds, args.warmup, args.repeats = 1.0, 0.5, 1
+        args.seconds, args.warmup, args.repeats = 0.5, 0.25, 1
     workers = args.workers or Settings.model_fields["api_workers"].default
     compare = [int(w) for w in args.compare_workers.split(",") if w.strip() and int(w) != workers]
 
@@ -531,6 +531,10 @@ def main(argv: list[str] | None = None) -> None:
                     # Each endpoint first in turn: none always runs on a machine the last one warmed.
                     order = list(requests)[repeat % 3 :] + list(requests)[: repeat % 3]
                     for endpoint in order:
+                        if args.quick and endpoint == BATCHED and concurrency == CONCURRENCY[-1]:
+                            # 64 batches in flight take seconds to drain after each cell; no
+                            # target reads this cell, so the quick run leaves it out.
+                            continue
                         cell = load(
                             "127.0.0.1",
                             port,
@@ -729,9 +733,10 @@ def plot(medians: dict[str, dict[str, float]], rows: dict[str, list[float]]) -> 
         if endpoint != CEILING:
             p99s = [medians[label(endpoint, c)]["p99_ms"] for c in xs]
             p99_ax.plot(xs, p99s, style, color=color, marker="o", label=endpoint)
+    batched_at = [c for c in CONCURRENCY if label(BATCHED, c) in medians]
     rate_ax.plot(
-        CONCURRENCY,
-        [BATCH * medians[label(BATCHED, c)]["rate"] for c in CONCURRENCY],
+        batched_at,
+        [BATCH * medians[label(BATCHED, c)]["rate"] for c in batched_at],
         "--",
         color=colors[BATCHED],
         marker="s",

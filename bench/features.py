@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
 
     memory = {
         "heard now and then (30 events)": per_device_memory(spec, args.devices, 30, 1.0),
-        "10 events/s (full 300 s windows)": per_device_memory(spec, 20, 3_100, 0.1),
+        "10 events/s (full 300 s windows)": per_device_memory(spec, 5 if args.quick else 20, 3_100, 0.1),
     }
     for label, (in_memory, stored) in memory.items():
         print(
