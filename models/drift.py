@@ -146,8 +146,9 @@ class Watch:
         """Feed one value; ``True`` when the detector saw a change past warm-up and cooldown
         (then :meth:`judge` says whether it alerts)."""
         self.seen += 1
-        self.width_before = getattr(self.detector, "width", None)
-        self.detector.update(value)
+        detector = self.detector
+        self.width_before = getattr(detector, "width", None)
+        detector.update(value)
         recent = self.recent
         if len(recent) == RECENT:
             leaving = recent.popleft()
@@ -159,7 +160,7 @@ class Watch:
             self.previous_sum += leaving
         recent.append(value)
         self.recent_sum += value
-        return bool(self.detector.drift_detected) and self.seen > self.quiet_until
+        return bool(detector.drift_detected) and self.seen > self.quiet_until
 
     def judge(self, worse_only: bool) -> tuple[bool, int | None, float | None, float | None]:
         """After a detection: (alert?, estimated change point, mean before and after the change)."""

@@ -38,8 +38,11 @@ def prediction_error(task: str, label: Label, prediction: Prediction) -> float |
     >>> prediction_error("classification", "a", Prediction("b"))
     1.0
     """
+    value = prediction.value
+    if type(value) is float and type(label) is float and task in ("regression", "forecast"):
+        return abs(label - value)  # the usual case, without the checks below (per scored event)
     if task == "classification":
-        return None if prediction.value is None else float(prediction.value != label)
+        return None if value is None else float(value != label)
     numeric = isinstance(prediction.value, int | float) and isinstance(label, int | float)
     if task in ("regression", "forecast") and numeric and not isinstance(label, bool):
         return abs(float(label) - float(prediction.value))
