@@ -146,8 +146,9 @@ class Watch:
         """Feed one value; ``True`` when the detector saw a change past warm-up and cooldown
         (then :meth:`judge` says whether it alerts)."""
         self.seen += 1
-        self.width_before = getattr(self.detector, "width", None)
-        self.detector.update(value)
+        detector = self.detector
+        self.width_before = getattr(detector, "width", None)
+        detector.update(value)
         recent = self.recent
         if len(recent) == RECENT:
             leaving = recent.popleft()
@@ -159,7 +160,7 @@ class Watch:
             self.previous_sum += leaving
         recent.append(value)
         self.recent_sum += value
-        return bool(self.detector.drift_detected) and self.seen > self.quiet_until
+        return bool(detector.drift_detected) and self.seen > self.quiet_until
 
     def judge(self, worse_only: bool) -> tuple[bool, int | None, float | None, float | None]:
         """After a detection: (alert?, estimated change point, mean before and after the change)."""
@@ -218,13 +219,28 @@ class DriftMonitor:
         ts: float,
         metric: MetricNow,
     ) -> Alert | None:
-        if watch.update(value):
-            fired, change, before, after = watch.judge(worse_only)
-        else:
-            fired = False
-        if not fired:
+        if not watch.update(value):
             if watch.firing is not None and watch.seen >= watch.quiet_until:
                 self._resolve(watch, watch.firing, ts)  # stable for a whole cooldown since the change
+            return None
+        return self._detected(watch, worse_only, severity, source, offset, index, ts, metric)
+
+    def _detected(
+        self,
+        watch: Watch,
+        worse_only: bool,
+        severity: Severity,
+        source: str,
+        offset: int,
+        index: int,
+        ts: float,
+        metric: MetricNow,
+    ) -> Alert | None:
+        """``watch``'s detector saw a change past warm-up and cooldown: the alert, if it is one."""
+        fired, change, before, after = watch.judge(worse_only)
+        if not fired:
+            if watch.firing is not None and watch.seen >= watch.quiet_until:
+                self._resolve(watch, watch.firing, ts)
             return None
         watch.quiet_until = watch.seen + self.spec.cooldown
         watch.alerts += 1
@@ -301,17 +317,13 @@ class DriftMonitor:
         fired = []
         watches, spec = self.watches, self.spec.features
         for name, signal in watched:
-            alert = self._fire(
-                watches.get(signal) or self._watch(signal, spec),
-                features[name],
-                False,
-                "warning",
-                source,
-                offset,
-                index,
-                ts,
-                metric,
-            )
+            # _fire's quiet case inline: this runs for every watched feature of every event.
+            watch = watches.get(signal) or self._watch(signal, spec)
+            if not watch.update(features[name]):
+                if watch.firing is not None and watch.seen >= watch.quiet_until:
+                    self._resolve(watch, watch.firing, ts)
+                continue
+            alert = self._detected(watch, False, "warning", source, offset, index, ts, metric)
             if alert is not None:
                 fired.append(alert)
         return fired

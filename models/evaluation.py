@@ -136,12 +136,16 @@ class Evaluation:
     def update(self, y_true: Any, prediction: Prediction) -> None:
         """Score one prediction against its label."""
         self.labelled += 1
-        for name in self.cumulative:
-            y_pred = _said(name, prediction, self.task)
+        # What _said picks, worked out once per event rather than once per metric (this runs for
+        # every labelled event): only a classifier's ROC AUC scores something but the value.
+        value, on_scores = prediction.value, self.task == "classification"
+        rolling = self.rolling
+        for name, metric in self.cumulative.items():
+            y_pred = prediction.proba if on_scores and name in _ON_SCORES else value
             if y_pred is None or (isinstance(y_pred, dict) and not y_pred):
                 continue  # River's evaluator skips a model with nothing to say; so do we
-            self.cumulative[name].update(y_true, y_pred)
-            self.rolling[name].update(y_true, y_pred)
+            metric.update(y_true, y_pred)
+            rolling[name].update(y_true, y_pred)
 
     def observe_score(self, score: float) -> None:
         """Record an anomaly score, whether or not its label ever comes."""

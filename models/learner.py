@@ -38,8 +38,11 @@ def prediction_error(task: str, label: Label, prediction: Prediction) -> float |
     >>> prediction_error("classification", "a", Prediction("b"))
     1.0
     """
+    value = prediction.value
+    if type(value) is float and type(label) is float and task in ("regression", "forecast"):
+        return abs(label - value)  # the usual case, without the checks below (per scored event)
     if task == "classification":
-        return None if prediction.value is None else float(prediction.value != label)
+        return None if value is None else float(value != label)
     numeric = isinstance(prediction.value, int | float) and isinstance(label, int | float)
     if task in ("regression", "forecast") and numeric and not isinstance(label, bool):
         return abs(float(label) - float(prediction.value))
@@ -48,6 +51,9 @@ def prediction_error(task: str, label: Label, prediction: Prediction) -> float |
 
 #: Events a model may see without learning from any before it is reported as not learning.
 NOT_LEARNING_AFTER = 100
+
+#: Before any position: every real one is after it.
+_NO_POSITION = (-1, -1)
 
 _UNPUBLISHED: dict[str, Any] = {"version": None, "positions": {}, "events_learned": 0, "learn_seconds": 0.0}
 
@@ -203,20 +209,20 @@ class OnlineLearner:
         if input_offset <= self.input_offsets.get(input_partition, -1):
             return 0  # replayed after a restart: already in this learner
         self.input_offsets[input_partition] = input_offset
-        before = self.events_learned
+        before, positions, clock = self.events_learned, self.positions, time.perf_counter
         for number, record in enumerate(records):
             key = f"{record.source}/{record.source_partition}"
             position = (record.source_offset, record.source_index)
-            if position <= self.positions.get(key, (-1, -1)):
+            if position <= positions.get(key, _NO_POSITION):
                 continue  # re-emitted by a restarted ingest stage or label relay
-            self.positions[key] = position
+            positions[key] = position
             self._at = (
                 key,
                 record.source_offset,
                 record.source_index,
                 record.ts if isinstance(record, FeatureRecord) else self.stream_time,
             )
-            started = time.perf_counter()
+            started = clock()
             try:
                 if isinstance(record, FeatureRecord):
                     self._observe(record)
@@ -227,7 +233,7 @@ class OnlineLearner:
                     raise
                 self.records_failed += 1
                 on_error(number, record, exc)
-            self.learn_seconds += time.perf_counter() - started
+            self.learn_seconds += clock() - started
         self._expire()
         return self.events_learned - before
 

@@ -227,8 +227,14 @@ class ModelSpec(BaseModel):
         When the model uses every feature, ``features`` itself comes back, not a copy: this runs
         for every event of every model, and the vectors are never modified once made.
         """
+        target = self.target if self.task != "forecast" else ""
+        if not self.features:
+            # Every feature but the target: one lookup, not a match over the vector's names.
+            if target not in features:
+                return features
+            return {name: value for name, value in features.items() if name != target}
         names = tuple(features)
-        keep = _selection(self.features, self.target if self.task != "forecast" else "", names)
+        keep = _selection(self.features, target, names)
         if len(keep) == len(names):
             return features
         return {name: features[name] for name in keep}

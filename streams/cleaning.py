@@ -7,6 +7,7 @@ Pure functions: no broker, no Redis. :class:`~driftline.streams.ingest.IngestSta
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import NamedTuple
 
 from pydantic import TypeAdapter, ValidationError
@@ -254,7 +255,13 @@ def clean_readings(
     clean: dict[str, float] = {}
     imputed: list[str] = []
     clipped: list[str] = []
-    for name in (*readings, *(n for n in state.last if n not in readings)):
+    # The sensors the device has sent before but not now come after this event's own; usually
+    # there are none, and the event's names are all there is to go through.
+    last = state.last
+    names: Iterable[str] = readings
+    if not last.keys() <= readings.keys():
+        names = (*readings, *(n for n in last if n not in readings))
+    for name in names:
         spec = catalog.get(name, _UNCATALOGUED)
         value = readings.get(name)
         if value is None:
@@ -263,7 +270,12 @@ def clean_readings(
                 clean[name] = fill
                 imputed.append(name)
             continue
-        if not spec.in_range(value) or abs(value) > MAX_MAGNITUDE:
+        low, high = spec.min, spec.max
+        if (  # not SensorSpec.in_range, inline (per reading of every event), or beyond any bound
+            (low is not None and not value >= low)
+            or (high is not None and not value <= high)
+            or abs(value) > MAX_MAGNITUDE
+        ):
             fixed = spec.clip_or_none(value)
             if fixed is None:
                 if spec.in_range(value):

@@ -196,16 +196,24 @@ class RecentIds:
             at = ring.find(digest, at + 1)
         return at != -1
 
-    def _push(self, digest: bytes) -> None:
-        if self._holds(digest):
-            return
+    def digest_if_new(self, event_id: str) -> bytes | None:
+        """``event_id``'s :meth:`digest` if it is not among the newest ids (``None``: a retry),
+        for :meth:`push_new` once its event is accepted. The ingest stage checks every event,
+        then remembers it: one digest and one search of the ring per event, not two of each."""
+        digest = self.digest(event_id)
+        return None if self._holds(digest) else digest
+
+    def push_new(self, digest: bytes) -> None:
+        """Remember an id by the digest :meth:`digest_if_new` gave (nothing pushed since)."""
         self._ring += digest
         excess = len(self._ring) - self.maxlen * self.DIGEST_BYTES
         if excess > 0:
             del self._ring[:excess]  # the oldest fall off
 
     def append(self, event_id: str) -> None:
-        self._push(self.digest(event_id))
+        digest = self.digest_if_new(event_id)
+        if digest is not None:
+            self.push_new(digest)
 
     def __contains__(self, event_id: object) -> bool:
         return isinstance(event_id, str) and self._holds(self.digest(event_id))
@@ -727,6 +735,8 @@ class _Plan:
     longest_window: float
     count_windows: tuple[tuple[int, int], ...]  # (n, its index in spec.windows)
     time_windows: tuple[float, ...]
+    #: (a, b, whether a difference (else a ratio), the feature's name) per declared pair
+    pairs: tuple[tuple[str, str, bool, str], ...]
     #: sensor -> its feature names, filled as sensors appear
     names: dict[str, _SensorNames] = field(default_factory=dict)
 
@@ -748,6 +758,7 @@ def _plan_for(spec: FeatureSpec) -> _Plan:
                 max(spec.time_windows, default=0.0),
                 tuple((n, i) for i, n in enumerate(spec.windows)),
                 spec.time_windows,
+                tuple((pair.a, pair.b, pair.op == "diff", pair.name) for pair in spec.pairs),
             ),
         )
     return found[1]
@@ -792,9 +803,15 @@ def _sensor_state(
 
 
 def featurize(
-    state: DeviceState, readings: dict[str, float], ts: datetime, spec: FeatureSpec
+    state: DeviceState,
+    readings: dict[str, float],
+    ts: datetime,
+    spec: FeatureSpec,
+    *,
+    at: float | None = None,
 ) -> dict[str, float]:
-    """Update ``state`` with one clean reading and return its feature vector.
+    """Update ``state`` with one clean reading and return its feature vector (``at``: the
+    reading's epoch seconds, ``ts.timestamp()``, when the caller has worked them out already).
 
     Each window's statistics are kept running (:class:`_Running`): a reading costs the same
     whatever the window sizes.
@@ -817,12 +834,16 @@ def featurize(
     >>> s.counts["non_finite_features"]   # u
     1
     """
-    at = ts.timestamp()
+    if at is None:
+        at = ts.timestamp()
     plan = _plan_for(spec)
     sensor_names = plan.names
     features: dict[str, float] = {}
     stats = ALL_STATS if spec.stats == ALL_STATS else spec.stats
     dropped = 0
+    # Looked up once per event, not once per sensor: this loop is the featurizer's hot path.
+    running_by, windows_by, timed_by, ewma_by = state.running, state.windows, state.timed, state.ewma
+    last, last_at, delta, rate = state.last, state.last_at, spec.delta, spec.rate
     for name, value in readings.items():
         if not math.isfinite(value):  # cleaning lets none through; a direct caller might
             dropped += 1
@@ -833,12 +854,12 @@ def featurize(
             if len(sensor_names) >= 4096:  # bounded even if devices invent sensor names
                 sensor_names.clear()
             names = sensor_names[name] = _names(name, spec)
-        running = state.running.get(name)
+        running = running_by.get(name)
         if (
             running is not None
             and running.plan is plan
-            and running.values is state.windows.get(name)
-            and (not plan.time_windows or running.timed_readings is state.timed.get(name))
+            and running.values is windows_by.get(name)
+            and (not plan.time_windows or running.timed_readings is timed_by.get(name))
         ):  # the common case, checked inline: this runs per sensor per event
             values, timed = running.values, running.timed_readings
         else:
@@ -858,9 +879,9 @@ def featurize(
             _timed_features(features, names, running, timed, at, value, plan, spec, stats)
         # exponentially weighted means, decaying with event time
         if names.ewma:
-            slot = state.ewma.get(name)
+            slot = ewma_by.get(name)
             if slot is None:
-                slot = state.ewma[name] = {}
+                slot = ewma_by[name] = {}
             for half_life, key, feature in names.ewma:
                 point = slot.get(key)
                 if point is None:
@@ -876,25 +897,25 @@ def featurize(
                 if at > then:
                     point[1] = at
                 features[feature] = moved
-        previous, previous_at = state.last.get(name), state.last_at.get(name)
+        previous, previous_at = last.get(name), last_at.get(name)
         if previous is not None:
-            if spec.delta:
+            if delta:
                 features[names.delta] = value - previous
-            if spec.rate and previous_at is not None and at > previous_at:
+            if rate and previous_at is not None and at > previous_at:
                 features[names.rate] = (value - previous) / (at - previous_at)
         size = len(values)
         for k, lag_name in names.lags:
             if size > k:
                 features[lag_name] = values[-1 - k]
-        state.last[name] = value
-        state.last_at[name] = at
-    for pair in spec.pairs:
-        a, b = readings.get(pair.a), readings.get(pair.b)
+        last[name] = value
+        last_at[name] = at
+    for a_name, b_name, diff, pair_name in plan.pairs:
+        a, b = readings.get(a_name), readings.get(b_name)
         if a is not None and b is not None and math.isfinite(a) and math.isfinite(b):
-            if pair.op == "diff":
-                features[pair.name] = a - b
+            if diff:
+                features[pair_name] = a - b
             elif b != 0:
-                features[pair.name] = a / b
+                features[pair_name] = a / b
     if spec.time_of_day or spec.day_of_week:
         # UTC: the same moment gives the same features whatever zone the device wrote it in.
         # From the epoch seconds when the zone is known: converting the datetime costs more.

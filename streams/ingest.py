@@ -174,12 +174,14 @@ def featurize_reading(
     labels: frozenset[str],
     catalog: dict[str, SensorSpec],
     spec: FeatureSpec,
+    at: float | None = None,
 ) -> tuple[CleanReadings, dict[str, float]] | Rejection:
     """One reading's feature vector, as the stream computes it and ``POST /predict`` serves it.
 
     The labels are left out, the rest is cleaned against the catalog (range, imputation), then
     featurized with the device's ``state``, which is updated (``/predict`` passes a copy). One
-    function for both: no training/serving skew.
+    function for both: no training/serving skew. ``at`` is ``ts.timestamp()``, if the caller
+    has it already.
 
     >>> from datetime import UTC
     >>> state = DeviceState()
@@ -188,11 +190,13 @@ def featurize_reading(
     >>> features
     {'t': 20.0}
     """
+    if at is None:
+        at = ts.timestamp()
     kept = {name: value for name, value in readings.items() if name not in labels}
-    cleaned = clean_readings(kept, ts.timestamp(), state, catalog)
+    cleaned = clean_readings(kept, at, state, catalog)
     if isinstance(cleaned, Rejection):
         return cleaned
-    return cleaned, featurize(state, cleaned.readings, ts, spec)
+    return cleaned, featurize(state, cleaned.readings, ts, spec, at=at)
 
 
 @dataclass
@@ -301,7 +305,8 @@ class IngestStage:
             state = DeviceState()
         self.devices[event.device_id] = state
         self.dirty.add(event.device_id)
-        if event.event_id in state.recent_ids:
+        digest = state.recent_ids.digest_if_new(event.event_id)
+        if digest is None:
             counts["deduplicated"] += 1
             state.counts["deduplicated"] += 1
             return [Duplicate(event.event_id)]
@@ -318,12 +323,12 @@ class IngestStage:
             self.strict_catalog,
         )
         featurized = featurize_reading(
-            readings, event.ts, state, labels=self.labels, catalog=self.catalog, spec=self.features
+            readings, event.ts, state, labels=self.labels, catalog=self.catalog, spec=self.features, at=ts
         )
         if isinstance(featurized, Rejection):
             return [self._reject(counts, state, featurized._replace(item=index))]
         cleaned, features = featurized
-        state.recent_ids.append(event.event_id)
+        state.recent_ids.push_new(digest)
         state.watermark = ts if state.watermark is None else max(state.watermark, ts)
         for name, value in readings.items():
             if value is not None and name not in self.labels:

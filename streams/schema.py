@@ -87,6 +87,8 @@ def label_problem(task: str, label: Any, *, binary: bool = False) -> str | None:
     'a boolean or 0/1'
     """
     if task in ("regression", "forecast"):
+        if type(label) is float and -MAX_MAGNITUDE <= label <= MAX_MAGNITUDE:
+            return None  # the usual label, told apart cheaply: this runs for every event
         if not (isinstance(label, int | float) and not isinstance(label, bool) and math.isfinite(label)):
             return "a finite number"
         return None if abs(label) <= MAX_MAGNITUDE else f"a finite number within ±{MAX_MAGNITUDE:g}"
