@@ -15,7 +15,7 @@ worker is started at once with the same settings, as a supervisor restarts it. F
   hold; the new worker learns them (again, for those the killed one had learned in memory);
 * **phases**: where the seconds to learn went, from the new worker's log lines (each carries its
   wall-clock time): the process up (interpreter, imports, settings), topics and Redis checked,
-  the stream code loaded, Faust's app started, its start-up waits until it asks to join the
+  the stream code loaded, Faust's app started, the wait until it asks to join the
   group, the group join until the partitions are assigned (and how many joins it took); then,
   each from the assignment, the first batch checkpointed and the first snapshot published (the
   learn stage may publish before the ingest stage's first checkpoint: it reads again what the
@@ -84,7 +84,7 @@ PHASES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("topics and Redis checked", re.compile(r"topics and Redis checked")),
     ("stream code loaded, agents built", re.compile(r"stream code loaded")),
     ("Faust app started", re.compile(r"\[\^Worker\]: Starting")),
-    ("Faust's waits until the group join", re.compile(r"\(Re-\)joining group")),
+    ("waits before asking to join the group", re.compile(r"\(Re-\)joining group")),
     ("group join until partitions assigned", re.compile(r"ingest restored:")),
 )
 ASSIGNED = PHASES[-1][0]

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
-from pathlib import Path
 
 import redis
 
 from driftline.core.errors import ServiceUnavailable
+from driftline.core.process import process_age_seconds
 from driftline.kafka import ensure_topics
 from driftline.settings import Settings
 from driftline.state import check_eviction_policy
@@ -85,25 +84,6 @@ def announce_models(settings: Settings, client: redis.Redis) -> None:
     specs = {spec.name: json.dumps(spec.summary()) for spec in settings.model_specs()}
     # ``driftline models`` reads it to tell "configured, no snapshot yet" from "no such model".
     client.hset(settings.keys.configured_models(), mapping=specs)  # type: ignore[arg-type]
-
-
-def process_age_seconds() -> float | None:
-    """Seconds since this process was started (Linux: its start time in ``/proc``), or ``None``
-    where that is not known. A restarted worker says how long the interpreter and its imports
-    took, which no log line of its own can time.
-
-    >>> age = process_age_seconds()
-    >>> age is None or 0 <= age < 3600
-    True
-    """
-    try:
-        # the fields after "pid (comm)": the 20th is field 22, the start time in clock ticks
-        # since boot
-        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")
-        return max(0.0, time.clock_gettime(time.CLOCK_BOOTTIME) - started)
-    except (OSError, ValueError, IndexError, AttributeError):
-        return None
 
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:

@@ -73,7 +73,7 @@ def test_a_restarted_workers_log_splits_into_its_phases_and_counts_its_joins() -
             "topics and Redis checked": 0.1,
             "stream code loaded, agents built": 0.5,
             "Faust app started": 0.066,
-            "Faust's waits until the group join": 1.038,
+            "waits before asking to join the group": 1.038,
             "group join until partitions assigned": 18.172,
             "first batch checkpointed, after the assignment": 0.6,
             "first snapshot published, after the assignment": 0.5,
