@@ -12,15 +12,22 @@ worker is started at once with the same settings, as a supervisor restarts it. F
 * **to learn**: seconds until a snapshot with more events than the newest before the kill is
   published (what "learns again" means from outside: a model that moved on);
 * **redone**: events acknowledged by the broker that the newest snapshot before the kill did not
-  hold; the new worker learns them (again, for those the killed one had learned in memory).
+  hold; the new worker learns them (again, for those the killed one had learned in memory);
+* **phases**: where the seconds to learn went, from the new worker's log lines (each carries its
+  wall-clock time): the process up (interpreter, imports, settings), topics and Redis checked,
+  the stream code loaded, Faust's app started, the wait until it asks to join the
+  group, the group join until the partitions are assigned (and how many joins it took); then,
+  each from the assignment, the first batch checkpointed and the first snapshot published (the
+  learn stage may publish before the ingest stage's first checkpoint: it reads again what the
+  killed worker had sent it). The report prints their medians.
 
 After the last kill the stream ends and every event must have been learned exactly once: the
 newest snapshot's ``events_seen`` and ``events_learned`` and the ingest stage's ``received``
 must equal the events sent, with 0 deduplicated (a double count would exceed them).
 
 ``--configs`` compares consumer-group timeouts one after the other on one broker: ``default``
-(the settings' defaults), ``session-10s`` (the 10 s session and rebalance timeouts driftline had
-before issue 17), ``session-6s``, ``session-4s`` (the fault suite's).
+(the settings' defaults: 6 s), ``session-10s`` (the 10 s session and rebalance timeouts driftline
+had before issue 17), ``session-6s``, ``session-4s`` (the fault suite's).
 """
 
 from __future__ import annotations
@@ -29,11 +36,13 @@ import argparse
 import asyncio
 import json
 import random
+import re
 import signal
 import statistics
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -66,6 +75,81 @@ CONFIGS: dict[str, dict[str, Any]] = {
     },
 }
 PER_MESSAGE = 10
+
+#: The new worker's start, step by step: each phase ends at the first log line that matches its
+#: pattern (after the previous phase's line); the first phase starts at the kill, and the last
+#: ends when the partitions are assigned.
+PHASES: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("process up (interpreter, imports, settings)", re.compile(r"worker starting: process up")),
+    ("topics and Redis checked", re.compile(r"topics and Redis checked")),
+    ("stream code loaded, agents built", re.compile(r"stream code loaded")),
+    ("Faust app started", re.compile(r"\[\^Worker\]: Starting")),
+    ("waits before asking to join the group", re.compile(r"\(Re-\)joining group")),
+    ("group join until partitions assigned", re.compile(r"ingest restored:")),
+)
+ASSIGNED = PHASES[-1][0]
+#: What the stages do once assigned, each timed from the assignment (they do not wait on each
+#: other: the learn stage reads again what the killed worker's ingest stage had sent it).
+AFTER_ASSIGNMENT: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("first batch checkpointed, after the assignment", re.compile(r"first batch since the assignment")),
+    ("first snapshot published, after the assignment", re.compile(r"snapshot \S+ v\d+:")),
+)
+_JOIN = re.compile(r"\(Re-\)joining group")
+#: driftline's log lines start ``2026-11-27 01:58:39,827``, Faust's ``[2026-11-27 01:58:40,466]``:
+#: local wall-clock time, to the millisecond (logging's asctime).
+_STAMP = re.compile(r"^\[?(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3})")
+
+
+def log_time(line: str) -> float | None:
+    """The wall-clock time (epoch seconds) a log line was written, or ``None`` for a line
+    without one (a continuation, a table Faust prints).
+
+    >>> t = log_time("[2026-11-27 01:58:40,466] [7942] [INFO] [^Worker]: Starting...")
+    >>> t == datetime(2026, 11, 27, 1, 58, 40, 466000).timestamp()
+    True
+    >>> log_time("+-------------------------+") is None
+    True
+    """
+    found = _STAMP.match(line)
+    if found is None:
+        return None
+    whole = datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S")
+    return whole.timestamp() + int(found.group(2)) / 1000
+
+
+def startup_phases(lines: Iterable[str], killed_at: float) -> tuple[dict[str, float], int]:
+    """The seconds each of :data:`PHASES` took in a new worker's log ``lines`` (the kill at
+    ``killed_at``, epoch seconds), and each of :data:`AFTER_ASSIGNMENT` from the assignment; and
+    how many times it asked to join the group before its partitions were assigned. A phase whose
+    line never came is left out (and those after it).
+
+    >>> log = [
+    ...     "2026-11-27 01:58:39,500 INFO driftline.worker: worker starting: process up 1.2 s ago",
+    ...     "2026-11-27 01:58:40,000 INFO driftline.worker: topics and Redis checked in 0.5 s: {}",
+    ...     "[2026-11-27 01:58:41,500] [1] [INFO] (Re-)joining group g",
+    ...     "[2026-11-27 01:58:44,500] [1] [INFO] (Re-)joining group g",
+    ...     "[2026-11-27 01:58:47,500] [1] [INFO] ingest restored: partitions [0] at offsets {}",
+    ... ]
+    >>> phases, joins = startup_phases(log, datetime(2026, 11, 27, 1, 58, 38).timestamp())
+    >>> phases, joins
+    ({'process up (interpreter, imports, settings)': 1.5, 'topics and Redis checked': 0.5}, 2)
+    """
+    phases: dict[str, float] = {}
+    previous, wanted, joins = killed_at, 0, 0
+    for line in lines:
+        at = log_time(line)
+        if at is None:
+            continue
+        if ASSIGNED not in phases:
+            joins += bool(_JOIN.search(line))
+            if PHASES[wanted][1].search(line):
+                phases[PHASES[wanted][0]] = round(at - previous, 3)
+                previous, wanted = at, wanted + 1
+            continue
+        for name, pattern in AFTER_ASSIGNMENT:
+            if name not in phases and pattern.search(line):
+                phases[name] = round(at - previous, 3)
+    return phases, joins
 
 
 class Stream(threading.Thread):
@@ -172,6 +256,8 @@ def run_config(
     stream.start()
     rng = random.Random(17)
     to_consume, to_learn, redone = [], [], []
+    phases: list[dict[str, float]] = []
+    joins: list[int] = []
     process = start_worker(settings, log)
     try:
         wait_until(lambda: events_seen(client, settings) > 0, 120, "the first snapshot")
@@ -181,9 +267,10 @@ def run_config(
             wait_until(lambda b=before: events_seen(client, settings) > b, 60, "a snapshot")
             time.sleep(2.0 + rng.uniform(0.0, 1.0))
             process.kill()
-            killed_at = time.monotonic()
+            killed_at, killed_epoch = time.monotonic(), time.time()
             killed_wall = time.strftime("%H:%M:%S")
             process.wait()
+            new_lines_from = Path(log.name).stat().st_size  # the new worker's log starts here
             acked, seen, received = (
                 stream.acked,
                 events_seen(client, settings),
@@ -199,10 +286,17 @@ def run_config(
             to_consume.append(consumed - killed_at)
             to_learn.append(learned - killed_at)
             redone.append(acked - seen)
+            time.sleep(0.5)  # the snapshot's log line follows its publication
+            with open(log.name, "rb") as written:
+                written.seek(new_lines_from)
+                lines = written.read().decode(errors="replace").splitlines()
+            kill_phases, kill_joins = startup_phases(lines, killed_epoch)
+            phases.append(kill_phases)
+            joins.append(kill_joins)
             print(
                 f"  kill {number + 1} at {killed_wall}: consuming after {to_consume[-1]:.1f} s, learning "
-                f"after "
-                f"{to_learn[-1]:.1f} s, {redone[-1]} events redone",
+                f"after {to_learn[-1]:.1f} s, {redone[-1]} events redone; {kill_joins} group join(s): "
+                + ", ".join(f"{name} {seconds:.2f}" for name, seconds in kill_phases.items()),
                 file=sys.stderr,
             )
         stream.finish()
@@ -226,6 +320,8 @@ def run_config(
         "to_consume": to_consume,
         "to_learn": to_learn,
         "redone": redone,
+        "phases": phases,
+        "joins": joins,
         "sent": sent,
         "events_seen": meta["events_seen"],
         "events_learned": meta["events_learned"],
@@ -248,6 +344,20 @@ def _ingest_totals(settings: Settings) -> dict[str, int]:
             await connection.aclose()
 
     return asyncio.run(read())
+
+
+def print_phases(config: str, phases: list[dict[str, float]], joins: list[int]) -> None:
+    """The median seconds of each phase of the new worker's start, over the kills."""
+    print(f"\nrecovery phases, {config}: median seconds over {len(phases)} kills (min-max)")
+    for name, _ in PHASES + AFTER_ASSIGNMENT:
+        values = [kill[name] for kill in phases if name in kill]
+        if values:
+            print(f"  {name:<48} {statistics.median(values):6.2f}   ({min(values):.2f}-{max(values):.2f})")
+    snapshot = AFTER_ASSIGNMENT[-1][0]
+    totals = [sum(kill[name] for name, _ in PHASES) + kill[snapshot] for kill in phases if snapshot in kill]
+    if totals:
+        print(f"  {'kill to first snapshot, by the log':<48} {statistics.median(totals):6.2f}")
+    print(f"  group joins per kill: {joins}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -276,6 +386,8 @@ def main(argv: list[str] | None = None) -> None:
     for name, result in results.items():
         rows[f"seconds to learn again, {name}"] = result["to_learn"]
         rows[f"seconds to consume again, {name}"] = result["to_consume"]
+    for name, result in results.items():
+        print_phases(name, result["phases"], result["joins"])
     first = results[names[0]]
     report(
         "recovery",

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 import redis
 
 from driftline.core.errors import ServiceUnavailable
+from driftline.core.process import process_age_seconds
 from driftline.kafka import ensure_topics
 from driftline.settings import Settings
 from driftline.state import check_eviction_policy
@@ -86,9 +88,20 @@ def announce_models(settings: Settings, client: redis.Redis) -> None:
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
     """Say what the worker will do, create the topics if needed, then run the agents until
-    SIGINT/SIGTERM."""
+    SIGINT/SIGTERM.
+
+    Each step of the start is logged with its time (the recovery after a crash is this start:
+    docs/design.md, §7): the process up, topics and Redis checked, the stream code loaded; then
+    Faust's own lines, the group join (aiokafka's), and the worker's first batch after it.
+    """
+    age = process_age_seconds()
+    log.info(
+        "worker starting: process up %s",
+        f"{age:.2f} s ago (interpreter, imports, settings)" if age is not None else "(age unknown)",
+    )
     for line in settings.describe():
         log.info("%s", line)
+    started = time.monotonic()
     # Faust makes its own folder in it, but not the parents.
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     topic_ids = ensure_topics(settings)
@@ -102,10 +115,12 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
         raise ServiceUnavailable("Redis", settings.redis_url, str(exc)) from exc
     finally:
         client.close()
+    log.info("topics and Redis checked in %.2f s: topic ids %s", time.monotonic() - started, topic_ids)
+    started = time.monotonic()
     import faust  # the Faust machinery only in the process that runs it
 
     from driftline.streams.agents import build_worker
 
-    log.info("topics %s", topic_ids)
     worker = build_worker(worker_config(settings), topic_ids)
+    log.info("stream code loaded and agents built in %.2f s", time.monotonic() - started)
     faust.Worker(worker.app, loglevel=loglevel, quiet=True).execute_from_commandline()

@@ -138,6 +138,9 @@ class Worker:
     learn_fence: Fence | None = None
     rejections_said: SampledLog = field(default_factory=SampledLog)
     _sealer: Sealer | None = None
+    #: When the events partitions were last assigned (monotonic), until the first batch after it
+    #: is checkpointed: that batch is logged with how long it took (a restart's last step).
+    ingest_assigned_at: float | None = None
 
     def __post_init__(self) -> None:
         config = self.config
@@ -305,6 +308,7 @@ class Worker:
         offsets = await load_offsets(self.redis, self.keys, topic, topic_id, partitions)
         stats = await load_stats(self.redis, self.keys, topic, topic_id, partitions)
         self.ingest.restore(offsets, stats, {})
+        self.ingest_assigned_at = started if partitions else None
         log.info(
             "ingest restored: partitions %s at offsets %s in %.3f s",
             partitions,
@@ -379,6 +383,13 @@ class Worker:
             async with self.ingest_lock:
                 now = time.time()
                 await self.ingest.run([incoming(event, now) for event in batch])
+                if self.ingest_assigned_at is not None:
+                    log.info(
+                        "ingest: first batch since the assignment checkpointed %.2f s after it (%d messages)",
+                        time.monotonic() - self.ingest_assigned_at,
+                        len(batch),
+                    )
+                    self.ingest_assigned_at = None
             # take_events acknowledges the batch when this body ends: after the checkpoint.
 
     async def relay_labels(self, stream: Any) -> None:

@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import types
 from collections.abc import Coroutine, Generator
 from dataclasses import dataclass
 from typing import Any
 
 import faust
+from faust.tables import TableManager
 from faust.transport.drivers import aiokafka as faust_kafka
 from mode.services import WaitResults
 
+from driftline.core.process import join_wait_seconds, process_age_seconds
 from driftline.streams.config import WorkerConfig
+
+log = logging.getLogger(__name__)
 
 
 class _PromptFetchThread(faust_kafka.AIOKafkaConsumerThread):
@@ -129,6 +134,25 @@ class _PromptFetchTransport(faust_kafka.Transport):
     Consumer = _PromptFetchConsumer
 
 
+class _JoinWhenDueTableManager(TableManager):
+    """The app subscribes (asks to join its group) once this has started. Faust's own sleeps a
+    second first, for tables registered late; driftline has none (state lives in Redis). This
+    one waits instead until the join can no longer end before a crashed predecessor's session
+    has expired (:func:`~driftline.core.process.join_wait_seconds`; docs/design.md, §7
+    "Recovery is a restart"): no wait at all for a worker that took that long to start.
+    """
+
+    async def on_start(self) -> None:
+        config: WorkerConfig = self.app.driftline_config  # type: ignore[attr-defined]  # see build_app
+        wait = join_wait_seconds(process_age_seconds(), config.broker_session_timeout)
+        if wait:
+            log.info("joining the group in %.2f s: a crashed predecessor's session expires first", wait)
+            await self.sleep(wait)
+        if not self.should_stop:
+            await self._update_channels()
+            await self.recovery.start()
+
+
 @dataclass(frozen=True)
 class StreamTopics:
     """The app's topics, bytes in and bytes out."""
@@ -165,6 +189,8 @@ def build_app(config: WorkerConfig) -> tuple[faust.App, StreamTopics]:
         # Faust keeps a few local files (its "datadir", by default in the current directory):
         # under driftline's one data directory, never in a checkout.
         datadir=str((config.data_dir / "worker").resolve()),
+        # Faust's waits a fixed second before the app subscribes; ours as long as recovery needs.
+        TableManager=_JoinWhenDueTableManager,
     )
     app.driftline_config = config  # type: ignore[attr-defined]  # read by _PromptFetchThread
     # Before anything asks for it (topics do): this app's consumers fetch promptly.

@@ -71,8 +71,8 @@ class WorkerConfig:
     #: Snapshots of a model whose last pickle had at least this many bytes are sealed in a forked
     #: child, off the event loop (driftline.models.sealing; 0: always).
     seal_fork_min_bytes: int = FORK_MIN_BYTES
-    broker_session_timeout: float = 10.0
-    broker_rebalance_timeout: float = 10.0
+    broker_session_timeout: float = 6.0
+    broker_rebalance_timeout: float = 6.0
     broker_heartbeat_interval: float = 1.0
     consumer_fetch_max_wait_ms: int = 100
     #: Webhooks for drift alerts (``alertmanager+`` prefix: Alertmanager's body), and their timeout.

@@ -40,3 +40,42 @@ def test_an_event_is_served_by_the_first_answer_after_its_ack_from_a_version_tha
 def test_memory_growth_is_measured_from_the_mark_to_the_end_per_million_events() -> None:
     samples = [(0, 80.0), (50_000, 150.0), (100_000, 160.0), (550_000, 170.0), (1_000_000, 175.0)]
     assert memory.growth_per_million(samples, 100_000) == (160.0, 175.0, pytest.approx(15 / 0.9))
+
+
+def test_a_restarted_workers_log_splits_into_its_phases_and_counts_its_joins() -> None:
+    from datetime import datetime
+
+    from bench.recovery import startup_phases
+
+    killed = datetime(2026, 11, 27, 1, 58, 38).timestamp()
+    log = [
+        "2026-11-27 01:58:39,800 INFO driftline.worker: worker starting: process up 1.75 s ago",
+        "2026-11-27 01:58:39,828 INFO driftline.worker: sensor catalog: simulator's",
+        "2026-11-27 01:58:39,900 INFO driftline.worker: topics and Redis checked in 0.07 s: {}",
+        "2026-11-27 01:58:40,400 INFO driftline.worker: stream code loaded and agents built in 0.50 s",
+        "[2026-11-27 01:58:40,466] [7942] [INFO] [^Worker]: Starting... ",
+        "+-------------------------+ ",
+        "[2026-11-27 01:58:41,504] [7942] [INFO] (Re-)joining group bench ",
+        "[2026-11-27 01:58:46,517] [7942] [INFO] Joined group 'bench' (generation 1) ",
+        "[2026-11-27 01:58:54,629] [7942] [INFO] (Re-)joining group bench ",
+        "[2026-11-27 01:58:59,676] [7942] [INFO] ingest restored: partitions [0, 1] at offsets {}",
+        # the learn stage publishes what the killed worker had sent it before ingest checkpoints
+        "[2026-11-27 01:59:00,176] [7942] [INFO] snapshot default v5: 2650 events learned, MAE=0.06",
+        "[2026-11-27 01:59:00,276] [7942] [INFO] ingest: first batch since the assignment checkpointed",
+        "[2026-11-27 01:59:01,000] [7942] [INFO] snapshot default v6: 2950 events learned, MAE=0.06",
+        "[2026-11-27 01:59:02,000] [7942] [INFO] (Re-)joining group bench ",  # a later rebalance
+    ]
+    phases, joins = startup_phases(log, killed)
+    assert joins == 2
+    assert phases == pytest.approx(
+        {
+            "process up (interpreter, imports, settings)": 1.8,
+            "topics and Redis checked": 0.1,
+            "stream code loaded, agents built": 0.5,
+            "Faust app started": 0.066,
+            "waits before asking to join the group": 1.038,
+            "group join until partitions assigned": 18.172,
+            "first batch checkpointed, after the assignment": 0.6,
+            "first snapshot published, after the assignment": 0.5,
+        }
+    )
