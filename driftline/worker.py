@@ -87,6 +87,11 @@ def announce_models(settings: Settings, client: redis.Redis) -> None:
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
     """Say what the worker will do, create the topics if needed, then run the agents until
     SIGINT/SIGTERM."""
+    if settings.tracemalloc_seconds:
+        # First, so that every allocation of the stream machinery is traced with its frames.
+        from driftline.memtrace import AllocationTracer
+
+        AllocationTracer(settings.tracemalloc_seconds).start()
     for line in settings.describe():
         log.info("%s", line)
     # Faust makes its own folder in it, but not the parents.
