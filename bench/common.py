@@ -84,9 +84,14 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return {**{k: v for k, v in os.environ.items() if not k.startswith("DRIFTLINE_")}, **settings.as_env()}
 
 
+def worker_log(settings: Settings) -> Path:
+    """Where :func:`worker` writes the worker's output."""
+    return Path(tempfile.gettempdir()) / f"{settings.worker_id}.log"
+
+
 @contextmanager
 def worker(settings: Settings) -> Iterator[subprocess.Popen[bytes]]:
-    log = open(Path(tempfile.gettempdir()) / f"{settings.worker_id}.log", "wb")
+    log = open(worker_log(settings), "wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "driftline", "worker", "--loglevel", "warn"],
         env=settings_env(settings),

@@ -1,7 +1,7 @@
 """Memory: the worker's and the API's resident memory as events flow over 1,000 devices (issue
 17, target 6: growth < 50 MB per 1M events once every device is known).
 
-``python -m bench.memory [--quick] [--events 300000] [--mark 100000] [--devices 1000]``
+``python -m bench.memory [--quick] [--events 300000] [--mark 100000] [--devices 1000] [--trace SECONDS]``
 
 A real worker and a real ``driftline api`` on a fresh embedded broker. Events from ``--devices``
 devices, 50 per message (one device's readings, as a gateway sends them), are produced ahead of
@@ -12,7 +12,9 @@ ingest stage's checkpointed count grows; the growth is measured from ``--mark`` 
 device long known) to ``--events``, and given per 1M events. Full run: 100k -> 300k (1M events
 took too long for the suite's budget on a busy 2-core machine, where the worker learned about
 1,100 events/s: ``--events 1000000`` for the whole run); ``--quick``: 10k -> 50k. RSS over events:
-``bench/results/memory.png``.
+``bench/results/memory.png``. ``--trace 60`` runs the worker with ``DRIFTLINE_TRACEMALLOC_SECONDS=60``
+(driftline/memtrace.py): its log then says which allocation sites grew (its RSS is then not
+the target's figure: tracemalloc's bookkeeping is in it).
 
 Between 100k and 1M events each device's dedupe window (the last 1,000 event ids it keeps,
 ``streams/features.py``) is still filling: that growth is bounded (1,000 ids per device) but counts
@@ -44,6 +46,7 @@ from bench.common import (
     rss_mb,
     services,
     worker,
+    worker_log,
 )
 from driftline.kafka import SensorProducer, ensure_topics
 from driftline.settings import Settings
@@ -152,6 +155,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mark", type=int, default=None, help="default 100,000 (quick 10,000)")
     parser.add_argument("--devices", type=int, default=1000)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--trace",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="run the worker with DRIFTLINE_TRACEMALLOC_SECONDS: its log gets the sites that grew "
+        "most (its RSS then includes tracemalloc's bookkeeping: not a measurement of the target)",
+    )
     args = parser.parse_args(argv)
     count = args.events or (50_000 if args.quick else 300_000)
     mark = args.mark or (10_000 if args.quick else 100_000)
@@ -163,6 +174,7 @@ def main(argv: list[str] | None = None) -> None:
             redis_url,
             batch_size=Settings.model_fields["batch_size"].default,
             batch_within=Settings.model_fields["batch_within"].default,
+            tracemalloc_seconds=args.trace,
         )
         ensure_topics(settings)
         client = redis.Redis.from_url(redis_url)
@@ -216,6 +228,8 @@ def main(argv: list[str] | None = None) -> None:
             )
         )
     print(f"memory: {count:,} events over {args.devices} devices in {seconds:.0f} s", file=sys.stderr)
+    if args.trace:
+        print(f"memory: the worker's tracemalloc reports: {worker_log(settings)}", file=sys.stderr)
     report("memory", rows, baseline=f"worker RSS at {mark:,} events", unit="MB", targets=targets, extra=extra)
     plot(samples, mark)
 

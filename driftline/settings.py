@@ -147,6 +147,10 @@ class Settings(BaseSettings):
 
     #: Where runtime files go (logs, the worker's local files): one folder, never the checkout.
     data_dir: Path = Path(".driftline")
+    #: Debugging memory growth: when set (seconds), the worker traces its allocations
+    #: (tracemalloc) and every this many seconds logs the sites that grew most since its first
+    #: snapshot (driftline/memtrace.py). Slows the worker and costs memory: 0 (off) in service.
+    tracemalloc_seconds: float = Field(0.0, ge=0)
 
     # --- Learning ----------------------------------------------------------------------------
     #: The models that learn side by side, as JSON (see models/specs.py). Empty: one regression

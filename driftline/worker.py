@@ -94,6 +94,11 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     docs/design.md, §7): the process up, topics and Redis checked, the stream code loaded; then
     Faust's own lines, the group join (aiokafka's), and the worker's first batch after it.
     """
+    if settings.tracemalloc_seconds:
+        # First, so that every allocation of the stream machinery is traced with its frames.
+        from driftline.memtrace import AllocationTracer
+
+        AllocationTracer(settings.tracemalloc_seconds).start()
     age = process_age_seconds()
     log.info(
         "worker starting: process up %s",

@@ -104,9 +104,11 @@ class IngestBatch:
     effects: IngestEffects
 
     async def run(self, messages: Sequence[Incoming]) -> None:
-        # One features message per model and source partition for the whole batch: per-message
-        # costs (send, fetch, dispatch) are paid once, not per event.
-        out: dict[tuple[str, int], list[FeatureRecord]] = {}
+        # Few features messages per model and source partition for the whole batch: per-message
+        # costs (send, fetch, dispatch) are paid once per piece (up to 1,000 records), not per
+        # event. Each piece is sent as soon as it is full: the batch's records are never all in
+        # memory at once (500 messages of 50 events: 25,000 records, the worker's high-water mark).
+        out: dict[tuple[str, int], records.Chunker] = {}
         stage = self.stage
         if stage.store_backed:
             # Driftline's producers key a message by its device: fetch the states of the batch's
@@ -122,11 +124,17 @@ class IngestBatch:
                 )
             for outcome in outcomes:
                 if isinstance(outcome, FeatureRecord):
-                    out.setdefault((outcome.model, outcome.source_partition), []).append(outcome)
+                    chunker = out.get((outcome.model, outcome.source_partition))
+                    if chunker is None:
+                        chunker = out[outcome.model, outcome.source_partition] = records.Chunker()
+                    full = chunker.add(outcome)
+                    if full:
+                        await self.effects.send_features(outcome.model, records.encode(outcome.model, full))
                 elif isinstance(outcome, Rejection):
                     await self.effects.dead_letter(message, outcome)
-        for (model, _), feature_records in out.items():
-            for piece in records.chunks(feature_records):
+        for (model, _), chunker in out.items():
+            piece = chunker.rest()
+            if piece:
                 await self.effects.send_features(model, records.encode(model, piece))
         # Output first, then the checkpoint: a crash in between re-emits (the learner drops
         # the repeats by position), never loses.

@@ -168,6 +168,42 @@ MAX_RECORDS_PER_MESSAGE = 1000
 MAX_VALUES_PER_MESSAGE = 40_000  # 320 KiB of doubles, plus the header
 
 
+class Chunker:
+    """Records gathered, in order, into pieces that each make a features message of bounded
+    size, as they come: a stage sends each piece when it is full instead of holding all of its
+    batch's records (a batch of 500 messages of 50 events is 25,000 records, some 60 MB at once).
+
+    Examples
+    --------
+    >>> chunker = Chunker()
+    >>> recs = [FeatureRecord("m", "d", f"e{i}", 0.0, {"x": 1.0}, None, 0, i) for i in range(1001)]
+    >>> full = [chunker.add(record) for record in recs]
+    >>> [len(piece) for piece in full if piece], len(chunker.rest()), chunker.rest()
+    ([1000], 1, [])
+    """
+
+    def __init__(self) -> None:
+        self._piece: list[FeatureRecord] = []
+        self._values = 0
+
+    def add(self, record: FeatureRecord) -> list[FeatureRecord] | None:
+        """Take ``record``; the piece it did not fit in, full, to be sent now (else ``None``)."""
+        full = None
+        if self._piece and (
+            len(self._piece) == MAX_RECORDS_PER_MESSAGE
+            or self._values + len(record.features) > MAX_VALUES_PER_MESSAGE
+        ):
+            full, self._piece, self._values = self._piece, [], 0
+        self._piece.append(record)
+        self._values += len(record.features)
+        return full
+
+    def rest(self) -> list[FeatureRecord]:
+        """The records not yet handed back (the last piece, not full), taken."""
+        piece, self._piece, self._values = self._piece, [], 0
+        return piece
+
+
 def chunks(records: list[FeatureRecord]) -> Iterator[list[FeatureRecord]]:
     """``records`` cut, in order, into pieces that each make a features message of bounded size.
 
@@ -177,18 +213,14 @@ def chunks(records: list[FeatureRecord]) -> Iterator[list[FeatureRecord]]:
     >>> [len(c) for c in chunks(recs)]
     [1000, 1000, 500]
     """
-    piece: list[FeatureRecord] = []
-    values = 0
+    chunker = Chunker()
     for record in records:
-        if piece and (
-            len(piece) == MAX_RECORDS_PER_MESSAGE or values + len(record.features) > MAX_VALUES_PER_MESSAGE
-        ):
-            yield piece
-            piece, values = [], 0
-        piece.append(record)
-        values += len(record.features)
-    if piece:
-        yield piece
+        full = chunker.add(record)
+        if full:
+            yield full
+    rest = chunker.rest()
+    if rest:
+        yield rest
 
 
 def decode(raw: bytes | None) -> list[Record]:

@@ -380,3 +380,39 @@ def test_a_snapshot_is_not_due_sooner_than_its_seals_share_of_the_time_allows() 
     assert batch.snapshot_due(now=110.0)
     batch.promoted = True
     assert batch.snapshot_due(now=101.0), "a promotion is served at once"
+
+
+def test_an_ingest_batch_holds_at_most_a_features_message_of_records_at_once() -> None:
+    """A batch of 60 messages of 50 events (as gateways send them) is 3,000 records: each piece
+    is sent once full, so the records waiting in memory never exceed one features message's worth
+    (and one message's events); holding the whole batch's was the worker's memory high-water mark
+    (25,000 records at the default batch of 500 such messages)."""
+    per_message, messages_in_batch = 50, 60
+    sim = SensorSimulator(devices=3, seed=2, start=datetime(2026, 11, 1, tzinfo=UTC), step_seconds=0.5)
+    by_device: dict[str, list[dict[str, Any]]] = {}
+    messages = []
+    while len(messages) < messages_in_batch:
+        event = sim.next_event()
+        pending = by_device.setdefault(event["device_id"], [])
+        pending.append(event)
+        if len(pending) == per_message:
+            offset = len(messages)
+            messages.append(
+                Incoming("events", 0, offset, json.dumps(by_device.pop(event["device_id"])).encode())
+            )
+    stage = new_stage()
+    held: list[int] = []
+    sent = 0
+
+    class Counting(IngestEffects):
+        async def send_features(self, model: str, value: bytes) -> None:
+            nonlocal sent
+            held.append(stage.totals()["accepted"] - sent)  # featurized, not yet sent
+            sent += len(records.decode(value))
+            await super().send_features(model, value)
+
+    asyncio.run(IngestBatch(stage, Counting(IngestWorld())).run(messages))
+
+    assert sent == stage.totals()["accepted"] >= 0.9 * per_message * messages_in_batch
+    assert len(held) >= 3
+    assert max(held) <= records.MAX_RECORDS_PER_MESSAGE + per_message
