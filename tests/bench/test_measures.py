@@ -39,7 +39,17 @@ def test_an_event_is_served_by_the_first_answer_after_its_ack_from_a_version_tha
 
 def test_memory_growth_is_measured_from_the_mark_to_the_end_per_million_events() -> None:
     samples = [(0, 80.0), (50_000, 150.0), (100_000, 160.0), (550_000, 170.0), (1_000_000, 175.0)]
-    assert memory.growth_per_million(samples, 100_000) == (160.0, 175.0, pytest.approx(15 / 0.9))
+    growth = pytest.approx(15 / 0.9)  # on a line, the fitted slope is the endpoints' difference
+    assert memory.growth_per_million(samples, 100_000) == (160.0, 175.0, growth, growth)
+
+
+def test_memory_growth_is_the_slope_fitted_to_every_sample_not_where_the_last_step_fell() -> None:
+    # flat, then one step of 40 MB in the last sample: the endpoints make it 100 MB per 1M
+    samples = [(0, 80.0)] + [(n * 100_000, 160.0) for n in range(1, 5)] + [(500_000, 200.0)]
+    at_mark, end, endpoints, fitted = memory.growth_per_million(samples, 100_000)
+    assert (at_mark, end) == (160.0, 200.0)
+    assert endpoints == pytest.approx(100.0)
+    assert fitted == pytest.approx(80.0)
 
 
 def test_a_restarted_workers_log_splits_into_its_phases_and_counts_its_joins() -> None:
