@@ -105,6 +105,10 @@ class Settings(BaseSettings):
     #: Longest the broker may hold a fetch with nothing new (ms); Faust's own 1,500 stalls a
     #: stage behind the one feeding it on the embedded broker.
     consumer_fetch_max_wait_ms: int = Field(100, ge=0, le=1500)
+    #: Log, every this many seconds, where the worker's event loop spent its time: running, idle
+    #: in select (waiting on the broker, Redis or a timer) or waiting for a core (0: off; see
+    #: driftline.streams.loopstats).
+    loop_stats_seconds: float = Field(0.0, ge=0)
     #: Longest accepted JSON message; larger ones go to the DLQ unread.
     max_message_bytes: int = Field(1_000_000, ge=1024)
     #: Longest message copied whole to the DLQ; beyond it the copy is cut (header dl-truncated).

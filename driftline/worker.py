@@ -73,6 +73,7 @@ def worker_config(settings: Settings) -> WorkerConfig:
         broker_rebalance_timeout=settings.broker_rebalance_timeout,
         broker_heartbeat_interval=settings.broker_heartbeat_interval,
         consumer_fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms,
+        loop_stats_seconds=settings.loop_stats_seconds,
         data_dir=settings.data_dir,
         alert_webhooks=settings.webhook_urls(),
         alert_webhook_timeout=settings.alert_webhook_timeout,

@@ -53,6 +53,7 @@ from driftline.streams.cleaning import Rejection, dead_letter_record
 from driftline.streams.config import WorkerConfig
 from driftline.streams.features import DeviceState
 from driftline.streams.ingest import label_refusal
+from driftline.streams.loopstats import report_forever
 from driftline.streams.relay import AlertRelay, Channel, KafkaChannel, webhook_channels
 from driftline.streams.schema import LABEL_TYPE, LabelEvent
 
@@ -572,6 +573,14 @@ def build_worker(config: WorkerConfig, topic_ids: Mapping[str, str] | None = Non
     async def restore_state(sender: Any, assigned: Any, **kwargs: Any) -> None:
         await worker.restore(assigned)
 
+    if config.loop_stats_seconds > 0:
+
+        async def report_loop_stats() -> None:
+            # Idle (waiting on the broker or Redis) or starved of a core: see loopstats. (No
+            # parameters: Faust hands a task that takes one the app.)
+            await report_forever(config.loop_stats_seconds)
+
+        app.task(report_loop_stats)
     app.on_partitions_assigned.connect(restore_state)  # type: ignore[arg-type]  # faust's stub wants signal=
     if "ingest" in config.stages:
         app.agent(topics.events, name="clean_and_featurize")(

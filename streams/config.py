@@ -75,6 +75,8 @@ class WorkerConfig:
     broker_rebalance_timeout: float = 6.0
     broker_heartbeat_interval: float = 1.0
     consumer_fetch_max_wait_ms: int = 100
+    #: Log where the event loop's time goes every this many seconds (0: off).
+    loop_stats_seconds: float = 0.0
     #: Webhooks for drift alerts (``alertmanager+`` prefix: Alertmanager's body), and their timeout.
     alert_webhooks: tuple[str, ...] = ()
     alert_webhook_timeout: float = 5.0
