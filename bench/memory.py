@@ -11,9 +11,10 @@ in every snapshot the worker publishes. RSS (``/proc/<pid>/status``) of both is 
 ingest stage's checkpointed count grows (every 0.5 s); the growth is measured from ``--mark``
 events (every device long known) to ``--events``, as the least-squares slope of those samples
 per 1M events (the difference of the first and the last sample is reported beside it). Full
-run: 100k -> 300k (1M events took too long for the suite's budget on a busy 2-core machine, where the worker learned about
-1,100 events/s: ``--events 1000000`` for the whole run); ``--quick``: 10k -> 50k. RSS over events:
-``bench/results/memory.png``. ``--trace 60`` runs the worker with ``DRIFTLINE_TRACEMALLOC_SECONDS=60``
+run: 100k -> 300k (1M events took too long for the suite's budget on a busy 2-core machine,
+where the worker learned about 1,100 events/s: ``--events 1000000`` for the whole run);
+``--quick``: 10k -> 50k. RSS over events: ``bench/results/memory.png``. ``--trace 60`` runs the
+worker with ``DRIFTLINE_TRACEMALLOC_SECONDS=60``
 (driftline/memtrace.py): its log then says which allocation sites grew (its RSS is then not
 the target's figure: tracemalloc's bookkeeping is in it).
 
