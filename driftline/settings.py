@@ -155,6 +155,10 @@ class Settings(BaseSettings):
     #: (tracemalloc) and every this many seconds logs the sites that grew most since its first
     #: snapshot (driftline/memtrace.py). Slows the worker and costs memory: 0 (off) in service.
     tracemalloc_seconds: float = Field(0.0, ge=0)
+    #: glibc's malloc thresholds, fixed in the worker so that a batch's large freed blocks go
+    #: back to the system (driftline/core/malloc.py); 0 leaves glibc's own, which rise with the
+    #: largest block freed and keep a batch's peak in the RSS.
+    malloc_threshold_bytes: int = Field(128 * 1024, ge=0)
 
     # --- Learning ----------------------------------------------------------------------------
     #: The models that learn side by side, as JSON (see models/specs.py). Empty: one regression

@@ -14,6 +14,7 @@ import time
 import redis
 
 from driftline.core.errors import ServiceUnavailable
+from driftline.core.malloc import fix_malloc_thresholds
 from driftline.core.process import process_age_seconds
 from driftline.kafka import ensure_topics
 from driftline.settings import Settings
@@ -100,6 +101,10 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
         from driftline.memtrace import AllocationTracer
 
         AllocationTracer(settings.tracemalloc_seconds).start()
+    if fix_malloc_thresholds(settings.malloc_threshold_bytes):
+        log.info(
+            "malloc: blocks of %d bytes and more are given back when freed", settings.malloc_threshold_bytes
+        )
     age = process_age_seconds()
     log.info(
         "worker starting: process up %s",
