@@ -59,6 +59,13 @@ def bench_settings(kafka_url: str, redis_url: str, **overrides: Any) -> Settings
         "model_events_topic": f"bench-model-events-{run}",
         "batch_size": 1000,
         "batch_within": 0.2,
+        # A worker's start waits on its group join, which the embedded broker holds for half the
+        # session timeout (docs/design.md, §7 "Recovery is a restart"): the benchmarks time steady
+        # states, so their groups' timeouts are short (1.5 s joins, against 3 s with the product's
+        # 6 s). bench.recovery measures the product's own.
+        "broker_session_timeout": 3.0,
+        "broker_rebalance_timeout": 3.0,
+        "broker_heartbeat_interval": 0.5,
         "env": "test",
         "secret_key": "bench-secret-key-0123456789",
         "api_keys": "bench-api-key-0123456789",

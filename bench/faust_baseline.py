@@ -44,9 +44,9 @@ def build_app(env: dict[str, str]) -> Any:
         topic_allow_declare=False,
         topic_disable_leader=True,
         consumer_auto_offset_reset="earliest",
-        broker_session_timeout=10,
-        broker_rebalance_timeout=10,
-        broker_heartbeat_interval=1,
+        broker_session_timeout=3,  # as bench_settings gives driftline's workers
+        broker_rebalance_timeout=3,
+        broker_heartbeat_interval=0.5,
         datadir=env["BARE_DATADIR"],
     )
     topic = app.topic(

@@ -12,7 +12,7 @@
 - memory: tracemalloc of 2,000 devices' states after 30 events each, and of 20 devices at 10
   events a second (full windows), and their size as stored in Redis (JSON).
 
-The full run takes about a minute; ``--quick`` (5,000 events, 300 devices, 3 repeats) about 15 s.
+The full run takes about a minute; ``--quick`` (5,000 events, 300 devices, 2 repeats) about 15 s.
 """
 
 from __future__ import annotations
@@ -46,14 +46,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="5,000 events, 300 devices, 3 repeats")
+    parser.add_argument("--quick", action="store_true", help="5,000 events, 300 devices, 2 repeats")
     parser.add_argument("--events", type=int, default=None, help="events timed (20,000)")
     parser.add_argument("--devices", type=int, default=None, help="devices whose memory is measured (2,000)")
     parser.add_argument("--repeats", type=int, default=None, help="runs of each (5)")
     args = parser.parse_args(argv)
     args.events = args.events or (5_000 if args.quick else 20_000)
     args.devices = args.devices or (300 if args.quick else 2_000)
-    args.repeats = args.repeats or (3 if args.quick else 5)
+    args.repeats = args.repeats or (2 if args.quick else 5)
     spec = FeatureSpec()
     events = list(SensorSimulator(devices=20, seed=5).events(args.events))
     readings = [

@@ -3,7 +3,7 @@ learned it (issue 17, target 5: p99 < 2 s at the default snapshot interval).
 
 ``python -m bench.freshness [--quick] [--configs 1:0.2,5:0.5] [--rate 200] [--seconds 20]``
 
-About 1.5 minutes (two configurations, 20 s each); ``--quick``, the defaults only for 6 s: about 25 s.
+About 1.5 minutes (two configurations, 20 s each); ``--quick``, the defaults only for 5 s: about 20 s.
 
 A real worker and a real ``driftline api`` process, on a fresh embedded broker; events trickle
 at ``--rate`` per second, one event per message (what devices send), across 50 devices. The
@@ -381,7 +381,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         configs = [Config(interval, within)] + ([] if args.quick else [Config(5.0, 0.5)])
     configs = list(dict.fromkeys(configs))
-    seconds = args.seconds or (6.0 if args.quick else 20.0)
+    seconds = args.seconds or (5.0 if args.quick else 20.0)
     runs: dict[Config, Run] = {}
     with services() as (kafka_url, redis_url):
         for config in configs:

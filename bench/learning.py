@@ -148,10 +148,6 @@ def pipeline_rate(
         "batch_size": min(500, max(1, 3000 // batch)),
         "snapshot_every_events": 1000,
         "snapshot_every_seconds": 0.25,
-        # The first group join waits on these (docs/design.md, facts about the broker): shorter
-        # than the defaults so the suite spends its time timing, not joining.
-        "broker_session_timeout": 6,
-        "broker_rebalance_timeout": 6,
     }
     settings = bench_settings(kafka_url, redis_url, **(values | overrides))
     ensure_topics(settings)

@@ -13,7 +13,7 @@ events (every device long known) to ``--events``, as the least-squares slope of 
 per 1M events (the difference of the first and the last sample is reported beside it). Full
 run: 100k -> 300k (1M events took too long for the suite's budget on a busy 2-core machine,
 where the worker learned about 1,100 events/s: ``--events 1000000`` for the whole run);
-``--quick``: 10k -> 50k. RSS over events: ``bench/results/memory.png``. ``--trace 60`` runs the
+``--quick``: 10k -> 30k. RSS over events: ``bench/results/memory.png``. ``--trace 60`` runs the
 worker with ``DRIFTLINE_TRACEMALLOC_SECONDS=60``
 (driftline/memtrace.py): its log then says which allocation sites grew (its RSS is then not
 the target's figure: tracemalloc's bookkeeping is in it).
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--events", type=int, default=None, help="default 300,000 (quick 50,000)")
+    parser.add_argument("--events", type=int, default=None, help="default 300,000 (quick 30,000)")
     parser.add_argument("--mark", type=int, default=None, help="default 100,000 (quick 10,000)")
     parser.add_argument("--devices", type=int, default=1000)
     parser.add_argument("--quick", action="store_true")
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
         "most (its RSS then includes tracemalloc's bookkeeping: not a measurement of the target)",
     )
     args = parser.parse_args(argv)
-    count = args.events or (50_000 if args.quick else 300_000)
+    count = args.events or (30_000 if args.quick else 300_000)
     mark = args.mark or (10_000 if args.quick else 100_000)
     began = time.monotonic()
     samples: dict[str, list[tuple[int, float]]] = {"worker": [], "api": []}

@@ -7,6 +7,7 @@ reads settings.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -132,6 +133,18 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
 
     from driftline.streams.agents import build_worker
 
+    class _PromptlyClosingWorker(faust.Worker):
+        """Faust's worker (mode's), closing its event loop without mode's last second.
+
+        Once every service has stopped and every future is gathered, mode runs a sentinel task
+        that sleeps a whole second before it closes the loop, so every stop (SIGTERM, Ctrl-C, a
+        supervisor's restart) took a second longer than its work. A few loop turns (50 ms) still
+        run the callbacks the closing transports scheduled.
+        """
+
+        async def _sentinel_task(self) -> None:
+            await asyncio.sleep(0.05)
+
     worker = build_worker(worker_config(settings), topic_ids)
     log.info("stream code loaded and agents built in %.2f s", time.monotonic() - started)
-    faust.Worker(worker.app, loglevel=loglevel, quiet=True).execute_from_commandline()
+    _PromptlyClosingWorker(worker.app, loglevel=loglevel, quiet=True).execute_from_commandline()
