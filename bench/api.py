@@ -59,6 +59,7 @@ from bench.common import (
     report,
     services,
     settings_env,
+    stop,
 )
 from driftline.core.records import FeatureRecord
 from driftline.models.learner import OnlineLearner
@@ -343,11 +344,7 @@ def api_server(settings: Settings, workers: int) -> Iterator[tuple[int, list[int
             raise RuntimeError(f"{workers} workers asked for, {len(pids)} processes found")
         yield port, pids
     finally:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop(process)
 
 
 @contextmanager

@@ -96,6 +96,15 @@ def worker_log(settings: Settings) -> Path:
     return Path(tempfile.gettempdir()) / f"{settings.worker_id}.log"
 
 
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, as a supervisor stops a service; SIGKILL if it is still there after 20 s."""
+    process.terminate()
+    try:
+        process.wait(20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
 @contextmanager
 def worker(settings: Settings) -> Iterator[subprocess.Popen[bytes]]:
     log = open(worker_log(settings), "wb")
@@ -108,11 +117,7 @@ def worker(settings: Settings) -> Iterator[subprocess.Popen[bytes]]:
     try:
         yield process
     finally:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop(process)
         log.close()
 
 
@@ -148,11 +153,7 @@ def api(settings: Settings, timeout: float = 30.0) -> Iterator[tuple[subprocess.
             time.sleep(0.2)
         yield process, url
     finally:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop(process)
         log.close()
 
 

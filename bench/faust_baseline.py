@@ -21,7 +21,7 @@ from typing import Any
 
 import redis
 
-from bench.common import Progress, measure_until
+from bench.common import Progress, measure_until, stop
 
 #: The batch a user would take: as many as driftline's agents take with one event per message.
 TAKE = 1000
@@ -88,11 +88,7 @@ def bare_faust_rate(kafka_bootstrap: str, redis_url: str, topic: str, count: int
     try:
         return measure_until(count, lambda: int(client.get(key) or 0), pid=process.pid)
     finally:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop(process)
         log.close()
         client.delete(key)
 

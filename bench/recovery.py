@@ -49,7 +49,7 @@ from typing import Any
 import redis
 from redis.asyncio import Redis as AsyncRedis
 
-from bench.common import Target, bench_settings, ingest_received, report, services, settings_env
+from bench.common import Target, bench_settings, ingest_received, report, services, settings_env, stop
 from driftline.kafka import SensorProducer, ensure_topics
 from driftline.settings import Settings
 from driftline.simulator import SensorSimulator
@@ -312,11 +312,7 @@ def run_config(
     finally:
         if stream.is_alive():
             stream.finishing.set()
-        process.terminate()
-        try:
-            process.wait(20)
-        except Exception:
-            process.kill()
+        stop(process)
         log.close()
         client.close()
     double = max(meta["events_seen"], meta["events_learned"], totals["received"]) - sent
